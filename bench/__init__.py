@@ -1,0 +1,1 @@
+"""casdm-bench: the harness (datasets' evaluation, studies, Optuna runner, MLflow tracking, tables, CLI)."""

@@ -1,0 +1,5 @@
+"""`python -m bench` (also what `torchrun -m bench` starts)."""
+
+from bench.cli import main
+
+raise SystemExit(main())

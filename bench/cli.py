@@ -1,0 +1,45 @@
+"""The `bench` command: one sub-command per module in bench/commands, listed explicitly below."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bench.errors import EXIT_BAD_INPUT
+from casdm.errors import InputError
+
+COMMANDS = [
+    # (name, module under bench.commands, one-line help)
+    ("train", "train", "train one model from a config and save samples (no study)"),
+    ("run", "run", "run (or join) an Optuna study defined in studies/NAME.toml"),
+    ("table", "table", "write a study's results table as LaTeX, Markdown and CSV"),
+    ("list", "listing", "list the studies in studies/"),
+    ("show", "show", "show a study's trials and their metrics"),
+    ("ui", "ui", "start the MLflow UI on a study's tracking store"),
+    ("eval", "eval", "score a folder or .npz of samples against a dataset (FID, sFID, IS, ...)"),
+    ("sample", "sample", "sample images from a checkpoint"),
+    ("weights", "weights", "show or fetch the pretrained weights the project uses"),
+    ("perf", "perf", "measure training, sampling and evaluation throughput on this machine"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        mod = importlib.import_module(f"bench.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(handler=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT

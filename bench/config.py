@@ -1,0 +1,57 @@
+"""The whole run configuration: casdm's concerns plus evaluation, composed into one RunConfig."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from casdm.config import (
+    ArchitectureConfig,
+    DataConfig,
+    DiffusionConfig,
+    MetricConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    check,
+)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How samples are scored: an EVALUATORS name and the reference set."""
+
+    evaluator: str = "classifier"
+    # Reference statistics come from this split of the dataset; the table's "real data" row
+    # scores the other (held-out) split against them.
+    reference_split: Literal["train", "test"] = "train"
+    # Cap on reference images (0: the whole split).
+    reference_images: int = 0
+    # An ADM reference batch .npz to use instead of the dataset's statistics ("" for none).
+    reference_npz: str = ""
+    batch_size: int = 100
+    is_splits: int = 10
+    # Random feature-network weights: tests and smoke runs only, labelled in every output.
+    random_weights: bool = False
+
+    def __post_init__(self):
+        check(self.reference_images >= 0, "reference_images", "must be >= 0")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.is_splits >= 1, "is_splits", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One trial: every concern of a run, with `seed` driving every torch.Generator."""
+
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when available, else cpu
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
