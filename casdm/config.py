@@ -160,6 +160,7 @@ class SampleConfig:
     def __post_init__(self):
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
+        check(self.sampler == "ddim" or self.eta == 0, "eta", "only the ddim sampler takes eta")
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
