@@ -1,0 +1,265 @@
+"""The architectures compared by the benchmark (DESIGN.md, "Architectures").
+
+Each is an nn.Module with `model(x_t, t) -> Prediction(eps, x0)` for the samplers and
+`model.loss(x0, t, noise, metric) -> (loss [B], terms)` for training. Where gradients stop is
+part of each architecture: in Cas-DM the eps network theta never sees the metric or the x0 loss.
+"""
+
+import torch
+from torch import nn
+
+from casdm.config import ArchitectureConfig, ModelConfig
+from casdm.metrics import Metric, mean_flat
+from casdm.prediction import Prediction
+from casdm.registry import lookup
+from casdm.schedule import Schedule
+from casdm.unet import UNet
+
+Terms = dict[str, torch.Tensor]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def unet(
+    model: ModelConfig, in_channels: int, out_channels: int, resolution: int, base_channels: int
+) -> UNet:
+    """A UNet with the shape options of `model` and the given width and channel counts."""
+    return UNet(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        resolution=resolution,
+        base_channels=base_channels,
+        channel_mults=model.channel_mults,
+        num_res_blocks=model.num_res_blocks,
+        attention_resolutions=model.attention_resolutions,
+        num_heads=model.num_heads,
+        dropout=model.dropout,
+    )
+
+
+def blend_weight(
+    logits: torch.Tensor | None, r_mode: str, r_fixed: float, like: torch.Tensor
+) -> torch.Tensor:
+    """Blending weight r in [0, 1]: sigmoid per pixel, sigmoid of the per-sample mean, or fixed."""
+    if r_mode == "pixel":
+        return torch.sigmoid(logits)  # [B, 1, H, W]
+    if r_mode == "sample":
+        return torch.sigmoid(logits.mean(dim=(2, 3), keepdim=True))  # [B, 1, 1, 1]
+    return like.new_full((like.shape[0], 1, 1, 1), r_fixed)  # [B, 1, 1, 1]
+
+
+def metric_term(
+    metric: Metric, x0_pred: torch.Tensor, x0: torch.Tensor, terms: Terms
+) -> torch.Tensor:
+    """metric.weight * metric(x0_pred, x0) per sample, or 0 when the metric is inactive."""
+    if not metric.active:
+        return x0.new_zeros(x0.shape[0])  # [B]
+    value = metric(x0_pred, x0)  # [B]
+    terms["metric"] = value.detach().mean()
+    return metric.weight * value
+
+
+class EpsDDPM(nn.Module):
+    """DDPM (Ho et al. 2020): one UNet predicts eps; the metric acts on x0_from_eps(eps_theta)."""
+
+    def __init__(
+        self,
+        arch: ArchitectureConfig,
+        model: ModelConfig,
+        schedule: Schedule,
+        channels: int,
+        resolution: int,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.net = unet(model, channels, channels, resolution, model.base_channels)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        eps_theta = self.net(x_t, t)  # [B, C, H, W]
+        return Prediction(eps_theta, self.schedule.x0_from_eps(x_t, t, eps_theta))
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
+    ) -> tuple[torch.Tensor, Terms]:
+        """||eps - eps_theta||^2 (Ho et al. 2020, Eq. 14) + w * metric(x0_from_eps(eps_theta))."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps_theta, x0_theta = self(x_t, t)
+        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B]
+        terms = {"eps_mse": eps_mse.detach().mean()}
+        return eps_mse + metric_term(metric, x0_theta, x0, terms), terms
+
+
+class X0DDPM(nn.Module):
+    """DDPM predicting x0 directly (Ho et al. 2020, Sec. 3.2's alternative parameterisation)."""
+
+    def __init__(
+        self,
+        arch: ArchitectureConfig,
+        model: ModelConfig,
+        schedule: Schedule,
+        channels: int,
+        resolution: int,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.net = unet(model, channels, channels, resolution, model.base_channels)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        x0_theta = self.net(x_t, t)  # [B, C, H, W]
+        return Prediction(self.schedule.eps_from_x0(x_t, t, x0_theta), x0_theta)
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
+    ) -> tuple[torch.Tensor, Terms]:
+        """||x0 - x0_theta||^2 + w * metric(x0_theta, x0)."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        x0_theta = self.net(x_t, t)
+        x0_mse = mean_flat((x0 - x0_theta) ** 2)  # [B]
+        terms = {"x0_mse": x0_mse.detach().mean()}
+        return x0_mse + metric_term(metric, x0_theta, x0, terms), terms
+
+
+class CasDM(nn.Module):
+    """Cascaded Diffusion Model (An et al. 2024): eps net theta, then x0 net phi fed sg(theta).
+
+    1. x0_star = clip(x0_from_eps(x_t, t, sg(eps_theta)), -1, 1)
+    2. phi(concat(x0_star, x_t), t) -> x0_prime and r (options: phi_input, r_mode)
+    3. x0_hat = r * x0_prime + (1 - r) * x0_star
+    4. theta learns from ||eps - eps_theta||^2 alone; the x0 MSE and the metric act on x0_hat
+       and reach phi only
+    5. sampling: x0 = x0_hat, eps = eps_theta (option sampling_eps: the eps implied by x0_hat)
+    """
+
+    def __init__(
+        self,
+        arch: ArchitectureConfig,
+        model: ModelConfig,
+        schedule: Schedule,
+        channels: int,
+        resolution: int,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.phi_input = arch.phi_input
+        self.r_mode = arch.r_mode
+        self.r_fixed = arch.r_fixed
+        self.sampling_eps = arch.sampling_eps
+        self.lambda_x0 = arch.lambda_x0
+        self.theta = unet(model, channels, channels, resolution, model.base_channels)
+        phi_in = 2 * channels if arch.phi_input == "x0_star+x_t" else channels
+        phi_out = channels if arch.r_mode == "fixed" else channels + 1  # x0_prime, r logits
+        phi_base = max(8, 8 * round(model.base_channels * arch.phi_width / 8))
+        self.phi = unet(model, phi_in, phi_out, resolution, phi_base)
+
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-3: (eps_theta, x0_hat, r), with theta's graph cut before phi."""
+        C = x_t.shape[1]
+        eps_theta = self.theta(x_t, t)  # [B, C, H, W]
+        x0_star = self.schedule.x0_from_eps(x_t, t, eps_theta.detach()).clamp(-1, 1)
+        phi_in = torch.cat([x0_star, x_t], dim=1) if self.phi_input == "x0_star+x_t" else x0_star
+        out = self.phi(phi_in, t)  # [B, C (+1), H, W]
+        x0_prime = out[:, :C]
+        logits = out[:, C:] if self.r_mode != "fixed" else None
+        r = blend_weight(logits, self.r_mode, self.r_fixed, x_t)
+        x0_hat = r * x0_prime + (1 - r) * x0_star
+        return eps_theta, x0_hat, r
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        eps_theta, x0_hat, _ = self.predict(x_t, t)
+        if self.sampling_eps == "x0_hat":
+            return Prediction(self.schedule.eps_from_x0(x_t, t, x0_hat), x0_hat)
+        return Prediction(eps_theta, x0_hat)
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
+    ) -> tuple[torch.Tensor, Terms]:
+        """||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_hat||^2 + w * metric(x0_hat, x0)."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps_theta, x0_hat, r = self.predict(x_t, t)
+        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B], theta's only signal
+        x0_mse = mean_flat((x0 - x0_hat) ** 2)  # [B], reaches phi only
+        terms = {
+            "eps_mse": eps_mse.detach().mean(),
+            "x0_mse": x0_mse.detach().mean(),
+            "r": r.detach().mean(),
+        }
+        loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_hat, x0, terms)
+        return loss, terms
+
+
+class DualOutput(nn.Module):
+    """Dual-output diffusion (Benny & Wolf, CVPR 2022): one UNet gives eps, x0' and a weight r.
+
+    x0_blend = r * x0' + (1 - r) * x0_from_eps(eps_theta); since q(x_{t-1} | x_t, x0) is linear
+    in x0, sampling from x0_blend is their interpolation of the two posterior means. The eps
+    returned for sampling is the one implied by x0_blend, so DDIM steps stay consistent with it.
+    """
+
+    def __init__(
+        self,
+        arch: ArchitectureConfig,
+        model: ModelConfig,
+        schedule: Schedule,
+        channels: int,
+        resolution: int,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.r_mode = arch.r_mode
+        self.r_fixed = arch.r_fixed
+        self.lambda_x0 = arch.lambda_x0
+        out = 2 * channels if arch.r_mode == "fixed" else 2 * channels + 1  # eps, x0', r logits
+        self.net = unet(model, channels, out, resolution, model.base_channels)
+
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eps_theta, x0_blend, r), all from the shared UNet."""
+        C = x_t.shape[1]
+        out = self.net(x_t, t)  # [B, 2C (+1), H, W]
+        eps_theta, x0_prime = out[:, :C], out[:, C : 2 * C]
+        logits = out[:, 2 * C :] if self.r_mode != "fixed" else None
+        r = blend_weight(logits, self.r_mode, self.r_fixed, x_t)
+        x0_blend = r * x0_prime + (1 - r) * self.schedule.x0_from_eps(x_t, t, eps_theta)
+        return eps_theta, x0_blend, r
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        _, x0_blend, _ = self.predict(x_t, t)
+        return Prediction(self.schedule.eps_from_x0(x_t, t, x0_blend), x0_blend)
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
+    ) -> tuple[torch.Tensor, Terms]:
+        """||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_blend||^2 + w * metric(x0_blend, x0)."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps_theta, x0_blend, r = self.predict(x_t, t)
+        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B]
+        x0_mse = mean_flat((x0 - x0_blend) ** 2)  # [B]
+        terms = {
+            "eps_mse": eps_mse.detach().mean(),
+            "x0_mse": x0_mse.detach().mean(),
+            "r": r.detach().mean(),
+        }
+        loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_blend, x0, terms)
+        return loss, terms
+
+
+ARCHITECTURES = {"ddpm": EpsDDPM, "x0-ddpm": X0DDPM, "cas-dm": CasDM, "dual": DualOutput}
+
+
+def build_model(
+    arch: ArchitectureConfig,
+    model: ModelConfig,
+    schedule: Schedule,
+    channels: int,
+    resolution: int,
+) -> nn.Module:
+    """The architecture `arch.name` for images of `channels` x `resolution` x `resolution`."""
+    return lookup(ARCHITECTURES, arch.name, "architecture")(
+        arch, model, schedule, channels, resolution
+    )
