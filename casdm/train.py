@@ -1,0 +1,248 @@
+"""Training: one plain function, `train(...)`, that resumes exactly from its own checkpoints.
+
+AdamW with linear warmup, grad-norm clipping, an EMA of the weights, bf16 autocast on CUDA and
+optional torch.compile. All randomness is explicit: one generator (seeded from `seed`) draws the
+batch indices, t and the noise; the global torch RNG (dropout) is seeded from `seed` too. Both
+states are checkpointed, so a run stopped and resumed ends bitwise where an uninterrupted run
+ends (on the CPU; CUDA kernels need not be deterministic).
+"""
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from casdm.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the trained model, its EMA (same class), and how the run went."""
+
+    model: nn.Module
+    ema: nn.Module
+    step: int
+    wall_s: float
+    images_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The rate of update number step + 1: linear warmup over warmup_steps, then constant.
+
+    A function of the step alone, so a resumed run (even with more total steps) agrees with an
+    uninterrupted one.
+    """
+    if cfg.warmup_steps == 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for every parameter; buffers are copied.
+
+    A fused `torch._foreach_lerp_` over a deep copy of the model, rather than
+    torch.optim.swa_utils.AveragedModel: the EMA stays an instance of the model's own class
+    (callable as `ema(x_t, t)`, with `.schedule`), and its state dict has the model's keys, so
+    it loads straight into a freshly built model for sampling.
+    """
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _resume(
+    path: Path,
+    state: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    modules: dict[str, Any],
+    generator: torch.Generator,
+    device: torch.device,
+) -> int:
+    """Restore every state `_checkpoint_state` saved; return the step the run continues from."""
+    remedy = f"delete {path} to retrain from step 0"
+    try:
+        step, saved_seed = int(state["step"]), int(state["seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} lacks its step or seed ({err}); {remedy}"
+        ) from None
+    if saved_seed != seed:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with seed {saved_seed}, this run has seed "
+            f"{seed}; use seed {saved_seed} to continue it, or {remedy}"
+        )
+    if step > steps:
+        raise CheckpointError(
+            f"checkpoint {path} is at step {step}, past train.steps={steps}; set train.steps "
+            f">= {step} to continue it, or {remedy}"
+        )
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's model or device "
+            f"({type(err).__name__}: {_first_line(err)}); {remedy}"
+        ) from None
+    return step
+
+
+def _checkpoint_state(
+    step: int,
+    seed: int,
+    modules: dict[str, Any],
+    generator: torch.Generator,
+    device: torch.device,
+    config_json: str,
+) -> dict[str, Any]:
+    """Everything needed to continue bitwise: weights, EMA, optimizer, step and RNG states."""
+    state: dict[str, Any] = {name: module.state_dict() for name, module in modules.items()}
+    state.update(
+        step=step,
+        seed=seed,
+        generator=generator.get_state(),
+        torch_rng=torch.get_rng_state(),
+        config=config_json,
+    )
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def train(
+    model: nn.Module,
+    metric: nn.Module,
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    checkpoint_path: Path | None = None,
+    config_json: str = "{}",
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `images` [N, C, H, W] in [-1, 1] with `model.loss(x0, t, noise, metric)`.
+
+    The EMA, optimizer and generator are created here; if `checkpoint_path` exists, all of them
+    (and the model) are restored from it and training continues to cfg.steps. Checkpoints are
+    written every cfg.checkpoint_every steps and at the end. Every cfg.log_every steps and at
+    the last, `callback` gets {step, loss, lr, grad_norm, images_per_s, <loss terms>}: loss,
+    grad_norm (before clipping) and the terms are means over the steps since the last record.
+    A non-finite loss or gradient norm raises FloatingPointError before the update is applied.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty [N, C, H, W] tensor, got {tuple(images.shape)}"
+        )
+    model.to(device).train()
+    metric.to(device).requires_grad_(False).eval()
+    if {id(p) for p in metric.parameters()} & {id(p) for p in model.parameters()}:
+        raise ValueError("the metric's parameters are part of the model; they must stay frozen")
+    images = images.to(device)  # [N, C, H, W]
+
+    torch.manual_seed(seed)  # dropout and anything else drawing from the global RNG
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    modules = {"model": model, "ema": ema, "optimizer": optimizer}
+
+    step, resumed_from = 0, None
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path)
+        step = resumed_from = _resume(
+            Path(checkpoint_path),
+            state,
+            seed=seed,
+            steps=cfg.steps,
+            modules=modules,
+            generator=generator,
+            device=device,
+        )
+
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    N, B, T = images.shape[0], cfg.batch_size, model.schedule.T
+    params = list(model.parameters())
+    history: list[dict[str, float]] = []
+    sums: dict[str, torch.Tensor] = {}
+    since_log, saving_s = 0, 0.0
+    loop_start = last_log = time.perf_counter()
+
+    while step < cfg.steps:
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(N, (B,), generator=generator, device=device)
+        t = torch.randint(T, (B,), generator=generator, device=device)
+        noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
+        with autocast:
+            loss_per_sample, terms = loss_fn(images[idx], t, noise, metric)  # [B], {name: []}
+            loss = loss_per_sample.float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one sync per step
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item():.4g} (gradient norm {grad_norm.item():.4g})"
+                f" at step {step + 1} of {cfg.steps}; the update was not applied and no checkpoint"
+                " was written: lower train.lr, raise train.warmup_steps or check the data"
+            )
+        optimizer.step()
+        ema_update(ema, model, cfg.ema_decay)
+        step += 1
+
+        values = {"loss": loss, "grad_norm": grad_norm, **terms}
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0) + value.detach().float()
+        since_log += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            record = {"step": step, "lr": lr, "images_per_s": since_log * B / (now - last_log)}
+            record.update({name: (total / since_log).item() for name, total in sums.items()})
+            history.append(record)
+            if callback is not None:
+                callback(record)
+            sums, since_log, last_log = {}, 0, time.perf_counter()
+        if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            save_start = time.perf_counter()
+            state = _checkpoint_state(step, seed, modules, generator, device, config_json)
+            save_checkpoint(Path(checkpoint_path), state)
+            saved = time.perf_counter() - save_start
+            saving_s += saved
+            last_log += saved  # keep checkpoint writes out of the logged throughput
+
+    trained = step - (resumed_from or 0)
+    loop_s = time.perf_counter() - loop_start - saving_s
+    return TrainResult(
+        model=model,
+        ema=ema,
+        step=step,
+        wall_s=time.perf_counter() - start,
+        images_per_s=trained * B / loop_s if trained else 0.0,
+        history=history,
+        resumed_from=resumed_from,
+    )

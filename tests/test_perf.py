@@ -1,0 +1,57 @@
+"""The model benchmark: one row per measurement, the ratio taken from the rows it reports."""
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.perf import model_benchmarks
+from casdm.architectures import ARCHITECTURES
+
+
+@pytest.fixture(scope="module")
+def rows():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops on a shared machine: extra threads only spin
+    try:
+        yield model_benchmarks(
+            steps=2, warmup=1, batch_size=4, resolution=8, sample_steps=2, repeats=1
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_every_architecture_is_trained_and_sampled_plus_cas_dm_with_l2(rows):
+    train = [(r["architecture"], r["metric"]) for r in rows if r["benchmark"] == "train"]
+    assert train == [(name, "none") for name in ARCHITECTURES] + [("cas-dm", "l2")]
+    sample = [r["architecture"] for r in rows if r["benchmark"] == "sample"]
+    assert sample == list(ARCHITECTURES)
+    for r in rows:
+        assert r["device"] == "cpu" and r["batch_size"] == 4 and r["image"] == "1x8x8"
+        if r["benchmark"] != "ratio":
+            assert r["images_per_s"] > 0
+
+
+def test_throughput_and_time_per_batch_agree(rows):
+    for r in rows:
+        if r["benchmark"] == "train":
+            assert r["images_per_s"] == pytest.approx(4 / (r["ms_per_step"] / 1000))
+        if r["benchmark"] == "sample":
+            assert r["images_per_s"] == pytest.approx(4 / (r["ms_per_batch"] / 1000))
+
+
+def test_cas_dm_to_ddpm_ratio_is_taken_from_the_same_runs_step_times(rows):
+    (ratio,) = [r for r in rows if r["benchmark"] == "ratio"]
+    step = {r["architecture"]: r["ms_per_step"] for r in rows if r.get("metric") == "none"}
+    assert ratio["value"] == pytest.approx(step["cas-dm"] / step["ddpm"])
+    cas_dm, ddpm = (
+        next(r for r in rows if r.get("metric") == "none" and r["architecture"] == a)
+        for a in ("cas-dm", "ddpm")
+    )
+    assert cas_dm["parameters"] > 1.9 * ddpm["parameters"]  # two UNets of the same width
+
+
+def test_bad_benchmark_arguments_are_refused():
+    with pytest.raises(
+        BenchError, match=r"perf needs steps >= 1.*got steps=0, warmup=3, repeats=1"
+    ):
+        model_benchmarks(steps=0, repeats=1)

@@ -1,0 +1,236 @@
+"""Samplers against closed forms and independently written references (Ho et al.; Song et al.)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from casdm.config import ConfigError, SampleConfig
+from casdm.prediction import Prediction
+from casdm.registry import UnknownNameError
+from casdm.samplers import SAMPLERS, ddim, ddpm, generate, respace
+from casdm.schedule import Schedule
+
+T = 40
+SHAPE = (1, 4, 4)
+
+
+def abar_of(schedule: Schedule, t: int) -> float:
+    return schedule.abar[t].item()
+
+
+class Oracle(nn.Module):
+    """Knows the true x0; returns it with the eps it implies at (x_t, t), written out by hand."""
+
+    def __init__(self, schedule: Schedule, x0: torch.Tensor):
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        abar = self.schedule.abar[t].float().view(-1, 1, 1, 1)
+        return Prediction((x_t - abar.sqrt() * self.x0) / (1 - abar).sqrt(), self.x0)
+
+
+class Toy(nn.Module):
+    """A tiny elementwise model whose x0 leaves [-1, 1] (so clipping matters) and whose eps is
+    not the one implied by its x0 (so using Prediction.eps, not a re-derived eps, matters)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        scale = (1 + t.float() / T).view(-1, 1, 1, 1)
+        return Prediction(0.3 * x_t, self.dropout(1.5 * scale * x_t))
+
+
+def noise_like(x, g):
+    return torch.randn(x.shape, generator=g)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 3, 7, T])
+def test_ddim_eta0_with_oracle_model_returns_the_true_x0(name, steps):
+    schedule = Schedule.named(name, T)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, *SHAPE, generator=g) * 1.8 - 0.9
+    x_T = torch.randn(3, *SHAPE, generator=g)
+    out = ddim(Oracle(schedule, x0), schedule, x_T, steps=steps, generator=g)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_respace_strides_evenly_and_always_starts_at_T_minus_1():
+    schedule = Schedule.named("linear", 1000)
+    ts, sub = respace(schedule, 50, torch.device("cpu"))
+    assert ts == list(range(19, 1000, 20))
+    assert respace(schedule, 1, torch.device("cpu"))[0] == [999]
+    assert respace(schedule, 1000, torch.device("cpu"))[0] == list(range(1000))
+    # The respaced schedule keeps abar at the visited steps (improved-diffusion's respacing).
+    torch.testing.assert_close(sub.abar, schedule.abar[ts], rtol=1e-12, atol=0)
+
+
+def reference_ddpm(model, schedule, x_T, steps, g):
+    """Ho et al. 2020, Eq. 6-7 on the respaced betas beta_i = 1 - abar_i / abar_prev_i."""
+    ts = [(i * T) // steps - 1 for i in range(1, steps + 1)]
+    x = x_T
+    for i in reversed(range(steps)):
+        a = abar_of(schedule, ts[i])
+        a_prev = abar_of(schedule, ts[i - 1]) if i > 0 else 1.0
+        beta = 1 - a / a_prev
+        x0 = model(x, torch.full((x.shape[0],), ts[i])).x0.clamp(-1, 1)
+        mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (
+            math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)
+        ) * x
+        var = (1 - a_prev) / (1 - a) * beta
+        x = mean + math.sqrt(var) * noise_like(x, g) if i > 0 else mean
+    return x
+
+
+@pytest.mark.parametrize("steps", [T, 6])
+def test_ddpm_matches_ho_et_al_posterior_written_independently(steps):
+    schedule = Schedule.named("linear", T)
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    out = ddpm(Toy(), schedule, x_T, steps=steps, generator=torch.Generator().manual_seed(5))
+    ref = reference_ddpm(Toy(), schedule, x_T, steps, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.abs().max() <= 1 + 1e-5  # ends at the clipped x0_hat
+
+
+def reference_ddim(model, schedule, x_T, steps, eta, g):
+    """Song et al. 2021, Eq. 12 with sigma from Eq. 16, clipped x0 and the model's own eps."""
+    ts = [(i * T) // steps - 1 for i in range(1, steps + 1)]
+    x = x_T
+    for i in reversed(range(steps)):
+        a = abar_of(schedule, ts[i])
+        a_prev = abar_of(schedule, ts[i - 1]) if i > 0 else 1.0
+        eps, x0 = model(x, torch.full((x.shape[0],), ts[i]))
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+        x = math.sqrt(a_prev) * x0.clamp(-1, 1) + math.sqrt(1 - a_prev - sigma**2) * eps
+        if i > 0:
+            x = x + sigma * noise_like(x, g)
+    return x
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_matches_song_et_al_eq12_with_clipped_x0_and_model_eps(eta):
+    schedule = Schedule.named("cosine", T)
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    out = ddim(Toy(), schedule, x_T, steps=8, generator=torch.Generator().manual_seed(3), eta=eta)
+    ref = reference_ddim(Toy(), schedule, x_T, 8, eta, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [T, 5])
+def test_ddim_eta1_equals_ddpm_when_eps_is_consistent_with_x0(steps):
+    schedule = Schedule.named("linear", T)
+
+    class Consistent(nn.Module):
+        def forward(self, x_t, t):
+            x0 = torch.tanh(x_t)  # inside [-1, 1], so clipping leaves it alone
+            return Prediction(schedule.eps_from_x0(x_t, t, x0), x0)
+
+    x_T = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(2))
+    a = ddim(
+        Consistent(),
+        schedule,
+        x_T,
+        steps=steps,
+        generator=torch.Generator().manual_seed(9),
+        eta=1.0,
+    )
+    b = ddpm(Consistent(), schedule, x_T, steps=steps, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "eta"), [("ddpm", 0.0), ("ddim", 0.7)])
+def test_same_generator_seed_gives_identical_samples_and_another_seed_differs(name, eta):
+    schedule = Schedule.named("linear", T)
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return SAMPLERS[name](Toy(), schedule, x_T, steps=10, generator=g, eta=eta)
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_ddim_eta0_draws_no_noise():
+    schedule = Schedule.named("linear", T)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    ddim(Toy(), schedule, torch.randn(2, *SHAPE), steps=5, generator=g)
+    assert torch.equal(g.get_state(), before)
+
+
+@pytest.mark.parametrize("steps", [0, T + 1])
+def test_steps_outside_1_to_T_is_a_config_error_naming_sample_steps(steps):
+    schedule = Schedule.named("linear", T)
+    with pytest.raises(ConfigError, match=rf"sample\.steps: must be in \[1, {T}\].*got {steps}"):
+        ddim(Toy(), schedule, torch.randn(1, *SHAPE), steps=steps, generator=torch.Generator())
+
+
+def test_ddpm_rejects_eta_and_ddim_rejects_eta_above_1():
+    schedule = Schedule.named("linear", T)
+    x_T = torch.randn(1, *SHAPE)
+    with pytest.raises(ConfigError, match=r"sample\.eta: only the ddim sampler takes eta"):
+        ddpm(Toy(), schedule, x_T, steps=3, generator=torch.Generator(), eta=0.5)
+    with pytest.raises(ConfigError, match=r"sample\.eta: DDIM's eta must be in \[0, 1\], got 1.5"):
+        ddim(Toy(), schedule, x_T, steps=3, generator=torch.Generator(), eta=1.5)
+
+
+def sample_config(**kwargs) -> SampleConfig:
+    return SampleConfig(**{"steps": 6, "num_samples": 5, "batch_size": 2, **kwargs})
+
+
+def test_generate_returns_num_samples_in_batches_with_a_partial_last_batch():
+    schedule = Schedule.named("linear", T)
+    calls = []
+    out = generate(
+        Toy(),
+        schedule,
+        sample_config(),
+        SHAPE,
+        seed=0,
+        device="cpu",
+        progress=lambda d, n: calls.append((d, n)),
+    )
+    assert out.shape == (5, *SHAPE)
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert out.min() >= -1 and out.max() <= 1
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_generate_same_seed_identical_other_seed_different_and_model_mode_restored(sampler):
+    schedule = Schedule.named("linear", T)
+    model = Toy(dropout=0.5).train()  # in train mode dropout would make every call differ
+    cfg = sample_config(sampler=sampler)
+    a = generate(model, schedule, cfg, SHAPE, seed=3, device="cpu")
+    b = generate(model, schedule, cfg, SHAPE, seed=3, device="cpu")
+    c = generate(model, schedule, cfg, SHAPE, seed=4, device="cpu")
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert model.training
+
+
+def test_generate_deterministic_ddim_sample_i_depends_on_seed_and_i_only():
+    schedule = Schedule.named("linear", T)
+    full = generate(Toy(), schedule, sample_config(batch_size=2), SHAPE, seed=7, device="cpu")
+    one_batch = generate(Toy(), schedule, sample_config(batch_size=5), SHAPE, seed=7, device="cpu")
+    prefix = generate(
+        Toy(), schedule, sample_config(num_samples=3, batch_size=3), SHAPE, seed=7, device="cpu"
+    )
+    torch.testing.assert_close(one_batch, full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(prefix, full[:3], atol=1e-6, rtol=0)
+    assert not torch.allclose(full[0], full[1])  # each sample has its own x_T
+
+
+def test_generate_unknown_sampler_lists_the_valid_ones():
+    schedule = Schedule.named("linear", T)
+    cfg = sample_config(sampler="euler")
+    with pytest.raises(
+        UnknownNameError, match="unknown sampler 'euler'; valid samplers: ddim, ddpm"
+    ):
+        generate(Toy(), schedule, cfg, SHAPE, seed=0, device="cpu")

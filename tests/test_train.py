@@ -1,0 +1,271 @@
+"""Training: it learns, it resumes bitwise, it fails loudly on NaNs and on foreign checkpoints."""
+
+import pytest
+import torch
+from torch import nn
+
+from casdm.architectures import build_model
+from casdm.checkpoint import CheckpointError, load_checkpoint
+from casdm.config import ArchitectureConfig, DataConfig, MetricConfig, ModelConfig, TrainConfig
+from casdm.data import load_dataset
+from casdm.metrics import build_metric
+from casdm.schedule import Schedule
+from casdm.train import ema_update, learning_rate, train
+
+TINY = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), dropout=0.1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny ops on a shared 2-core machine: extra intra-op threads only spin (10x slower measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_dataset(DataConfig(dataset="digits", resolution=8), "train").images  # [N, 1, 8, 8]
+
+
+def tiny_model(arch: str, init_seed: int = 0, model: ModelConfig = TINY) -> nn.Module:
+    torch.manual_seed(init_seed)
+    return build_model(ArchitectureConfig(name=arch), model, Schedule.named("linear", 100), 1, 8)
+
+
+def config(**kwargs) -> TrainConfig:
+    defaults = {"steps": 5, "batch_size": 8, "lr": 1e-3, "warmup_steps": 4, "log_every": 2}
+    return TrainConfig(**{**defaults, **kwargs})
+
+
+def test_a_hundred_steps_on_digits_halve_the_loss(digits):
+    result = train(
+        tiny_model("ddpm"),
+        build_metric(MetricConfig(name="none")),
+        digits,
+        config(steps=100, batch_size=16, lr=2e-3, warmup_steps=5, log_every=20),
+        seed=0,
+    )
+    losses = [record["loss"] for record in result.history]
+    assert len(losses) == 5
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert result.step == 100 and result.resumed_from is None
+    assert result.images_per_s > 0 and result.wall_s > 0
+
+
+def test_one_image_is_overfitted_by_the_x0_network(digits):
+    # With a single training image the ideal x0 prediction is that image at every (x_t, t), so
+    # the x0 MSE can reach zero despite the random t and noise.
+    result = train(
+        tiny_model(
+            "x0-ddpm",
+            model=ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=()),
+        ),
+        build_metric(MetricConfig(name="none")),
+        digits[:1],
+        config(steps=100, batch_size=8, lr=6e-3, warmup_steps=5, log_every=20),
+        seed=0,
+    )
+    assert result.history[-1]["x0_mse"] < 0.01, result.history
+    assert result.history[0]["x0_mse"] > 10 * result.history[-1]["x0_mse"]
+
+
+def test_stop_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(digits, tmp_path):
+    metric = build_metric(MetricConfig(name="l2", weight=0.5))
+    # cas-dm: two networks and every loss term; dropout 0.1: the global RNG matters too;
+    # warmup_steps=4 straddles the stop at step 3, and the resumed run has more total steps.
+    path = tmp_path / "ckpt.pt"
+    first = train(
+        tiny_model("cas-dm"),
+        metric,
+        digits,
+        config(steps=3, checkpoint_every=2),
+        seed=1,
+        checkpoint_path=path,
+    )
+    assert first.resumed_from is None and load_checkpoint(path)["step"] == 3
+    resumed = train(
+        tiny_model("cas-dm", init_seed=99),
+        metric,
+        digits,
+        config(steps=6),
+        seed=1,
+        checkpoint_path=path,
+    )
+    straight = train(tiny_model("cas-dm"), metric, digits, config(steps=6), seed=1)
+
+    assert resumed.resumed_from == 3 and resumed.step == straight.step == 6
+    for got, want in [(resumed.model, straight.model), (resumed.ema, straight.ema)]:
+        for (name, a), b in zip(got.state_dict().items(), want.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    assert load_checkpoint(path)["step"] == 6
+    # The records after the resume are those of the uninterrupted run (log_every=2).
+    assert [r["step"] for r in resumed.history] == [4, 6]
+    assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]
+
+
+def test_checkpoint_holds_plain_state_and_the_config_json(digits, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    train(
+        tiny_model("ddpm"),
+        build_metric(MetricConfig()),
+        digits,
+        config(steps=2),
+        seed=0,
+        checkpoint_path=path,
+        config_json='{"seed": 0}',
+    )
+    state = load_checkpoint(path)  # torch.load(weights_only=True): nothing but plain data
+    assert set(state) == {
+        "model",
+        "ema",
+        "optimizer",
+        "step",
+        "seed",
+        "generator",
+        "torch_rng",
+        "config",
+    }
+    assert state["config"] == '{"seed": 0}' and state["step"] == 2 and state["seed"] == 0
+
+
+def test_resume_refuses_a_checkpoint_holding_pickled_objects(digits, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"step": 1, "model": nn.Linear(1, 1)}, path)  # a pickled module, not a state dict
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        train(
+            tiny_model("ddpm"),
+            build_metric(MetricConfig()),
+            digits,
+            config(),
+            seed=0,
+            checkpoint_path=path,
+        )
+
+
+def test_resume_refuses_checkpoints_of_another_seed_model_or_a_later_step(digits, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    metric = build_metric(MetricConfig())
+    first = train(tiny_model("ddpm"), metric, digits, config(steps=2), seed=0, checkpoint_path=path)
+    again = train(
+        tiny_model("ddpm", init_seed=5),
+        metric,
+        digits,
+        config(steps=2),
+        seed=0,
+        checkpoint_path=path,
+    )
+    assert again.resumed_from == 2 and again.step == 2 and again.history == []  # nothing to do
+    for a, b in zip(again.model.parameters(), first.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(
+        CheckpointError, match="seed 0, this run has seed 1; use seed 0 to continue"
+    ):
+        train(tiny_model("ddpm"), metric, digits, config(), seed=1, checkpoint_path=path)
+    with pytest.raises(
+        CheckpointError, match=r"at step 2, past train.steps=1; set train.steps >= 2"
+    ):
+        train(tiny_model("ddpm"), metric, digits, config(steps=1), seed=0, checkpoint_path=path)
+    with pytest.raises(CheckpointError, match="does not fit this run's model") as err:
+        train(tiny_model("cas-dm"), metric, digits, config(), seed=0, checkpoint_path=path)
+    assert f"delete {path}" in str(err.value)
+
+
+class StandIn(nn.Module):
+    """A minimal architecture: x0_theta = w * x_t; its loss turns NaN at update `nan_at`."""
+
+    def __init__(self, nan_at: int):
+        super().__init__()
+        self.schedule = Schedule.named("linear", 100)
+        self.w = nn.Parameter(torch.ones(()))
+        self.nan_at, self.calls = nan_at, 0
+
+    def forward(self, x_t, t):
+        raise NotImplementedError  # training never samples
+
+    def loss(self, x0, t, noise, metric):
+        self.calls += 1
+        x_t = self.schedule.q_sample(x0, t, noise)
+        loss = ((x0 - self.w * x_t) ** 2).mean(dim=(1, 2, 3))  # [B]
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return loss, {"custom": loss.detach().mean()}
+
+
+def test_nan_loss_raises_naming_the_step_and_writes_no_checkpoint_for_it(digits, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = StandIn(nan_at=3)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan .* at step 3 of 5"):
+        train(
+            model, nn.Identity(), digits, config(checkpoint_every=1), seed=0, checkpoint_path=path
+        )
+    state = load_checkpoint(path)
+    assert state["step"] == 2
+    assert torch.isfinite(state["model"]["w"]) and torch.isfinite(model.w)
+
+
+def test_callback_gets_step_loss_lr_grad_norm_throughput_and_every_term(digits):
+    records = []
+    result = train(
+        tiny_model("cas-dm"),
+        build_metric(MetricConfig(name="l2")),
+        digits,
+        config(steps=5, log_every=2, warmup_steps=4, lr=1e-3),
+        seed=0,
+        callback=records.append,
+    )
+    assert records == result.history
+    assert [r["step"] for r in records] == [2, 4, 5]
+    keys = {"step", "loss", "lr", "grad_norm", "images_per_s", "eps_mse", "x0_mse", "r", "metric"}
+    assert all(set(r) == keys for r in records)
+    assert [r["lr"] for r in records] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert all(r["grad_norm"] > 0 and r["images_per_s"] > 0 for r in records)
+
+
+def test_learning_rate_warms_up_linearly_then_stays_constant():
+    cfg = config(lr=1e-3, warmup_steps=4)
+    assert [learning_rate(cfg, s) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3]
+    )
+    assert learning_rate(config(lr=1e-3, warmup_steps=0), 0) == 1e-3
+
+
+def test_ema_update_is_the_exponential_moving_average_of_each_parameter():
+    model, ema = nn.Linear(2, 2), nn.Linear(2, 2)
+    expected = [
+        0.9 * e + 0.1 * p for e, p in zip(ema.parameters(), model.parameters(), strict=True)
+    ]
+    ema_update(ema, model, decay=0.9)
+    for got, want in zip(ema.parameters(), expected, strict=True):
+        torch.testing.assert_close(got, want.detach())
+
+
+def test_metric_parameters_stay_frozen_and_out_of_the_ema(digits):
+    class ParamMetric(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(1, 1, 1)
+            self.weight, self.active = 1.0, True
+
+        def forward(self, x0_pred, x0):
+            return ((self.proj(x0_pred) - self.proj(x0)) ** 2).mean(dim=(1, 2, 3))
+
+    metric = ParamMetric()
+    before = [p.clone() for p in metric.parameters()]
+    result = train(tiny_model("ddpm"), metric, digits, config(steps=3), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, metric.parameters(), strict=True))
+    assert not any(p.requires_grad for p in metric.parameters())
+    assert result.history[-1]["metric"] > 0  # the metric took part in the loss
+    assert not any(name.startswith("proj") for name in result.ema.state_dict())
+
+
+def test_train_keeps_an_ema_with_the_configured_decay(digits):
+    model = tiny_model("ddpm")
+    init = [p.detach().clone() for p in model.parameters()]
+    result = train(
+        model, build_metric(MetricConfig()), digits, config(steps=1, ema_decay=0.9), seed=0
+    )
+    for e, p0, p in zip(result.ema.parameters(), init, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * p0 + 0.1 * p.detach())
+    assert type(result.ema) is type(model) and not result.ema.training
