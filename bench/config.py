@@ -55,3 +55,8 @@ class RunConfig:
 
     def __post_init__(self):
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(
+            self.sample.steps <= self.diffusion.timesteps,
+            "sample.steps",
+            f"must be <= diffusion.timesteps ({self.diffusion.timesteps}), got {self.sample.steps}",
+        )

@@ -5,16 +5,14 @@ A checkpoint holds only state dicts, tensors (RNG states included), ints, floats
 loading one cannot execute anything and a file from another version fails loudly, not silently.
 """
 
-import contextlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from casdm.errors import InputError
+from casdm.files import atomic_write
 
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor)
 
@@ -45,26 +43,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     A crash or an exception mid-write leaves the previous checkpoint intact and no temp file.
     """
     _check_plain(state, "")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable (POSIX); Windows cannot open a folder, and needs no fsync.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -31,7 +31,7 @@ def check(condition: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images to train on: a DATASETS name (`digits`, `cifar10`, `folder:PATH`, `npz:PATH`)."""
+    """Which images to train on: `digits`, `cifar10`, `folder:PATH` or `npz:PATH` (DATASETS)."""
 
     dataset: str = "digits"
     resolution: int = 16
@@ -94,6 +94,12 @@ class DiffusionConfig:
 
     def __post_init__(self):
         check(self.timesteps >= 2, "timesteps", f"must be >= 2, got {self.timesteps}")
+        # Ho et al.'s betas scale as 1000/T and reach 1 (destroying the signal) at T <= 20.
+        check(
+            self.schedule != "linear" or self.timesteps > 20,
+            "timesteps",
+            f"must be > 20 for the linear schedule, got {self.timesteps}",
+        )
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class SampleConfig:
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        check(self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
+        check(0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
         check(self.sampler == "ddim" or self.eta == 0, "eta", "only the ddim sampler takes eta")
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -189,7 +195,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(key, f"got {value!r}; expected {' or '.join(map(_type_name, typing.get_args(tp)))}")
+        expected = " or ".join(map(_type_name, typing.get_args(tp)))
+        raise ConfigError(key, f"got {value!r}; expected {expected}")
     if tp is type(None):
         check(value is None, key, f"got {value!r}; expected none")
         return value

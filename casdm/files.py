@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or a crash) never sees a partially written file."""
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,17 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); Windows cannot open a folder and needs no fsync."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

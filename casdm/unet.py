@@ -26,7 +26,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
-        self.in_layers = nn.Sequential(norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        )
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
         self.out_layers = nn.Sequential(
             norm(out_ch), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
@@ -54,7 +56,9 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x).reshape(B, C, H * W))  # [B, 3C, HW]
         q, k, v = qkv.reshape(B, 3, self.num_heads, C // self.num_heads, H * W).unbind(1)
-        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        h = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
         h = h.transpose(-1, -2).reshape(B, C, H * W)
         return x + self.proj(h).reshape(B, C, H, W)
 
@@ -118,7 +122,9 @@ class UNet(nn.Module):
                 skips.append(ch)
             self.down.append(blocks)
             last = i == len(channel_mults) - 1
-            self.downsample.append(nn.Identity() if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            self.downsample.append(
+                nn.Identity() if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+            )
             if not last:
                 skips.append(ch)
                 res //= 2
@@ -132,14 +138,18 @@ class UNet(nn.Module):
         for i, mult in reversed(list(enumerate(channel_mults))):
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                blocks.append(Level(ch + skips.pop(), base_channels * mult, emb_dim, dropout, heads(res)))
+                blocks.append(
+                    Level(ch + skips.pop(), base_channels * mult, emb_dim, dropout, heads(res))
+                )
                 ch = base_channels * mult
             self.up.append(blocks)
             first = i == 0
             self.upsample.append(
                 nn.Identity()
                 if first
-                else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))
+                else nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
+                )
             )
             if not first:
                 res *= 2
