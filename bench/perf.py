@@ -1,14 +1,22 @@
 """Model throughput on this machine: training images/s per architecture, DDIM sampling images/s,
-and Cas-DM's training step time relative to DDPM's, all with one fixed small UNet."""
+and Cas-DM's training step time relative to DDPM's, all with one fixed small UNet; and one
+trial's training throughput over several processes (torchrun, DDP) relative to one process."""
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.errors import BenchError
+from casdm import distributed
 from casdm.architectures import ARCHITECTURES, build_model, count_parameters
 from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig, TrainConfig
 from casdm.metrics import build_metric
@@ -135,3 +143,136 @@ def model_benchmarks(
         {"benchmark": "ratio", "name": "cas-dm / ddpm train step time", "value": ratio, **common}
     )
     return rows
+
+
+def distributed_benchmark(
+    nproc: int = 2,
+    device: torch.device | str = "cpu",
+    steps: int = 10,
+    *,
+    batch_size: int = 64,
+    channels: int = 1,
+    resolution: int = 16,
+    architecture: str = "ddpm",
+    threads: int = 1,
+    seed: int = 0,
+    timeout: float = 600,
+) -> list[dict[str, Any]]:
+    """Training throughput of one trial over `nproc` processes (torchrun, DDP) against one.
+
+    Both runs train PERF_MODEL (metric `none`) with the same global `batch_size`, each in a fresh
+    subprocess with `threads` torch threads per process: `python -m bench.perf`, then
+    `torchrun --standalone --nproc_per_node=nproc -m bench.perf` (gloo on the CPU, NCCL on
+    CUDA). Each times `steps` steps after as many untimed ones. Rows:
+    - "distributed-train": one per process count; keys processes, architecture, images_per_s
+      (global), ms_per_step, and for nproc processes allreduce_ms: the median time of one
+      all-reduce of a float32 tensor as large as the gradients, what DDP adds to every step.
+    - "ratio": name, value = nproc-process images/s / 1-process images/s, from these runs.
+    Every row also has device, batch_size, image ("CxHxW") and threads_per_process.
+    """
+    device = torch.device(device)
+    if nproc < 2 or steps < 1 or threads < 1 or batch_size % nproc:
+        raise BenchError(
+            f"the distributed benchmark needs nproc >= 2, steps >= 1, threads >= 1 and a batch "
+            f"size divisible by nproc; got nproc={nproc}, steps={steps}, threads={threads}, "
+            f"batch_size={batch_size}"
+        )
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise BenchError(
+            f"nproc={nproc} processes need {nproc} GPUs (one each); this machine has "
+            f"{torch.cuda.device_count()}"
+        )
+    spec = {
+        "device": device.type,
+        "steps": steps,
+        "batch_size": batch_size,
+        "shape": [channels, resolution, resolution],
+        "architecture": architecture,
+        "threads": threads,
+        "seed": seed,
+    }
+    common = {
+        "device": device.type,
+        "batch_size": batch_size,
+        "image": f"{channels}x{resolution}x{resolution}",
+        "threads_per_process": threads,
+    }
+    rows = [{**_launch_throughput(spec, n, timeout), **common} for n in (1, nproc)]
+    rows.append(
+        {
+            "benchmark": "ratio",
+            "name": f"{nproc}-process / 1-process train throughput",
+            "value": rows[1]["images_per_s"] / rows[0]["images_per_s"],
+            **common,
+        }
+    )
+    return rows
+
+
+def _launch_throughput(spec: dict[str, Any], nproc: int, timeout: float) -> dict[str, Any]:
+    """Run `_throughput_worker` in `nproc` fresh processes (torchrun when nproc > 1)."""
+    launcher = [sys.executable, "-m"]
+    if nproc > 1:
+        launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        done = subprocess.run(
+            [*launcher, "bench.perf", json.dumps(spec), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0 or not out.exists():
+            log = (done.stdout + done.stderr)[-3000:]
+            raise RuntimeError(f"the {nproc}-process throughput run failed:\n{log}")
+        return json.loads(out.read_text())
+
+
+def _throughput_worker(spec: dict[str, Any], out: Path) -> None:
+    """One process of `distributed_benchmark`'s runs; rank 0 writes its row to `out` as JSON."""
+    torch.set_num_threads(spec["threads"])
+    dist = distributed.init_from_env(spec["device"])
+    try:
+        steps, batch_size, shape = spec["steps"], spec["batch_size"], tuple(spec["shape"])
+        generator = torch.Generator().manual_seed(spec["seed"])
+        images = torch.rand((8 * batch_size, *shape), generator=generator) * 2 - 1
+        torch.manual_seed(spec["seed"])
+        model = build_model(
+            ArchitectureConfig(name=spec["architecture"]),
+            PERF_MODEL,
+            Schedule.named("linear", PERF_TIMESTEPS),
+            shape[0],
+            shape[1],
+        )
+        # Two records: steps 1..steps warm up, the second one times steps+1..2 steps.
+        cfg = TrainConfig(steps=2 * steps, batch_size=batch_size, warmup_steps=0, log_every=steps)
+        metric = build_metric(MetricConfig(name="none"), shape)
+        result = train(model, metric, images, cfg, seed=spec["seed"], device=dist.device)
+        images_per_s = result.history[-1]["images_per_s"]
+        row = {
+            "benchmark": "distributed-train",
+            "processes": dist.world_size,
+            "architecture": spec["architecture"],
+            "images_per_s": images_per_s,
+            "ms_per_step": 1000 * batch_size / images_per_s,
+        }
+        if dist.world_size > 1:
+            grads = torch.ones(count_parameters(model), device=dist.device)  # [P]
+            times = []
+            for _ in range(steps + 1):
+                distributed.barrier()
+                start = time.perf_counter()
+                distributed.all_reduce_sum(grads)
+                _sync(dist.device)
+                times.append(time.perf_counter() - start)
+            row["allreduce_ms"] = 1000 * statistics.median(times[1:])
+        if dist.is_main:
+            out.write_text(json.dumps(row))
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":  # the process that `_launch_throughput` starts
+    _throughput_worker(json.loads(sys.argv[1]), Path(sys.argv[2]))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from casdm import distributed
 from casdm.config import ConfigError, SampleConfig
 from casdm.prediction import Prediction
 from casdm.registry import lookup
@@ -136,17 +137,26 @@ def generate(
     from one generator on `device`, seeded from `seed` and used batch after batch.
     The model runs in eval mode (its previous mode is restored); progress(done, total) is
     called after each batch.
+
+    Distributed (casdm.distributed initialised, W processes): each rank samples its contiguous
+    shard of the sample indices, in batches of cfg.batch_size (per process), and every rank
+    returns all cfg.num_samples images, gathered in index order; progress counts the rank's own
+    shard. With ddim, eta=0 the result equals the single-process one (up to float arithmetic);
+    stochastic samplers draw their noise from a stream of each rank's own (`rank_seed`), so
+    they give an equally distributed but different set of samples.
     """
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")
     device = torch.device(device)
-    noise_generator = torch.Generator(device=device).manual_seed(seed)
+    rank = distributed.rank()
+    mine = distributed.shard(cfg.num_samples, rank, distributed.world_size())
+    noise_generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed, rank))
     x_T_generator = torch.Generator()
     was_training = model.training
     model.eval()
-    batches = []
+    batches = [torch.empty((0, *shape))]  # an empty shard still has the images' shape
     try:
-        for start in range(0, cfg.num_samples, cfg.batch_size):
-            indices = range(start, min(start + cfg.batch_size, cfg.num_samples))
+        for start in range(mine.start, mine.stop, cfg.batch_size):
+            indices = range(start, min(start + cfg.batch_size, mine.stop))
             x_T = torch.stack(
                 [
                     torch.randn(shape, generator=x_T_generator.manual_seed(_sample_seed(seed, i)))
@@ -159,7 +169,7 @@ def generate(
             # The last update returns x0_hat, in [-1, 1] up to rounding; clamp makes it exact.
             batches.append(x0.float().clamp(-1, 1).cpu())
             if progress is not None:
-                progress(indices.stop, cfg.num_samples)
+                progress(indices.stop - mine.start, len(mine))
     finally:
         model.train(was_training)
-    return torch.cat(batches)
+    return distributed.all_gather_cat(torch.cat(batches))  # [N, C, H, W]

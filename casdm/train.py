@@ -5,6 +5,14 @@ optional torch.compile. All randomness is explicit: one generator (seeded from `
 batch indices, t and the noise; the global torch RNG (dropout) is seeded from `seed` too. Both
 states are checkpointed, so a run stopped and resumed ends bitwise where an uninterrupted run
 ends (on the CPU; CUDA kernels need not be deterministic).
+
+Under torchrun (casdm.distributed initialised, W processes) cfg.batch_size is the global batch:
+every rank draws the same indices, t and noise from the shared generator and trains on its own
+1/W slice, and DistributedDataParallel averages the gradients, so each update equals the
+single-process update on the whole batch (to float rounding, with dropout 0: dropout draws
+from each rank's own stream, seeded by `rank_seed`). Clipping, AdamW and the EMA then run on
+identical gradients, keeping every rank's weights identical. Only rank 0 writes checkpoints
+and calls the callback; every rank resumes from the checkpoint.
 """
 
 import copy
@@ -17,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from casdm import distributed
 from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from casdm.config import TrainConfig
+from casdm.config import ConfigError, TrainConfig
 
 
 @dataclass
@@ -59,6 +68,34 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
+class _Loss(nn.Module):
+    """`model.loss` as a forward pass, the call DistributedDataParallel hooks into."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.loss(x0, t, noise, metric)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG states of this process (CPU, and its GPU on CUDA): dropout draws there."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what `_rng_state` returned."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
@@ -74,7 +111,13 @@ def _resume(
     generator: torch.Generator,
     device: torch.device,
 ) -> int:
-    """Restore every state `_checkpoint_state` saved; return the step the run continues from."""
+    """Restore every state `_checkpoint_state` saved; return the step the run continues from.
+
+    Under W processes each rank takes its own global RNG state back from "rank_rng" when the
+    checkpoint was written by W processes too; otherwise rank 0 takes the saved one and the
+    others reseed (the run continues correctly, its dropout masks differ from an uninterrupted
+    run's).
+    """
     remedy = f"delete {path} to retrain from step 0"
     try:
         step, saved_seed = int(state["step"]), int(state["seed"])
@@ -96,9 +139,14 @@ def _resume(
         for name, module in modules.items():
             module.load_state_dict(state[name])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        rank, world = distributed.rank(), distributed.world_size()
+        per_rank = state.get("rank_rng")
+        if world > 1 and isinstance(per_rank, list) and len(per_rank) == world:
+            _set_rng_state(per_rank[rank], device)
+        elif rank == 0:
+            _set_rng_state(state, device)
+        else:
+            torch.manual_seed(distributed.rank_seed(seed, rank, step))
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"checkpoint {path} does not fit this run's model or device "
@@ -114,18 +162,20 @@ def _checkpoint_state(
     generator: torch.Generator,
     device: torch.device,
     config_json: str,
+    rank_rng: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to continue bitwise: weights, EMA, optimizer, step and RNG states."""
+    """Everything needed to continue bitwise: weights, EMA, optimizer, step and RNG states
+    (with W processes, every rank's global RNG states as "rank_rng", in rank order)."""
     state: dict[str, Any] = {name: module.state_dict() for name, module in modules.items()}
     state.update(
         step=step,
         seed=seed,
         generator=generator.get_state(),
-        torch_rng=torch.get_rng_state(),
         config=config_json,
+        **_rng_state(device),
     )
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if rank_rng is not None:
+        state["rank_rng"] = rank_rng
     return state
 
 
@@ -149,6 +199,10 @@ def train(
     the last, `callback` gets {step, loss, lr, grad_norm, images_per_s, <loss terms>}: loss,
     grad_norm (before clipping) and the terms are means over the steps since the last record.
     A non-finite loss or gradient norm raises FloatingPointError before the update is applied.
+
+    Distributed (see the module docstring): cfg.batch_size must be divisible by the number of
+    processes; `images` is the whole dataset on every rank; records and images_per_s cover the
+    global batch; `callback` runs on rank 0 only; all ranks return the same weights.
     """
     start = time.perf_counter()
     device = torch.device(device)
@@ -161,8 +215,16 @@ def train(
     if {id(p) for p in metric.parameters()} & {id(p) for p in model.parameters()}:
         raise ValueError("the metric's parameters are part of the model; they must stay frozen")
     images = images.to(device)  # [N, C, H, W]
+    rank, W = distributed.rank(), distributed.world_size()
+    if cfg.batch_size % W:
+        raise ConfigError(
+            "train.batch_size",
+            f"is the global batch, split evenly over the {W} processes of this torchrun, so it "
+            f"must be divisible by {W}; got {cfg.batch_size}: use a multiple of {W}",
+        )
 
-    torch.manual_seed(seed)  # dropout and anything else drawing from the global RNG
+    # Dropout and anything else drawing from the global RNG: a stream of each rank's own.
+    torch.manual_seed(distributed.rank_seed(seed, rank))
     generator = torch.Generator(device=device).manual_seed(seed)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -181,9 +243,11 @@ def train(
             device=device,
         )
 
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    loss_fn = distributed.data_parallel(_Loss(model), device)
+    loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     N, B, T = images.shape[0], cfg.batch_size, model.schedule.T
+    mine = slice(rank * B // W, (rank + 1) * B // W)  # this rank's part of the global batch
     params = list(model.parameters())
     history: list[dict[str, float]] = []
     sums: dict[str, torch.Tensor] = {}
@@ -198,10 +262,13 @@ def train(
         t = torch.randint(T, (B,), generator=generator, device=device)
         noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
         with autocast:
-            loss_per_sample, terms = loss_fn(images[idx], t, noise, metric)  # [B], {name: []}
+            # [B / W], {name: []}
+            loss_per_sample, terms = loss_fn(images[idx[mine]], t[mine], noise[mine], metric)
             loss = loss_per_sample.float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if W > 1:  # the global batch's loss, equal on every rank, so all ranks raise together
+            loss = distributed.all_reduce_sum(loss.detach()) / W
         grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one sync per step
             raise FloatingPointError(
@@ -218,19 +285,29 @@ def train(
             sums[name] = sums.get(name, 0) + value.detach().float()
         since_log += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
+            if W > 1:  # the terms are means over this rank's slice; average them over ranks
+                local = [name for name in sums if name not in ("loss", "grad_norm")]
+                if local:
+                    reduced = distributed.all_reduce_sum(torch.stack([sums[n] for n in local]))
+                    sums.update(zip(local, reduced / W, strict=True))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
             record = {"step": step, "lr": lr, "images_per_s": since_log * B / (now - last_log)}
             record.update({name: (total / since_log).item() for name, total in sums.items()})
             history.append(record)
-            if callback is not None:
+            if callback is not None and rank == 0:
                 callback(record)
             sums, since_log, last_log = {}, 0, time.perf_counter()
         if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             save_start = time.perf_counter()
-            state = _checkpoint_state(step, seed, modules, generator, device, config_json)
-            save_checkpoint(Path(checkpoint_path), state)
+            rank_rng = distributed.all_gather_object(_rng_state(device)) if W > 1 else None
+            if rank == 0:
+                state = _checkpoint_state(
+                    step, seed, modules, generator, device, config_json, rank_rng
+                )
+                save_checkpoint(Path(checkpoint_path), state)
+            distributed.barrier()  # no rank goes on (or returns) before the file is complete
             saved = time.perf_counter() - save_start
             saving_s += saved
             last_log += saved  # keep checkpoint writes out of the logged throughput

@@ -1,0 +1,158 @@
+"""The training and sampling runs tests/test_distributed.py compares: started by torchrun as 2
+gloo processes, and called in the test process itself as the 1-process reference.
+
+`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py OUT`
+writes OUT/rank<r>.pt for each rank r (plain data: load it with weights_only=True).
+"""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from casdm import distributed
+from casdm.architectures import build_model
+from casdm.checkpoint import load_checkpoint
+from casdm.config import (
+    ArchitectureConfig,
+    ConfigError,
+    MetricConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
+from casdm.metrics import build_metric, mean_flat
+from casdm.samplers import generate
+from casdm.schedule import Schedule
+from casdm.train import TrainResult, train
+
+SHAPE = (1, 16, 16)
+
+
+class PixelLinear(nn.Module):
+    """x0_theta = a * x_t + b per pixel. Unlike a UNet's biases ahead of a GroupNorm, whose
+    gradient is zero up to float rounding and which Adam's normalisation then moves by up to
+    lr either way, each parameter here has a real gradient, so weights compare directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.schedule = Schedule.named("linear", 100)
+        self.a = nn.Parameter(torch.ones(SHAPE))
+        self.b = nn.Parameter(torch.zeros(SHAPE))
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0_theta = self.a * self.schedule.q_sample(x0, t, noise) + self.b
+        x0_mse = mean_flat((x0 - x0_theta) ** 2)  # [B]
+        return x0_mse, {"x0_mse": x0_mse.detach().mean()}
+
+
+def tiny_model(arch: str, dropout: float = 0.0, init_seed: int = 0) -> nn.Module:
+    torch.manual_seed(init_seed)
+    if arch == "pixel-linear":
+        return PixelLinear()
+    model = ModelConfig(
+        base_channels=8, channel_mults=(1,), attention_resolutions=(), dropout=dropout
+    )
+    return build_model(
+        ArchitectureConfig(name=arch), model, Schedule.named("linear", 100), SHAPE[0], SHAPE[-1]
+    )
+
+
+def config(**kwargs: Any) -> TrainConfig:
+    # ema_decay 0.5: in 4 steps the EMA moves about as far as the weights, so comparing it tells.
+    defaults = {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 2}
+    defaults["ema_decay"] = 0.5
+    return TrainConfig(**{**defaults, **kwargs})
+
+
+def images() -> torch.Tensor:
+    """Random 16x16 "digits": a fixed set of 32 images in [-1, 1]."""
+    return torch.rand((32, *SHAPE), generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def run(out: Path) -> dict[str, Any]:
+    """Every run the test compares, as plain data; rank 0 also writes a checkpoint into `out`."""
+    data, metric = images(), build_metric(MetricConfig(name="l2", weight=0.5))
+    result: dict[str, Any] = {"train": {}}
+    for arch in ("pixel-linear", "ddpm", "cas-dm"):
+        records: list[dict[str, float]] = []
+        trained = train_run(arch, data, metric, callback=records.append)
+        result["train"][arch] = {
+            "model": trained.model.state_dict(),
+            "ema": trained.ema.state_dict(),
+            "history": trained.history,
+            "callback": records,
+        }
+
+    # Stop at step 2 and resume to 4 with dropout on: each rank's own dropout stream comes back.
+    path = out / "ckpt.pt"
+    train_run("cas-dm", data, metric, dropout=0.1, steps=2, checkpoint_path=path)
+    result["checkpoint_rank_rng"] = len(load_checkpoint(path).get("rank_rng", []))
+    resumed = train_run("cas-dm", data, metric, dropout=0.1, init_seed=9, checkpoint_path=path)
+    straight = train_run("cas-dm", data, metric, dropout=0.1)
+    result["resumed"] = resumed.model.state_dict()
+    result["straight"] = straight.model.state_dict()
+
+    # ddim with batches of 1: each sample meets the very kernels it meets in one process.
+    model = tiny_model("cas-dm", init_seed=1)
+    result["samples"], result["progress"] = {}, []
+    for sampler, num_samples, batch_size in [("ddim", 7, 1), ("ddpm", 7, 2), ("ddim", 1, 1)]:
+        cfg = SampleConfig(sampler=sampler, steps=4, num_samples=num_samples, batch_size=batch_size)
+        progress: list[list[int]] = []
+        result["samples"][f"{sampler}-{num_samples}"] = generate(
+            model,
+            model.schedule,
+            cfg,
+            SHAPE,
+            seed=5,
+            device="cpu",
+            progress=lambda done, total, calls=progress: calls.append([done, total]),
+        )
+        result["progress"].append(progress)
+
+    try:
+        train_run("ddpm", data, metric, steps=1, batch_size=5)
+        result["odd_batch"] = "trained"
+    except ConfigError as err:
+        result["odd_batch"] = str(err)
+    return result
+
+
+def train_run(
+    arch: str,
+    data: torch.Tensor,
+    metric: nn.Module,
+    *,
+    dropout: float = 0.0,
+    init_seed: int = 0,
+    checkpoint_path: Path | None = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
+    **cfg: Any,
+) -> TrainResult:
+    return train(
+        tiny_model(arch, dropout, init_seed),
+        metric,
+        data,
+        config(**cfg),
+        seed=3,
+        checkpoint_path=checkpoint_path,
+        callback=callback,
+    )
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)  # two processes share two cores
+    dist = distributed.init_from_env("cpu")
+    try:
+        torch.save(run(out), out / f"rank{dist.rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

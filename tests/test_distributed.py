@@ -1,0 +1,271 @@
+"""One trial over 2 gloo processes (torchrun) trains and samples what one process does.
+
+The runs compared live in tests/distributed_worker.py: torchrun starts it as 2 CPU processes
+(gloo over loopback, one thread each) while this process runs the same code as the 1-process
+reference.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_worker import SHAPE, run, tiny_model
+
+from bench import perf
+from bench.errors import BenchError
+from casdm import distributed
+from casdm.errors import InputError
+from casdm.schedule import Schedule
+
+TESTS = Path(__file__).parent
+UNET_ARCHS = ("ddpm", "cas-dm")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny ops on a shared 2-core machine, beside the 2 torchrun processes: threads only spin.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    """(what each of the 2 ranks returned, what one process returned) for the worker's runs."""
+    out = tmp_path_factory.mktemp("torchrun")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",  # loopback only
+        "PYTHONWARNINGS": "ignore",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", str(TESTS / "distributed_worker.py"), str(out)]
+    # Started first, it imports torch while this process computes the reference.
+    torchrun = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        single = run(tmp_path_factory.mktemp("single"))
+    finally:
+        log, _ = torchrun.communicate(timeout=300)
+    assert torchrun.returncode == 0, log
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return ranks, single
+
+
+def assert_equal_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_both_ranks_end_with_bitwise_identical_weights_and_ema(runs):
+    (rank0, rank1), _ = runs
+    for arch, trained in rank0["train"].items():
+        assert_equal_state(trained["model"], rank1["train"][arch]["model"])
+        assert_equal_state(trained["ema"], rank1["train"][arch]["ema"])
+    assert_equal_state(rank0["straight"], rank1["straight"])  # with dropout 0.1 too
+
+
+@pytest.mark.slow
+def test_two_process_weights_equal_one_process_with_the_same_global_batch_and_seed(runs):
+    (rank0, _), single = runs
+    for key in ("model", "ema"):
+        got, want = rank0["train"]["pixel-linear"][key], single["train"]["pixel-linear"][key]
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
+        # 4 AdamW steps at lr 1e-3 moved the weights (and the EMA, decay 0.5) far beyond it.
+        init = tiny_model("pixel-linear").state_dict()
+        assert max((want[n] - init[n]).abs().max() for n in init) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", UNET_ARCHS)
+def test_two_process_unets_predict_what_the_one_process_unets_predict(runs, arch):
+    # UNet weights are compared through their predictions: a conv bias ahead of a GroupNorm has
+    # a zero gradient up to rounding, which Adam turns into steps of up to lr either way.
+    (rank0, _), single = runs
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn((4, *SHAPE), generator=g)
+    t = torch.tensor([0, 20, 40, 60])
+    for key in ("model", "ema"):
+        got, want = tiny_model(arch).eval(), tiny_model(arch).eval()
+        got.load_state_dict(rank0["train"][arch][key])
+        want.load_state_dict(single["train"][arch][key])
+        with torch.no_grad():
+            for a, b in zip(got(x_t, t), want(x_t, t), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert not torch.equal(want(x_t, t).eps, tiny_model(arch).eval()(x_t, t).eps)
+
+
+@pytest.mark.slow
+def test_logged_loss_and_terms_are_the_global_batch_means_and_only_rank_0_gets_callbacks(runs):
+    (rank0, rank1), single = runs
+    for arch, want in single["train"].items():
+        for rank in (rank0, rank1):
+            history = rank["train"][arch]["history"]
+            assert [r["step"] for r in history] == [r["step"] for r in want["history"]] == [2, 4]
+            for got, ref in zip(history, want["history"], strict=True):
+                assert got.keys() == ref.keys()
+                for key in ref.keys() - {"images_per_s"}:
+                    assert got[key] == pytest.approx(ref[key], rel=1e-5), (arch, key)
+        assert rank0["train"][arch]["callback"] == rank0["train"][arch]["history"]
+        assert rank1["train"][arch]["callback"] == []
+
+
+@pytest.mark.slow
+def test_distributed_resume_is_bitwise_the_uninterrupted_distributed_run(runs):
+    (rank0, rank1), single = runs
+    # Rank 0 wrote every rank's global RNG state (dropout), and each rank took its own back.
+    assert rank0["checkpoint_rank_rng"] == 2 and single["checkpoint_rank_rng"] == 0
+    for rank in (rank0, rank1):
+        assert_equal_state(rank["resumed"], rank["straight"])
+
+
+@pytest.mark.slow
+def test_two_ranks_together_sample_exactly_the_single_process_ddim_set(runs):
+    (rank0, rank1), single = runs
+    for key, n in [("ddim-7", 7), ("ddim-1", 1)]:  # shards of 3 and 4; of 0 and 1
+        assert rank0["samples"][key].shape == (n, *SHAPE)
+        assert torch.equal(rank0["samples"][key], single["samples"][key])
+        assert torch.equal(rank1["samples"][key], single["samples"][key])
+    # Each rank reports its own shard's progress (batches of 1, 2 and 1).
+    assert rank0["progress"] == [[[1, 3], [2, 3], [3, 3]], [[2, 3], [3, 3]], []]
+    assert rank1["progress"] == [[[1, 4], [2, 4], [3, 4], [4, 4]], [[2, 4], [4, 4]], [[1, 1]]]
+
+
+@pytest.mark.slow
+def test_two_ranks_with_a_stochastic_sampler_return_the_same_n_distinct_samples(runs):
+    (rank0, rank1), single = runs
+    samples = rank0["samples"]["ddpm-7"]  # [7, C, H, W]
+    assert samples.shape == (7, *SHAPE) and torch.equal(samples, rank1["samples"]["ddpm-7"])
+    assert samples.abs().max() <= 1
+    assert len({tuple(s.flatten().tolist()) for s in samples}) == 7
+    # Rank 0's noise stream is the single process's, so its first batch is the same; after
+    # that the streams are consumed differently and the sets differ (both are valid draws).
+    assert torch.equal(samples[:2], single["samples"]["ddpm-7"][:2])
+    assert not torch.allclose(samples[2:], single["samples"]["ddpm-7"][2:])
+
+
+@pytest.mark.slow
+def test_a_global_batch_not_divisible_by_the_processes_is_a_config_error(runs):
+    (rank0, rank1), single = runs
+    message = (
+        "train.batch_size: is the global batch, split evenly over the 2 processes of this "
+        "torchrun, so it must be divisible by 2; got 5: use a multiple of 2"
+    )
+    assert rank0["odd_batch"] == rank1["odd_batch"] == message
+    assert single["odd_batch"] == "trained"
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 100])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_are_contiguous_balanced_and_cover_every_index_once(n, world):
+    shards = [distributed.shard(n, r, world) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_without_a_process_group_the_helpers_are_the_identity(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist = distributed.init_from_env("cpu")
+    assert (dist.rank, dist.world_size, dist.is_main, dist.device) == (
+        0,
+        1,
+        True,
+        torch.device("cpu"),
+    )
+    assert not torch.distributed.is_initialized()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    x = torch.arange(6.0).view(3, 2)
+    assert distributed.all_gather_cat(x) is x and distributed.all_reduce_sum(x) is x
+    assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert distributed.broadcast_object("b") == "b"
+    model = Schedule.named("linear", 30)
+    assert distributed.data_parallel(model, torch.device("cpu")) is model
+    distributed.barrier()
+
+
+def test_rank_seed_keeps_rank_0_and_gives_other_ranks_and_steps_their_own_streams():
+    assert distributed.rank_seed(3, 0) == 3
+    seeds = {distributed.rank_seed(3, r, s) for r in range(4) for s in (0, 10)}
+    assert len(seeds) == 8 and all(0 <= s < 2**64 for s in seeds)
+
+
+def test_torchrun_on_a_device_without_a_backend_or_gpu_is_refused_before_joining(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(InputError, match=r"distributed runs support device 'cuda' .* got mps"):
+        distributed.init_from_env("mps")
+    gpus = torch.cuda.device_count()
+    monkeypatch.setenv("LOCAL_RANK", str(gpus))
+    with pytest.raises(
+        InputError, match=rf"LOCAL_RANK={gpus} but this machine has {gpus} GPU\(s\)"
+    ):
+        distributed.init_from_env("cuda")
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_throughput_worker_runs_as_bench_perf_in_a_fresh_process_and_reports_its_row():
+    spec = {"device": "cpu", "steps": 1, "batch_size": 4, "shape": [1, 8, 8]}
+    spec.update(architecture="cas-dm", threads=1, seed=0)
+    row = perf._launch_throughput(spec, 1, timeout=240)
+    assert row.keys() == {"benchmark", "processes", "architecture", "images_per_s", "ms_per_step"}
+    assert (row["benchmark"], row["processes"], row["architecture"]) == (
+        "distributed-train",
+        1,
+        "cas-dm",
+    )
+    assert row["images_per_s"] == pytest.approx(4 / (row["ms_per_step"] / 1000))
+
+
+def test_distributed_benchmark_runs_one_then_n_processes_and_takes_the_ratio_of_their_rows(
+    monkeypatch,
+):
+    # The launches themselves are tested above (1 process) and timed in the report (torchrun).
+    launched = []
+
+    def launch(spec, nproc, timeout):
+        launched.append((spec, nproc))
+        return {"benchmark": "distributed-train", "processes": nproc, "images_per_s": 10 * nproc}
+
+    monkeypatch.setattr(perf, "_launch_throughput", launch)
+    one, three, ratio = perf.distributed_benchmark(3, steps=2, batch_size=6, threads=2)
+    assert [n for _, n in launched] == [1, 3]
+    assert (
+        launched[0][0]
+        == launched[1][0]
+        == {
+            "device": "cpu",
+            "steps": 2,
+            "batch_size": 6,
+            "shape": [1, 16, 16],
+            "architecture": "ddpm",
+            "threads": 2,
+            "seed": 0,
+        }
+    )
+    common = {"device": "cpu", "batch_size": 6, "image": "1x16x16", "threads_per_process": 2}
+    assert one == {**launch({}, 1, 0), **common} and three == {**launch({}, 3, 0), **common}
+    assert ratio == {
+        "benchmark": "ratio",
+        "name": "3-process / 1-process train throughput",
+        "value": 3.0,
+        **common,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [({"nproc": 1}, "nproc=1"), ({"batch_size": 5}, "batch_size=5"), ({"steps": 0}, "steps=0")],
+)
+def test_distributed_benchmark_refuses_bad_arguments_before_starting_processes(kwargs, bad):
+    with pytest.raises(BenchError, match=rf"needs nproc >= 2, steps >= 1.*{bad}"):
+        perf.distributed_benchmark(**kwargs)
