@@ -1,0 +1,194 @@
+"""`bench eval SAMPLES --dataset NAME`: score a folder or .npz of samples, as ADM's evaluator."""
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.config import EvalConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EvalConfig()
+    parser.add_argument(
+        "samples", type=Path, help="a folder of same-sized images or an ADM .npz ('arr_0')"
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="the DATASETS entry whose reference statistics the samples are scored against "
+        "(digits, cifar10, folder:PATH, npz:PATH); loaded at the samples' resolution",
+    )
+    parser.add_argument(
+        "--evaluator",
+        help="inception or classifier (default: classifier for digits, inception otherwise)",
+    )
+    parser.add_argument("--n", type=int, help="score only the first N samples (default: all)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random Inception weights, for smoke runs only: the numbers mean nothing and every "
+        "output says so",
+    )
+    parser.add_argument(
+        "--reference-split",
+        choices=("train", "test"),
+        default=defaults.reference_split,
+        help=f"the dataset split the reference statistics come from (default: "
+        f"{defaults.reference_split})",
+    )
+    parser.add_argument(
+        "--reference-images",
+        type=int,
+        default=defaults.reference_images,
+        help="cap on reference images (default: 0, the whole split)",
+    )
+    parser.add_argument(
+        "--reference-npz",
+        type=Path,
+        help="an ADM reference batch .npz ('arr_0' and/or mu, sigma, mu_s, sigma_s) to use "
+        "instead of the dataset's statistics",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="images per feature batch"
+    )
+    parser.add_argument(
+        "--is-splits",
+        type=int,
+        default=defaults.is_splits,
+        help=f"Inception Score splits (default: {defaults.is_splits})",
+    )
+    parser.add_argument("--data-dir", help="where downloadable datasets are stored")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("results") / "cache",
+        help="evaluator and reference-statistics cache (default: results/cache)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.errors import BenchError
+    from bench.evaluation import (
+        EVALUATORS,
+        build_evaluator,
+        metric_label,
+        reference_statistics,
+        score,
+    )
+    from bench.progress import make_progress
+    from bench.trial import resolve_device
+    from casdm.config import DataConfig
+    from casdm.data import parse_dataset, read_images
+    from casdm.registry import lookup
+
+    kind, _ = parse_dataset(args.dataset)  # an unknown dataset fails before any work
+    evaluator_name = args.evaluator or ("classifier" if kind == "digits" else "inception")
+    lookup(EVALUATORS, evaluator_name, "evaluator")
+    if args.random_weights and evaluator_name != "inception":
+        raise BenchError(
+            f"--random-weights replaces pretrained Inception weights; the {evaluator_name} "
+            "evaluator has none to replace (use --evaluator inception --random-weights)"
+        )
+    images = read_images(args.samples)  # uint8 [N, C, H, W]
+    if args.n is not None:
+        if not 1 <= args.n <= len(images):
+            raise BenchError(
+                f"--n {args.n}: {args.samples} holds {len(images)} images; ask for 1 to "
+                f"{len(images)}"
+            )
+        images = images[: args.n]
+    _, _, height, width = images.shape
+    if height != width:
+        raise BenchError(
+            f"{args.samples}: images are {width}x{height} (width x height); bench eval loads "
+            "the reference dataset at one square resolution, so samples must be square"
+        )
+    data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    data_cfg = DataConfig(dataset=args.dataset, resolution=height, **data_kwargs)
+    eval_cfg = EvalConfig(
+        evaluator=evaluator_name,
+        reference_split=args.reference_split,
+        reference_images=args.reference_images,
+        reference_npz=str(args.reference_npz or ""),
+        batch_size=args.batch_size,
+        is_splits=args.is_splits,
+        random_weights=args.random_weights,
+    )
+    device = resolve_device(args.device)
+    with make_progress(args.quiet) as progress:
+        evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=args.cache_dir)
+        reference = reference_statistics(
+            evaluator,
+            data_cfg,
+            eval_cfg,
+            cache_dir=args.cache_dir,
+            progress=progress.task("reference features"),
+        )
+        metrics = score(
+            images,
+            evaluator,
+            reference,
+            is_splits=eval_cfg.is_splits,
+            batch_size=eval_cfg.batch_size,
+            progress=progress.task("sample features"),
+        )
+    result: dict[str, Any] = {
+        "samples": str(args.samples),
+        "n": len(images),
+        "dataset": args.dataset,
+        "resolution": height,
+        "evaluator": {
+            "name": evaluator.name,
+            "label": evaluator.label,
+            "random_weights": evaluator.random_weights,
+            "weights_hash": evaluator.weights_hash,
+            "accuracy": getattr(evaluator, "accuracy", None),
+        },
+        "reference": reference.meta,
+        "metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()},
+        "labels": {k: metric_label(k, evaluator) for k in metrics},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result, evaluator.random_weights)
+    return 0
+
+
+def _print_table(result: dict[str, Any], random_weights: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    reference = result["reference"]
+    source = (
+        f"the ADM reference batch {reference['npz']}"
+        if reference["source"] == "adm-npz"
+        else f"{reference['dataset']} ({reference['split']} split, {reference['images']} images)"
+    )
+    evaluator = result["evaluator"]
+    console.print(
+        f"{result['n']} samples from {result['samples']} scored against {source} "
+        f"by {evaluator['label']}",
+        highlight=False,
+    )
+    if evaluator["accuracy"] is not None:
+        console.print(f"held-out accuracy of the classifier: {100 * evaluator['accuracy']:.1f}%")
+    if random_weights:
+        console.print(
+            "[bold red]RANDOM WEIGHTS[/]: a smoke run; these numbers are not comparable to any "
+            "published score"
+        )
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result["metrics"].items():
+        shown = "n/a (the reference holds no images)" if value is None else f"{value:.4f}"
+        table.add_row(result["labels"][key], shown)
+    console.print(table)

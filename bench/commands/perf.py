@@ -1,0 +1,96 @@
+"""`bench perf`: throughput on this machine, reported as ratios measured side by side in one run.
+
+- models: training images/s per architecture, DDIM sampling images/s, cas-dm / ddpm step time;
+- distributed: one trial over N processes (torchrun, DDP) against one process;
+- evaluation: the full metric set from one feature pass against clean-fid's FID + KID on the
+  same images with the same network and weights, plus peak memory.
+"""
+
+import argparse
+import json
+
+SUITES = ("models", "distributed", "evaluation")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SUITES,
+        default=list(SUITES),
+        help="which benchmarks to run (default: all)",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    parser.add_argument("--nproc", type=int, default=2, help="processes for the DDP benchmark")
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        help="images scored by both evaluators (default: 10000 on CUDA, 100 on CPU, where "
+        "Inception runs at about 5 images/s)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use random Inception weights (no download; the throughput is the same)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.errors import BenchError
+    from bench.evaluation.benchmark import evaluation_benchmark
+    from bench.perf import distributed_benchmark, model_benchmarks
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if args.steps < 1:
+        raise BenchError(f"--steps must be >= 1, got {args.steps}")
+    eval_images = args.eval_images or (10_000 if device.type == "cuda" else 100)
+    if eval_images < 1:
+        raise BenchError(f"--eval-images must be >= 1, got {eval_images}")
+
+    console = Console(stderr=True, quiet=args.json)
+    rows: list[dict] = []
+    if "models" in args.only:
+        console.print("[bold]models[/]: training and sampling throughput ...")
+        rows += model_benchmarks(device, steps=args.steps, progress=console.print)
+    if "distributed" in args.only:
+        console.print(f"[bold]distributed[/]: {args.nproc} processes against 1 ...")
+        rows += distributed_benchmark(args.nproc, device, steps=max(5, args.steps // 2))
+    if "evaluation" in args.only:
+        console.print(f"[bold]evaluation[/]: {eval_images} images, ours against clean-fid ...")
+        result = evaluation_benchmark(
+            eval_images, 32, random_weights=args.random_weights, device=device
+        )
+        rows.append({"benchmark": "evaluation", **result})
+
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    out = Console()
+    for kind in dict.fromkeys(row["benchmark"] for row in rows):
+        selected = [row for row in rows if row["benchmark"] == kind]
+        columns = list(dict.fromkeys(key for row in selected for key in row if key != "benchmark"))
+        table = Table(title=kind)
+        for column in columns:
+            table.add_column(column)
+        for row in selected:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        out.print(table)
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    return "" if value is None else str(value)

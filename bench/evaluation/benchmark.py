@@ -1,0 +1,226 @@
+"""Evaluator throughput against clean-fid, on the same images, network and weights, in one run.
+
+Ours: `score` (FID, sFID, IS, KID, precision/recall) from one streamed pass with the batched
+clean resize. clean-fid: `cleanfid.fid.get_model_features` in "clean" mode (its per-image PIL
+resize) with its own legacy-PyTorch `InceptionV3` loaded from the same state dict, then its
+`frechet_distance` and `kernel_distance`, i.e. FID and KID from one pass, the cheapest way
+clean-fid can give both. Both score against the same reference features, computed beforehand.
+"""
+
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+
+from bench.evaluation.evaluator import state_dict_sha256
+from bench.evaluation.inception import (
+    InceptionEvaluator,
+    load_inception_weights,
+    random_inception_weights,
+)
+from bench.evaluation.reference import Reference, reference_radii
+from bench.evaluation.scoring import score
+from bench.evaluation.stream import collect
+from casdm import weights
+
+REFERENCE_IMAGES = 1000  # reference set size (not timed); the cost measured is the samples'
+
+
+def _images(n: int, batch_size: int, resolution: int, seed: int) -> Iterator[torch.Tensor]:
+    """n random uint8 RGB images [B, 3, res, res], generated batch by batch (never all held)."""
+    for start in range(0, n, batch_size):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        size = min(batch_size, n - start)
+        yield torch.randint(0, 256, (size, 3, resolution, resolution), generator=generator).to(
+            torch.uint8
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _PeakMemory:
+    """Peak memory of one phase: CUDA max allocated, and the process's peak RSS.
+
+    Linux resets the RSS high-water mark on writing 5 to /proc/self/clear_refs; elsewhere
+    the figure is the whole process's peak (ru_maxrss), which `rss_kind` says.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.rss_kind = "phase_peak_rss"
+        except OSError:
+            self.rss_kind = "process_peak_rss"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def rss_mb(self) -> float:
+        if self.rss_kind == "phase_peak_rss":
+            status = Path("/proc/self/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+
+    def cuda_mb(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def cleanfid_feature_fn(
+    state_dict: dict[str, torch.Tensor], device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """clean-fid's "pytorch_inception" feature function (cleanfid.features.feature_extractor)
+    built on `state_dict`: [B, 3, 299, 299] in [0, 255] -> [B, 2048] pool3 features.
+
+    clean-fid's `fid_inception_v3` fetches its weights with `load_state_dict_from_url`; that one
+    call is redirected to `state_dict` (checked to be the official URL), so clean-fid's own
+    architecture and strict loading are what get measured.
+    """
+    from cleanfid import inception_pytorch
+
+    def load(url: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if url != inception_pytorch.FID_WEIGHTS_URL:
+            raise ValueError(f"clean-fid asked for unexpected weights: {url}")
+        return state_dict
+
+    with mock.patch.object(inception_pytorch, "load_state_dict_from_url", load):
+        model = inception_pytorch.InceptionV3(output_blocks=[3], resize_input=False)
+    model = model.to(device).eval()
+
+    def model_fn(x: torch.Tensor) -> torch.Tensor:
+        return model(x / 255)[0].squeeze(-1).squeeze(-1)
+
+    return model_fn
+
+
+class _Generator:
+    """clean-fid's `G(z)` interface over our image batches: float [B, 3, H, W] in [0, 255]."""
+
+    def __init__(self, batches: Iterator[torch.Tensor], device: torch.device):
+        self.batches = batches
+        self.device = device
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return next(self.batches).to(self.device).float()
+
+
+def evaluation_benchmark(
+    n_images: int,
+    resolution: int = 32,
+    *,
+    random_weights: bool,
+    device: torch.device | str = "cpu",
+    batch_size: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Images/s of `score` vs clean-fid's FID + KID on n_images random RGB images.
+
+    Returns images_per_s, cleanfid_images_per_s, ratio (ours / clean-fid, measured in this
+    call), both runs' metrics (their FIDs should agree: same network, same resize up to
+    float32 rounding) and the peak memory of our scoring.
+    """
+    from cleanfid.fid import frechet_distance, get_model_features, kernel_distance
+
+    device = torch.device(device)
+    batch_size = min(batch_size, n_images)
+    if n_images % batch_size:
+        raise ValueError(
+            f"n_images ({n_images}) must be a multiple of batch_size ({batch_size}): clean-fid "
+            "extracts whole batches only"
+        )
+    if random_weights:
+        state_dict = random_inception_weights()
+        weights_hash = state_dict_sha256(state_dict)
+    else:
+        path = weights.ensure("inception")
+        state_dict, weights_hash = load_inception_weights(path), weights.sha256(path)
+    evaluator = InceptionEvaluator(
+        state_dict, weights_hash=weights_hash, device=device, random_weights=random_weights
+    )
+
+    # The reference (untimed; it also warms our path up): features of other random images.
+    n_ref = min(n_images, REFERENCE_IMAGES)
+    ref_stats = collect(
+        _images(n_ref, batch_size, resolution, seed + 1),
+        evaluator,
+        keep_pool=None,
+        keep_logits=False,
+    )
+    reference = Reference(
+        mu=ref_stats.pool.mean(),
+        sigma=ref_stats.pool.cov(),
+        mu_s=ref_stats.spatial.mean(),
+        sigma_s=ref_stats.spatial.cov(),
+        features=ref_stats.kept_pool(),
+        radii=reference_radii(ref_stats.kept_pool(), device),
+        meta={"evaluator": evaluator.name, "weights_hash": evaluator.weights_hash},
+    )
+
+    memory = _PeakMemory(device)
+    _sync(device)
+    start = time.perf_counter()
+    ours = score(
+        _images(n_images, batch_size, resolution, seed),
+        evaluator,
+        reference,
+        batch_size=batch_size,
+    )
+    _sync(device)
+    ours_s = time.perf_counter() - start
+    peak_rss_mb, peak_cuda_mb = memory.rss_mb(), memory.cuda_mb()
+
+    model_fn = cleanfid_feature_fn(state_dict, device)
+    with torch.no_grad():  # warm-up, as our reference pass warmed our network up
+        model_fn(torch.zeros(1, 3, 299, 299, device=device))
+    _sync(device)
+    start = time.perf_counter()
+    feats = get_model_features(
+        _Generator(_images(n_images, batch_size, resolution, seed), device),
+        model_fn,
+        mode="clean",
+        z_dim=1,
+        num_gen=n_images,
+        batch_size=batch_size,
+        device=device,
+        verbose=False,
+    )
+    cleanfid = {
+        "fid": float(
+            frechet_distance(
+                feats.mean(0), np.cov(feats, rowvar=False), reference.mu, reference.sigma
+            )
+        ),
+        "kid": float(kernel_distance(feats, reference.features)),
+    }
+    _sync(device)
+    cleanfid_s = time.perf_counter() - start
+
+    return {
+        "device": str(device),
+        "evaluator": evaluator.label,
+        "n_images": n_images,
+        "resolution": resolution,
+        "batch_size": batch_size,
+        "images_per_s": n_images / ours_s,
+        "cleanfid_images_per_s": n_images / cleanfid_s,
+        "ratio": cleanfid_s / ours_s,
+        "seconds": ours_s,
+        "cleanfid_seconds": cleanfid_s,
+        "metrics": ours,
+        "cleanfid_metrics": cleanfid,
+        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_kind": memory.rss_kind,
+        "peak_cuda_mb": peak_cuda_mb,
+    }

@@ -1,0 +1,112 @@
+"""The evaluator contract: a frozen feature network mapping uint8 images to three feature kinds."""
+
+import hashlib
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+
+# Display names of the keys `score` returns, in table order.
+METRIC_NAMES = {
+    "fid": "FID",
+    "sfid": "sFID",
+    "is_mean": "IS",
+    "is_std": "IS std",
+    "kid": "KID",
+    "precision": "Precision",
+    "recall": "Recall",
+}
+
+
+class Features(NamedTuple):
+    """One forward pass: pool (FID, KID, precision/recall), spatial (sFID), logits (IS)."""
+
+    pool: torch.Tensor  # [B, D]
+    spatial: torch.Tensor  # [B, S]
+    logits: torch.Tensor  # [B, K]
+
+
+class Evaluator:
+    """A feature network in eval mode; `features` checks its input and never tracks gradients.
+
+    `name` identifies the network in caches ("inception", "classifier:digits"), `title` is its
+    display name, and `label` adds "(random weights)" whenever the weights are not the real ones,
+    so that no printed number can pass for a real Inception score.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        name: str,
+        title: str,
+        weights_hash: str,
+        dims: tuple[int, int, int],
+        channels: tuple[int, ...],
+        device: torch.device,
+        random_weights: bool = False,
+    ):
+        self.network = network.to(device).eval().requires_grad_(False)
+        self.name = name
+        self.title = title
+        self.weights_hash = weights_hash
+        self.dims = dims  # (pool D, spatial S, classes K)
+        self.channels = channels  # channel counts the network accepts
+        self.device = device
+        self.random_weights = random_weights
+
+    @property
+    def label(self) -> str:
+        """Display name, e.g. "Inception", "Inception (random weights)", "classifier:digits"."""
+        return self.title + (" (random weights)" if self.random_weights else "")
+
+    def features(self, images: torch.Tensor) -> Features:
+        """Features of a batch of uint8 images [B, C, H, W] in [0, 255]."""
+        check_images(images, self.channels, self.label)
+        with torch.inference_mode():
+            return self._features(images.to(self.device))
+
+    def _features(self, images: torch.Tensor) -> Features:
+        raise NotImplementedError
+
+
+def check_images(images: object, channels: tuple[int, ...], where: str) -> None:
+    """Raise BenchError unless `images` is a non-empty uint8 tensor [B, C, H, W] with C allowed."""
+    if not isinstance(images, torch.Tensor):
+        raise BenchError(
+            f"{where}: expected a uint8 image tensor [B, C, H, W], got {type(images).__name__}"
+        )
+    if images.dtype != torch.uint8:
+        raise BenchError(
+            f"{where}: expected uint8 images in [0, 255], got dtype {images.dtype}; convert "
+            "images in [-1, 1] with casdm.data.to_uint8"
+        )
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise BenchError(
+            f"{where}: expected a non-empty batch [B, C, H, W], got shape {tuple(images.shape)}"
+        )
+    if images.shape[1] not in channels:
+        allowed = " or ".join(map(str, channels))
+        raise BenchError(
+            f"{where}: images have {images.shape[1]} channels (shape {tuple(images.shape)}); "
+            f"this evaluator takes {allowed} channel(s) in NCHW layout"
+        )
+
+
+def metric_label(key: str, evaluator: Evaluator) -> str:
+    """Metric name with the evaluator that produced it, e.g. "FID (classifier:digits)"."""
+    suffix = ", random weights" if evaluator.random_weights else ""
+    return f"{METRIC_NAMES[key]} ({evaluator.title}{suffix})"
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 over the names and bytes of a state dict's tensors, in key order."""
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        digest.update(key.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()

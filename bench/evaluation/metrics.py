@@ -1,0 +1,149 @@
+"""Sample-quality metrics from features: FID/sFID, IS, KID, precision and recall."""
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+PR_NEIGHBOURS = 3  # k of the k-NN manifold (Kynkaanniemi et al. 2019; ADM's evaluator)
+KID_SEED = 0  # clean-fid draws KID's subsets from numpy's global RNG; seeded for repeatability
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, what: str
+) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) (Heusel et al. 2017), clean-fid's code.
+
+    clean-fid raises on an imaginary part above 1e-3 in the matrix square root; that becomes
+    a BenchError here, since such a number would be wrong, not merely imprecise.
+    """
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise BenchError(
+            f"{what}: the statistics differ in dimension ({mu1.shape[0]} vs {mu2.shape[0]}); "
+            "the reference statistics were computed with another feature network"
+        )
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
+        raise BenchError(f"{what}: the feature statistics hold NaN or infinite values")
+    from cleanfid.fid import frechet_distance as cleanfid_frechet_distance  # torchvision: slow
+
+    # clean-fid prints (to stdout) when it regularises a singular product; keep stdout clean
+    # for `--json` and surface the message as part of an error if one follows.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            value = cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2)
+    except ValueError as err:
+        raise BenchError(
+            f"{what}: the matrix square root of the covariance product has a large imaginary "
+            f"part ({err}; {printed.getvalue().strip()}). The covariances are too singular "
+            f"for a trustworthy value: use more images (at least the feature dimension, "
+            f"{mu1.shape[0]}, is advisable)"
+        ) from None
+    return float(value)
+
+
+def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) per split, mean and std over `splits` splits.
+
+    ADM's protocol (Salimans et al. 2016): consecutive, unshuffled splits (np.array_split,
+    so sizes differ by at most one), p(y) the split's mean prediction. Samples stored sorted by
+    class would score too low (guided-diffusion issue #165); generated samples are unordered.
+    """
+    n = len(logits)
+    if n < splits:
+        raise BenchError(
+            f"the Inception Score splits the images into {splits} parts, but there are only {n} "
+            f"images; score at least {splits} images or lower eval.is_splits"
+        )
+    log_p = torch.from_numpy(np.asarray(logits, dtype=np.float64)).log_softmax(1)  # [N, K]
+    scores = []
+    for part in log_p.tensor_split(splits):
+        log_py = part.exp().mean(0).log()  # [K]: log of the split's marginal p(y)
+        kl = (part.exp() * (part - log_py)).sum(1).mean()
+        scores.append(kl.exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray) -> float:
+    """KID (Binkowski et al. 2018): clean-fid's unbiased cubic-kernel MMD^2 over 100 subsets.
+
+    Features go in as they are (float32, as clean-fid passes them): evaluators keep them O(1),
+    so the kernel (x.y / D + 1)^3 and its sums stay well within float32 precision.
+    """
+    for feats in (features1, features2):
+        if len(feats) < 2:
+            raise BenchError(f"KID needs at least 2 images per set, got {len(feats)}")
+    from cleanfid.fid import kernel_distance  # imports torchvision: seconds, so only when used
+
+    state = np.random.get_state()
+    np.random.seed(KID_SEED)
+    try:
+        return float(kernel_distance(features1, features2))
+    finally:
+        np.random.set_state(state)
+
+
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[A, B] squared Euclidean distances, clamped at 0 (ADM's DistanceBlock)."""
+    sq = a @ b.T  # the one [A, B] block allocated; the rest is in place
+    return sq.mul_(-2).add_((a * a).sum(1, keepdim=True)).add_((b * b).sum(1)).clamp_min_(0)
+
+
+def _rows(n_rows: int, n_cols: int) -> int:
+    """Rows per block so one [rows, n_cols] float32 distance block stays under 64 MiB."""
+    return max(1, min(n_rows, (1 << 24) // max(n_cols, 1)))
+
+
+def manifold_radii(features: torch.Tensor, k: int = PR_NEIGHBOURS) -> torch.Tensor:
+    """[N] squared distance of each point to its k-th nearest other point of the set."""
+    n = len(features)
+    if n <= k:
+        raise BenchError(
+            f"precision/recall need more than k = {k} images per set (each point's radius is "
+            f"the distance to its k-th nearest neighbour), got {n}"
+        )
+    step = _rows(n, n)
+    # The point itself is at distance 0 (rank 1), so the k-th neighbour is rank k + 1, as ADM.
+    return torch.cat(
+        [
+            _squared_distances(features[i : i + step], features).kthvalue(k + 1, dim=1).values
+            for i in range(0, n, step)
+        ]
+    )
+
+
+def _inside(points: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """[P] bool: whether each point lies within the radius of some point of the manifold."""
+    step = _rows(len(points), len(manifold))
+    return torch.cat(
+        [
+            (_squared_distances(points[i : i + step], manifold) <= radii).any(1)
+            for i in range(0, len(points), step)
+        ]
+    )
+
+
+def precision_recall(
+    reference: np.ndarray,
+    samples: np.ndarray,
+    device: torch.device | str = "cpu",
+    reference_radii: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, k = 3), as ADM's evaluator.
+
+    Precision: the fraction of samples inside the reference manifold (the union of balls
+    reaching each reference point's 3rd nearest neighbour); recall: the reverse.
+    `reference_radii` (manifold_radii of `reference`) saves recomputing them.
+    """
+    ref = torch.as_tensor(reference, dtype=torch.float32, device=device)
+    gen = torch.as_tensor(samples, dtype=torch.float32, device=device)
+    if reference_radii is None:
+        radii = manifold_radii(ref)
+    else:
+        radii = torch.as_tensor(reference_radii, dtype=torch.float32, device=device)
+    precision = _inside(gen, ref, radii).double().mean().item()
+    recall = _inside(ref, gen, manifold_radii(gen)).double().mean().item()
+    return precision, recall

@@ -1,0 +1,257 @@
+"""Reference statistics of a dataset split (or an ADM reference batch), cached as .npz.
+
+A cache file holds ADM's keys (`mu`, `sigma`, `mu_s`, `sigma_s`), the reference pool features
+KID and precision/recall compare against (`features`, at most REFERENCE_FEATURES rows), their
+k-NN radii (`radii`: the reference half of precision/recall, computed once here rather than at
+every scoring) and a JSON metadata record (`meta`) naming what it was computed from. It is
+computed once per (dataset, split, resolution, evaluator, weights hash, number of images),
+written atomically, and rebuilt, with a warning, when unreadable or made for something else.
+"""
+
+import hashlib
+import json
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.config import EvalConfig
+from bench.errors import BenchError
+from bench.evaluation.evaluator import Evaluator
+from bench.evaluation.metrics import PR_NEIGHBOURS, manifold_radii
+from bench.evaluation.stream import FeatureStats, Progress, collect
+from casdm.config import DataConfig
+from casdm.data import load_dataset, read_images, to_uint8
+from casdm.files import atomic_write
+
+FORMAT = 1  # bump when what a cache file holds changes
+REFERENCE_FEATURES = 10_000  # ADM's reference batches keep 10,000 images for precision/recall
+SUBSET_SEED = 0  # which images a capped reference uses (a seeded permutation)
+ADM_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """Statistics of real images in an evaluator's feature space."""
+
+    mu: np.ndarray  # [D] float64
+    sigma: np.ndarray  # [D, D]
+    mu_s: np.ndarray  # [S]
+    sigma_s: np.ndarray  # [S, S]
+    features: np.ndarray | None  # [M, D] float32 pool features; None: KID, P/R unavailable
+    radii: np.ndarray | None  # [M] float32 squared k-NN radii of `features` (None if M <= k)
+    meta: dict[str, Any]
+
+
+def reference_statistics(
+    evaluator: Evaluator,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    *,
+    cache_dir: Path,
+    progress: Progress | None = None,
+) -> Reference:
+    """The reference for `evaluator`: eval_cfg.reference_npz if set, else the dataset split."""
+    if eval_cfg.reference_npz:
+        npz = Path(eval_cfg.reference_npz)
+        return _adm_reference(npz, evaluator, eval_cfg, Path(cache_dir), progress)
+    key = {
+        "source": "dataset",
+        "dataset": data_cfg.dataset,
+        "split": eval_cfg.reference_split,
+        "resolution": data_cfg.resolution,
+        "reference_images": eval_cfg.reference_images,
+        **_evaluator_key(evaluator),
+    }
+
+    def compute() -> tuple[FeatureStats, int]:
+        images = load_dataset(data_cfg, eval_cfg.reference_split).images  # [N, C, H, W] [-1, 1]
+        return _pass(images, evaluator, eval_cfg, progress)
+
+    return _cached(Path(cache_dir), data_cfg.dataset, key, evaluator, compute)
+
+
+def _evaluator_key(evaluator: Evaluator) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "evaluator": evaluator.name,
+        "weights_hash": evaluator.weights_hash,
+        "reference_features": REFERENCE_FEATURES,
+        "subset_seed": SUBSET_SEED,
+    }
+
+
+def _pass(
+    images: torch.Tensor, evaluator: Evaluator, eval_cfg: EvalConfig, progress: Progress | None
+) -> tuple[FeatureStats, int]:
+    """Features of a seeded subset of `images` (uint8, or float in [-1, 1]), capped as asked."""
+    n = len(images)
+    if eval_cfg.reference_images:
+        n = min(n, eval_cfg.reference_images)
+    if n < 2:
+        raise BenchError(
+            f"reference statistics need at least 2 images (a covariance), got {n}; raise "
+            "eval.reference_images or use a larger reference set"
+        )
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
+
+    def chunks() -> Iterator[torch.Tensor]:
+        for idx in order.split(eval_cfg.batch_size):
+            batch = images[idx]
+            yield batch if batch.dtype == torch.uint8 else to_uint8(batch)
+
+    stats = collect(
+        chunks(),
+        evaluator,
+        keep_pool=REFERENCE_FEATURES,
+        keep_logits=False,
+        total=n,
+        progress=progress,
+    )
+    return stats, n
+
+
+def _adm_reference(
+    path: Path,
+    evaluator: Evaluator,
+    eval_cfg: EvalConfig,
+    cache_dir: Path,
+    progress: Progress | None,
+) -> Reference:
+    """An ADM reference batch: its stored `mu`... if present (as ADM), `arr_0` for the rest."""
+    if not path.is_file():
+        raise BenchError(
+            f"reference batch {path} does not exist; expected an ADM .npz with 'arr_0' "
+            f"(uint8 NHWC images) and/or {', '.join(ADM_KEYS)}"
+        )
+    try:
+        with np.load(path) as npz:
+            names = set(npz.files)
+            stats = {k: np.asarray(npz[k], dtype=np.float64) for k in ADM_KEYS if k in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise BenchError(f"reference batch {path} is not a readable .npz ({err})") from None
+    has_images = "arr_0" in names
+    if stats and len(stats) < len(ADM_KEYS):
+        missing = ", ".join(k for k in ADM_KEYS if k not in stats)
+        raise BenchError(f"reference batch {path} has precomputed statistics but lacks {missing}")
+    if not stats and not has_images:
+        raise BenchError(
+            f"reference batch {path} has neither 'arr_0' nor {', '.join(ADM_KEYS)} "
+            f"(keys: {', '.join(sorted(names)) or 'none'})"
+        )
+    if stats:
+        _check_dims(stats, evaluator, f"reference batch {path}")
+        # ADM's stored statistics come from the TF graph's own (bilinear) resize; ours use
+        # clean-fid's bicubic one, so FID against them is close to, not equal to, ADM's.
+        warnings.warn(
+            f"{path}: using its precomputed statistics as ADM does; they were made by ADM's "
+            "TensorFlow Inception, so FID/sFID are comparable to ADM's evaluator, not exact",
+            stacklevel=3,
+        )
+    meta_base = {"source": "adm-npz", "npz": str(path.resolve()), **_evaluator_key(evaluator)}
+    if not has_images:
+        return Reference(**stats, features=None, radii=None, meta={**meta_base, "images": 0})
+    stat = path.stat()
+    key = {
+        **meta_base,
+        "npz_size": stat.st_size,
+        "npz_mtime_ns": stat.st_mtime_ns,
+        "reference_images": eval_cfg.reference_images,
+    }
+
+    def compute() -> tuple[FeatureStats, int]:
+        return _pass(read_images(path), evaluator, eval_cfg, progress)
+
+    reference = _cached(Path(cache_dir), path.stem, key, evaluator, compute)
+    if stats:
+        return Reference(
+            **stats, features=reference.features, radii=reference.radii, meta=reference.meta
+        )
+    return reference
+
+
+def _check_dims(stats: dict[str, np.ndarray], evaluator: Evaluator, where: str) -> None:
+    d, s, _ = evaluator.dims
+    expected = {"mu": (d,), "sigma": (d, d), "mu_s": (s,), "sigma_s": (s, s)}
+    for name, shape in expected.items():
+        if stats[name].shape != shape:
+            raise BenchError(
+                f"{where}: {name} has shape {list(stats[name].shape)}, but {evaluator.label} "
+                f"features need {list(shape)}"
+            )
+
+
+def _cache_path(cache_dir: Path, name: str, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+    return cache_dir / "reference" / f"{slug}-{key['evaluator'].replace(':', '_')}-{digest}.npz"
+
+
+def _cached(
+    cache_dir: Path,
+    name: str,
+    key: dict[str, Any],
+    evaluator: Evaluator,
+    compute: Callable[[], tuple[FeatureStats, int]],
+) -> Reference:
+    """The reference cached under `key`, or `compute()`d now and cached."""
+    path = _cache_path(cache_dir, name, key)
+    reference = _read(path, key, evaluator)
+    if reference is not None:
+        return reference
+    stats, n = compute()
+    features = stats.kept_pool()
+    reference = Reference(
+        mu=stats.pool.mean(),
+        sigma=stats.pool.cov(),
+        mu_s=stats.spatial.mean(),
+        sigma_s=stats.spatial.cov(),
+        features=features,
+        radii=reference_radii(features, evaluator.device),
+        meta={**key, "images": n, "features": len(features)},
+    )
+    arrays = {k: getattr(reference, k) for k in (*ADM_KEYS, "features", "radii")}
+    if reference.radii is None:
+        del arrays["radii"]
+    meta = np.array(json.dumps(reference.meta))
+    atomic_write(path, lambda f: np.savez(f, **arrays, meta=meta))
+    return reference
+
+
+def reference_radii(features: np.ndarray, device: torch.device) -> np.ndarray | None:
+    """Squared k-NN radii of the reference features, or None when there are too few points."""
+    if len(features) <= PR_NEIGHBOURS:
+        return None  # scoring then reports the error: a manifold needs more than k points
+    return manifold_radii(torch.from_numpy(features).to(device)).cpu().numpy()
+
+
+def _read(path: Path, key: dict[str, Any], evaluator: Evaluator) -> Reference | None:
+    """The cached reference at `path` if intact and made for `key`; None (rebuild) if not."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as npz:
+            meta = json.loads(str(npz["meta"]))
+            stats = {k: np.asarray(npz[k], dtype=np.float64) for k in ADM_KEYS}
+            features = np.asarray(npz["features"], dtype=np.float32)
+            radii = np.asarray(npz["radii"], np.float32) if "radii" in npz.files else None
+        if {k: meta.get(k) for k in key} != key:
+            raise ValueError("it was computed for other settings")
+        _check_dims(stats, evaluator, str(path))
+        if features.ndim != 2 or features.shape[1] != evaluator.dims[0]:
+            raise ValueError(f"its features have shape {list(features.shape)}")
+        if (radii is None) != (len(features) <= PR_NEIGHBOURS) or (
+            radii is not None and radii.shape != (len(features),)
+        ):
+            raise ValueError("its radii do not match its features")
+        if not all(np.isfinite(a).all() for a in stats.values()):
+            raise ValueError("it holds non-finite statistics")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, BenchError) as err:
+        warnings.warn(f"reference cache {path} is unusable ({err}); rebuilding it", stacklevel=4)
+        return None
+    return Reference(**stats, features=features, radii=radii, meta=meta)

@@ -1,0 +1,85 @@
+"""`score`: every metric of a set of images from one feature pass and the cached reference."""
+
+from collections.abc import Iterable
+
+import torch
+
+from bench.errors import BenchError
+from bench.evaluation.evaluator import Evaluator
+from bench.evaluation.metrics import (
+    PR_NEIGHBOURS,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+from bench.evaluation.reference import Reference
+from bench.evaluation.stream import Progress, batches, collect
+
+
+def score(
+    images: torch.Tensor | Iterable[torch.Tensor],
+    evaluator: Evaluator,
+    reference: Reference,
+    *,
+    is_splits: int = 10,
+    batch_size: int = 100,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """FID, sFID, IS (mean, std), KID, precision, recall of uint8 images [N, C, H, W].
+
+    `images` is one tensor or an iterable of uint8 batches (e.g. straight from a sampler);
+    only features are kept. KID, precision and recall are NaN when the reference holds no
+    features (an ADM batch with statistics only).
+    """
+    _check_reference(reference, evaluator)
+    chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
+    needed = max(is_splits, PR_NEIGHBOURS + 1)
+    if 0 < total < needed:
+        raise _too_few(total, needed, is_splits)
+    stats = collect(
+        chunks, evaluator, keep_pool=None, keep_logits=True, total=total, progress=progress
+    )
+    if stats.n < needed:
+        raise _too_few(stats.n, needed, is_splits)
+    label = evaluator.label
+    metrics = {
+        "fid": frechet_distance(
+            stats.pool.mean(), stats.pool.cov(), reference.mu, reference.sigma, f"FID ({label})"
+        ),
+        "sfid": frechet_distance(
+            stats.spatial.mean(),
+            stats.spatial.cov(),
+            reference.mu_s,
+            reference.sigma_s,
+            f"sFID ({label})",
+        ),
+    }
+    metrics["is_mean"], metrics["is_std"] = inception_score(stats.all_logits(), is_splits)
+    if reference.features is None:
+        metrics.update(kid=float("nan"), precision=float("nan"), recall=float("nan"))
+    else:
+        samples = stats.kept_pool()
+        metrics["kid"] = kernel_inception_distance(samples, reference.features)
+        metrics["precision"], metrics["recall"] = precision_recall(
+            reference.features, samples, evaluator.device, reference.radii
+        )
+    return metrics
+
+
+def _too_few(n: int, needed: int, is_splits: int) -> BenchError:
+    return BenchError(
+        f"scoring needs at least {needed} images ({is_splits} Inception Score splits, and "
+        f"{PR_NEIGHBOURS} nearest neighbours for precision/recall), got {n}"
+    )
+
+
+def _check_reference(reference: Reference, evaluator: Evaluator) -> None:
+    """Refuse statistics made by another network: the distance between them means nothing."""
+    made_by = (reference.meta.get("evaluator"), reference.meta.get("weights_hash"))
+    if made_by != (evaluator.name, evaluator.weights_hash):
+        raise BenchError(
+            f"the reference statistics were computed with {made_by[0]} (weights "
+            f"{str(made_by[1])[:12]}), but the images are scored with {evaluator.name} (weights "
+            f"{evaluator.weights_hash[:12]}); compute the reference with the same evaluator"
+        )

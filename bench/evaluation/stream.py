@@ -1,0 +1,123 @@
+"""One streamed feature pass: running float64 moments, plus the features later metrics need.
+
+Images are consumed batch by batch and dropped; what is kept grows with the number of images
+only through pool features (KID, precision/recall) and logits (IS), never resized images.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+from bench.evaluation.evaluator import Evaluator, check_images
+
+Progress = Callable[[int, int], None]  # (images done, images in total; 0 when unknown)
+
+
+class Moments:
+    """Streaming mean and covariance in float64, on the features' device.
+
+    Sums are taken of features minus a shift (the first batch's mean), which keeps the
+    `E[xx^T] - mu mu^T` form from cancelling catastrophically when |mean| >> std.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._shift: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None  # [D]
+        self._outer: torch.Tensor | None = None  # [D, D]
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the rows of x [B, D]."""
+        x = x.double()
+        if self._shift is None:
+            self._shift = x.mean(0)
+            self._sum = torch.zeros_like(self._shift)
+            self._outer = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
+        d = x - self._shift  # [B, D]
+        self.n += len(x)
+        self._sum += d.sum(0)
+        self._outer.addmm_(d.T, d)
+
+    def mean(self) -> np.ndarray:
+        """[D] float64."""
+        return (self._shift + self._sum / self.n).cpu().numpy()
+
+    def cov(self) -> np.ndarray:
+        """[D, D] float64 sample covariance (n - 1 in the denominator, as np.cov)."""
+        centred = self._outer - torch.outer(self._sum, self._sum) / self.n
+        return (centred / (self.n - 1)).cpu().numpy()
+
+
+@dataclass
+class FeatureStats:
+    """What one pass over a set of images leaves: moments, and the kept features."""
+
+    pool: Moments = field(default_factory=Moments)
+    spatial: Moments = field(default_factory=Moments)
+    pool_features: list[torch.Tensor] = field(default_factory=list)  # float32 CPU chunks
+    logits: list[torch.Tensor] = field(default_factory=list)  # float32 CPU chunks
+
+    @property
+    def n(self) -> int:
+        return self.pool.n
+
+    def kept_pool(self) -> np.ndarray:
+        """[M, D] float32: the kept pool features."""
+        return torch.cat(self.pool_features).numpy()
+
+    def all_logits(self) -> np.ndarray:
+        """[N, K] float32: the logits of every image, in order."""
+        return torch.cat(self.logits).numpy()
+
+
+def batches(
+    images: torch.Tensor | Iterable[torch.Tensor], batch_size: int, where: str
+) -> tuple[Iterator[torch.Tensor], int]:
+    """Split a uint8 tensor [N, C, H, W], or each of an iterable of them, into <= batch_size.
+
+    Returns the batches and the number of images (0 when an iterator does not tell).
+    """
+    if isinstance(images, torch.Tensor):
+        check_images(images, (1, 3), where)
+        return iter(images.split(batch_size)), len(images)
+    total = sum(len(b) for b in images) if isinstance(images, Sequence) else 0
+
+    def split() -> Iterator[torch.Tensor]:
+        for batch in images:
+            check_images(batch, (1, 3), where)
+            yield from batch.split(batch_size)
+
+    return split(), total
+
+
+def collect(
+    chunks: Iterable[torch.Tensor],
+    evaluator: Evaluator,
+    *,
+    keep_pool: int | None,
+    keep_logits: bool,
+    total: int = 0,
+    progress: Progress | None = None,
+) -> FeatureStats:
+    """One pass of `evaluator` over uint8 batches; keeps the first `keep_pool` pool features
+    (None: all) and, if asked, every logit."""
+    stats = FeatureStats()
+    kept = 0
+    for chunk in chunks:
+        pool, spatial, logits = evaluator.features(chunk)
+        stats.pool.update(pool)
+        stats.spatial.update(spatial)
+        take = len(pool) if keep_pool is None else min(len(pool), keep_pool - kept)
+        if take > 0:
+            stats.pool_features.append(pool[:take].float().cpu())
+            kept += take
+        if keep_logits:
+            stats.logits.append(logits.float().cpu())
+        if progress is not None:
+            progress(stats.n, total)
+    if stats.n == 0:
+        raise BenchError(f"no images to compute {evaluator.label} features of")
+    return stats

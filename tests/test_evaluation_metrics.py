@@ -1,0 +1,180 @@
+"""FID/sFID, IS, KID and precision/recall against closed forms and independent implementations."""
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.fid import fid_from_feats, kernel_distance
+
+from bench.errors import BenchError
+from bench.evaluation.metrics import (
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    manifold_radii,
+    precision_recall,
+)
+from bench.evaluation.stream import Moments
+
+
+def streamed(features: np.ndarray, batch: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance through Moments, fed in uneven batches."""
+    moments = Moments()
+    for chunk in torch.from_numpy(features).split(batch):
+        moments.update(chunk)
+    return moments.mean(), moments.cov()
+
+
+def heusel_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """Heusel et al. 2017, independently: tr (S1 S2)^1/2 = tr (S1^1/2 S2 S1^1/2)^1/2 (eigh)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(
+        ((mu1 - mu2) ** 2).sum()
+        + np.trace(s1)
+        + np.trace(s2)
+        - 2 * np.sqrt(np.clip(inner, 0, None)).sum()
+    )
+
+
+@pytest.fixture
+def two_sets() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 16))
+    b = rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 0.3
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def test_fid_agrees_with_cleanfid_and_an_independent_implementation(two_sets):
+    a, b = two_sets
+    fid = frechet_distance(*streamed(a), *streamed(b, batch=50), "FID")
+    assert fid > 1  # the sets differ: a vacuous 0 would pass the comparisons below too
+    assert fid == pytest.approx(fid_from_feats(a, b), rel=1e-6)
+    assert fid == pytest.approx(heusel_fid(a.astype(np.float64), b.astype(np.float64)), rel=1e-6)
+
+
+def test_streamed_moments_equal_numpy_even_far_from_the_origin():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 8)) * 0.01 + 1e4  # |mean| / std = 1e6: a naive E[xx^T] fails
+    mean, cov = streamed(x, batch=33)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-12)
+
+
+def test_fid_of_a_set_with_itself_is_zero(two_sets):
+    a, _ = two_sets
+    stats = streamed(a)
+    assert abs(frechet_distance(*stats, *stats, "FID")) < 1e-6
+
+
+def test_fid_of_two_gaussians_is_the_closed_form():
+    """Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (a_i + b_i - 2 sqrt(a_i b_i))."""
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.0])
+    var1, var2 = np.array([1.0, 4.0, 0.25, 2.0]), np.array([9.0, 1.0, 0.25, 0.5])
+    closed = ((mu1 - mu2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum()
+    exact = frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2), "FID")
+    assert exact == pytest.approx(closed, rel=1e-9)
+    # And from samples of those Gaussians (sampling error ~ 1/sqrt(N)).
+    rng = np.random.default_rng(2)
+    x = rng.normal(mu1, np.sqrt(var1), size=(200_000, 4))
+    y = rng.normal(mu2, np.sqrt(var2), size=(200_000, 4))
+    assert frechet_distance(*streamed(x, 10_000), *streamed(y, 10_000), "FID") == pytest.approx(
+        closed, rel=0.02
+    )
+
+
+def test_fid_fails_loudly_instead_of_reporting_a_large_imaginary_residue():
+    # A "covariance" with a negative eigenvalue: (S1 S2)^1/2 is genuinely complex.
+    sigma1, sigma2 = np.diag([1.0, -4.0]), np.eye(2)
+    with pytest.raises(BenchError, match=r"imaginary part.*use more images"):
+        frechet_distance(np.zeros(2), sigma1, np.zeros(2), sigma2, "FID (test)")
+
+
+def test_fid_refuses_statistics_of_another_dimension_or_non_finite():
+    with pytest.raises(BenchError, match=r"differ in dimension \(2 vs 3\)"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3), "FID")
+    with pytest.raises(BenchError, match="NaN or infinite"):
+        frechet_distance(np.full(2, np.nan), np.eye(2), np.zeros(2), np.eye(2), "FID")
+
+
+def test_inception_score_of_uniform_predictions_is_one():
+    mean, std = inception_score(np.zeros((100, 1008), np.float32), splits=10)
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_inception_score_of_confident_predictions_spread_over_k_classes_is_k():
+    k = 5
+    labels = np.tile(np.arange(k), 10)  # every split of 5 holds each class once
+    logits = 50.0 * np.eye(k, dtype=np.float32)[labels]  # softmax ~ one-hot
+    mean, std = inception_score(logits, splits=10)
+    assert mean == pytest.approx(k, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_inception_score_splits_are_consecutive_as_adm():
+    """Sorted by class, each of the 10 splits holds one class: IS 1 (guided-diffusion #165)."""
+    labels = np.repeat(np.arange(10), 5)
+    logits = 50.0 * np.eye(10, dtype=np.float32)[labels]
+    assert inception_score(logits, splits=10)[0] == pytest.approx(1.0, rel=1e-9)
+    assert inception_score(logits, splits=1)[0] == pytest.approx(10.0, rel=1e-9)
+
+
+def test_inception_score_needs_at_least_one_image_per_split():
+    with pytest.raises(BenchError, match="10 parts, but there are only 5 images"):
+        inception_score(np.zeros((5, 10), np.float32), splits=10)
+
+
+def brute_force_precision_recall(ref: np.ndarray, gen: np.ndarray, k: int = 3):
+    """Kynkaanniemi et al. 2019 written out with full distance matrices (float64)."""
+
+    def radii(x):
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+
+    def inside(points, manifold, r):
+        d = ((points[:, None] - manifold[None]) ** 2).sum(-1)
+        return (d <= r[None]).any(1)
+
+    return inside(gen, ref, radii(ref)).mean(), inside(ref, gen, radii(gen)).mean()
+
+
+def test_precision_recall_of_a_set_against_itself_is_one_and_one(two_sets):
+    a, _ = two_sets
+    assert precision_recall(a, a) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero_and_zero(two_sets):
+    a, _ = two_sets
+    assert precision_recall(a, a + 100.0) == (0.0, 0.0)
+
+
+def test_precision_recall_match_a_brute_force_knn(two_sets):
+    a, b = two_sets
+    precision, recall = precision_recall(a, b)
+    expected = brute_force_precision_recall(a.astype(np.float64), b.astype(np.float64))
+    assert 0 < precision < 1 and 0 < recall < 1
+    assert (precision, recall) == pytest.approx(expected, abs=1.5 / len(a))
+
+
+def test_manifold_needs_more_points_than_neighbours():
+    with pytest.raises(BenchError, match=r"more than k = 3 images per set.*got 3"):
+        manifold_radii(torch.zeros(3, 4))
+
+
+def test_kid_is_cleanfids_kernel_distance_and_leaves_the_global_rng_alone(two_sets):
+    a, b = two_sets
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    kid = kernel_inception_distance(a, b)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    np.random.seed(0)
+    assert kid == pytest.approx(kernel_distance(a, b), rel=1e-12)
+    assert kid > 0.1
+    assert abs(kernel_inception_distance(a[:200], a[200:])) < 0.02  # same distribution
+
+
+def test_kid_needs_two_images_per_set(two_sets):
+    a, _ = two_sets
+    with pytest.raises(BenchError, match="at least 2 images per set, got 1"):
+        kernel_inception_distance(a[:1], a)
