@@ -16,14 +16,17 @@ sigma = (s2 - n mu mu^T) / (n - 1), equal to the gathered result up to rounding.
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from casdm.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,63 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def main_only(fn: Callable[[], T]) -> T:
+    """fn() run on rank 0 alone, its (picklable) result returned on every rank.
+
+    A failure on rank 0 is raised on every rank (an InputError as an InputError), so no rank
+    waits for a result that never comes.
+    """
+    if world_size() == 1:
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as err:
+            broadcast_object(_failure(err))
+            raise
+        broadcast_object((None, result))
+        return result
+    failure, result = broadcast_object(None)
+    _raise_failure(failure)
+    return result
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """fn() on rank 0, then on every other rank once rank 0 is done (or raised there too).
+
+    For work that fills an on-disk cache (a trained evaluator, a download): the other ranks
+    then read rank 0's file instead of all writing the same file at once.
+    """
+    if world_size() == 1:
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as err:
+            broadcast_object(_failure(err))
+            raise
+        broadcast_object((None, None))
+        return result
+    failure, _ = broadcast_object(None)
+    _raise_failure(failure)
+    return fn()
+
+
+def _failure(err: BaseException) -> tuple[tuple[str, bool], None]:
+    """What the other ranks learn of rank 0's exception: its text, and whether it is the
+    user's to fix (exceptions need not pickle, so they are not sent themselves)."""
+    return (f"{type(err).__name__}: {err}", isinstance(err, InputError)), None
+
+
+def _raise_failure(failure: tuple[str, bool] | None) -> None:
+    if failure is None:
+        return
+    message, user_error = failure
+    if user_error:
+        raise InputError(f"on rank 0: {message}")
+    raise RuntimeError(f"rank 0 failed: {message}")
 
 
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:

@@ -16,6 +16,7 @@ from bench.evaluation.evaluator import METRIC_NAMES, Evaluator, Features, metric
 from bench.evaluation.inception import build_inception
 from bench.evaluation.reference import Reference, reference_statistics
 from bench.evaluation.scoring import score
+from casdm import distributed
 from casdm.config import DataConfig
 from casdm.registry import lookup
 
@@ -30,9 +31,15 @@ EVALUATORS: dict[str, Builder] = {
 def build_evaluator(
     eval_cfg: EvalConfig, data_cfg: DataConfig, *, device: torch.device | str, cache_dir: Path
 ) -> Evaluator:
-    """The EVALUATORS entry named by eval_cfg.evaluator, for `data_cfg`'s dataset."""
+    """The EVALUATORS entry named by eval_cfg.evaluator, for `data_cfg`'s dataset.
+
+    Under torchrun rank 0 builds it first (training the classifier or fetching weights into
+    `cache_dir`); the other ranks then load what it cached.
+    """
     build = lookup(EVALUATORS, eval_cfg.evaluator, "evaluator")
-    return build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
+    return distributed.main_first(
+        lambda: build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
+    )
 
 
 __all__ = [

@@ -12,7 +12,7 @@ import hashlib
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator
 from bench.evaluation.metrics import PR_NEIGHBOURS, manifold_radii
-from bench.evaluation.stream import FeatureStats, Progress, collect
+from bench.evaluation.stream import FeatureStats, Progress, collect_shards
+from casdm import distributed
 from casdm.config import DataConfig
 from casdm.data import load_dataset, read_images, to_uint8
 from casdm.files import atomic_write
@@ -100,17 +101,17 @@ def _pass(
         )
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
 
-    def chunks() -> Iterator[torch.Tensor]:
-        for idx in order.split(eval_cfg.batch_size):
-            batch = images[idx]
-            yield batch if batch.dtype == torch.uint8 else to_uint8(batch)
+    def batch(indices: range) -> torch.Tensor:
+        chunk = images[order[indices.start : indices.stop]]
+        return chunk if chunk.dtype == torch.uint8 else to_uint8(chunk)
 
-    stats = collect(
-        chunks(),
+    stats = collect_shards(
+        n,
+        batch,
         evaluator,
+        batch_size=eval_cfg.batch_size,
         keep_pool=REFERENCE_FEATURES,
         keep_logits=False,
-        total=n,
         progress=progress,
     )
     return stats, n
@@ -201,9 +202,11 @@ def _cached(
 ) -> Reference:
     """The reference cached under `key`, or `compute()`d now and cached."""
     path = _cache_path(cache_dir, name, key)
-    reference = _read(path, key, evaluator)
-    if reference is not None:
-        return reference
+    # Under torchrun rank 0 alone reads the cache and says whether it is usable, so that every
+    # rank agrees on computing it together (each its shard of the images) or on receiving it.
+    reference = _read(path, key, evaluator) if distributed.is_main() else None
+    if distributed.broadcast_object(reference is not None):
+        return distributed.broadcast_object(reference)
     stats, n = compute()
     features = stats.kept_pool()
     reference = Reference(
@@ -219,7 +222,8 @@ def _cached(
     if reference.radii is None:
         del arrays["radii"]
     meta = np.array(json.dumps(reference.meta))
-    atomic_write(path, lambda f: np.savez(f, **arrays, meta=meta))
+    if distributed.is_main():
+        atomic_write(path, lambda f: np.savez(f, **arrays, meta=meta))
     return reference
 
 

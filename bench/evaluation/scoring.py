@@ -5,7 +5,7 @@ from collections.abc import Iterable
 import torch
 
 from bench.errors import BenchError
-from bench.evaluation.evaluator import Evaluator
+from bench.evaluation.evaluator import Evaluator, check_images
 from bench.evaluation.metrics import (
     PR_NEIGHBOURS,
     frechet_distance,
@@ -14,7 +14,8 @@ from bench.evaluation.metrics import (
     precision_recall,
 )
 from bench.evaluation.reference import Reference
-from bench.evaluation.stream import Progress, batches, collect
+from bench.evaluation.stream import FeatureStats, Progress, batches, collect, collect_shards
+from casdm import distributed
 
 
 def score(
@@ -31,10 +32,33 @@ def score(
     `images` is one tensor or an iterable of uint8 batches (e.g. straight from a sampler);
     only features are kept. KID, precision and recall are NaN when the reference holds no
     features (an ADM batch with statistics only).
+
+    Under torchrun `images` is the whole set, the same tensor on every rank: each rank
+    extracts the features of its shard, rank 0 computes the metrics from all N images'
+    features (each counted once) and every rank returns them.
     """
     _check_reference(reference, evaluator)
-    chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
     needed = max(is_splits, PR_NEIGHBOURS + 1)
+    if distributed.world_size() > 1:
+        if not isinstance(images, torch.Tensor):
+            raise BenchError(
+                "distributed scoring splits the images over the ranks, so it needs them as "
+                f"one uint8 tensor [N, C, H, W] on every rank, got {type(images).__name__}"
+            )
+        check_images(images, (1, 3), f"images scored by {evaluator.label}")
+        if len(images) < needed:
+            raise _too_few(len(images), needed, is_splits)
+        stats = collect_shards(
+            len(images),
+            lambda indices: images[indices.start : indices.stop],
+            evaluator,
+            batch_size=batch_size,
+            keep_pool=None,
+            keep_logits=True,
+            progress=progress,
+        )
+        return distributed.main_only(lambda: _metrics(stats, evaluator, reference, is_splits))
+    chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
     if 0 < total < needed:
         raise _too_few(total, needed, is_splits)
     stats = collect(
@@ -42,6 +66,13 @@ def score(
     )
     if stats.n < needed:
         raise _too_few(stats.n, needed, is_splits)
+    return _metrics(stats, evaluator, reference, is_splits)
+
+
+def _metrics(
+    stats: FeatureStats, evaluator: Evaluator, reference: Reference, is_splits: int
+) -> dict[str, float]:
+    """Every metric from the samples' feature statistics and the reference's."""
     label = evaluator.label
     metrics = {
         "fid": frechet_distance(

@@ -12,6 +12,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator, check_images
+from casdm import distributed
 
 Progress = Callable[[int, int], None]  # (images done, images in total; 0 when unknown)
 
@@ -49,6 +50,31 @@ class Moments:
         """[D, D] float64 sample covariance (n - 1 in the denominator, as np.cov)."""
         centred = self._outer - torch.outer(self._sum, self._sum) / self.n
         return (centred / (self.n - 1)).cpu().numpy()
+
+    def reduce_over_ranks(self, dim: int, device: torch.device) -> None:
+        """Become the moments of every rank's rows together (dim: D, for ranks with none).
+
+        Each rank re-centres its sums on the first non-empty rank's shift c, with
+        delta = shift_r - c: sum(x - c) = sum(d) + n delta and
+        sum((x - c)(x - c)^T) = sum(d d^T) + sum(d) delta^T + delta sum(d)^T + n delta delta^T,
+        then the sums are added over ranks.
+        """
+        if self._shift is None:
+            zeros = torch.zeros(dim, dtype=torch.float64, device=device)
+            self._shift, self._sum = zeros, zeros.clone()
+            self._outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        counts = distributed.all_gather_cat(torch.tensor([self.n]))  # [W]
+        shifts = distributed.all_gather_cat(self._shift[None])  # [W, D]
+        if not counts.any():
+            return
+        c = shifts[int(counts.nonzero()[0])]
+        delta = self._shift - c
+        total = self._sum + self.n * delta
+        outer = self._outer + torch.outer(self._sum, delta) + torch.outer(delta, self._sum)
+        outer += self.n * torch.outer(delta, delta)
+        self._shift, self.n = c, int(counts.sum())
+        self._sum = distributed.all_reduce_sum(total)
+        self._outer = distributed.all_reduce_sum(outer)
 
 
 @dataclass
@@ -104,6 +130,63 @@ def collect(
 ) -> FeatureStats:
     """One pass of `evaluator` over uint8 batches; keeps the first `keep_pool` pool features
     (None: all) and, if asked, every logit."""
+    stats = _pass(chunks, evaluator, keep_pool, keep_logits, total, progress)
+    if stats.n == 0:
+        raise BenchError(f"no images to compute {evaluator.label} features of")
+    return stats
+
+
+def collect_shards(
+    n: int,
+    images: Callable[[range], torch.Tensor],
+    evaluator: Evaluator,
+    *,
+    batch_size: int,
+    keep_pool: int | None,
+    keep_logits: bool,
+    progress: Progress | None = None,
+) -> FeatureStats:
+    """`collect` over images 0..n-1, `images(indices)` giving a uint8 batch, split over ranks.
+
+    Under torchrun each rank extracts the features of its contiguous shard
+    (casdm.distributed.shard) and every rank ends with the statistics of all n images, each
+    counted once: moments summed over ranks, kept features and logits gathered in index
+    order. Equal to one process's pass up to float rounding; progress counts the rank's shard.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = distributed.shard(n, rank, world)
+    chunks = (
+        images(range(start, min(start + batch_size, mine.stop)))
+        for start in range(mine.start, mine.stop, batch_size)
+    )
+    # The first keep_pool features overall: this shard's part of them.
+    keep = None if keep_pool is None else max(0, min(len(mine), keep_pool - mine.start))
+    stats = _pass(chunks, evaluator, keep, keep_logits, len(mine), progress)
+    if world > 1:
+        pool_dim, spatial_dim, classes = evaluator.dims
+        stats.pool.reduce_over_ranks(pool_dim, evaluator.device)
+        stats.spatial.reduce_over_ranks(spatial_dim, evaluator.device)
+        stats.pool_features = [_gather_rows(stats.pool_features, pool_dim)]
+        if keep_logits:
+            stats.logits = [_gather_rows(stats.logits, classes)]
+    if stats.n == 0:
+        raise BenchError(f"no images to compute {evaluator.label} features of")
+    return stats
+
+
+def _gather_rows(chunks: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Every rank's float32 CPU rows [n_r, dim] (this rank's in `chunks`), in rank order."""
+    return distributed.all_gather_cat(torch.cat([torch.empty(0, dim), *chunks]))
+
+
+def _pass(
+    chunks: Iterable[torch.Tensor],
+    evaluator: Evaluator,
+    keep_pool: int | None,
+    keep_logits: bool,
+    total: int,
+    progress: Progress | None,
+) -> FeatureStats:
     stats = FeatureStats()
     kept = 0
     for chunk in chunks:
@@ -118,6 +201,4 @@ def collect(
             stats.logits.append(logits.float().cpu())
         if progress is not None:
             progress(stats.n, total)
-    if stats.n == 0:
-        raise BenchError(f"no images to compute {evaluator.label} features of")
     return stats

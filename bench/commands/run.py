@@ -1,0 +1,155 @@
+"""`bench run --study NAME`: create or join the study's Optuna study and run its trials."""
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.runner import Plan, RunSummary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--study", required=True, help="a study name (studies/NAME.toml) or a .toml path"
+    )
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage shared by all workers: sqlite:///PATH.db (default "
+        "sqlite:///RESULTS/optuna.db, one machine), journal:///PATH.log or a path ending in "
+        ".log (a journal file, fine on NFS), or a database URL such as "
+        "postgresql+psycopg2://user:password@host/db",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default sqlite:///RESULTS/mlflow.db); "
+        "http://HOST:PORT for a running `mlflow server`",
+    )
+    parser.add_argument(
+        "--n-trials", type=int, help="run at most N trials in this process (default: until done)"
+    )
+    parser.add_argument(
+        "--device", help="run every trial on this device: auto (default), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=100 (repeatable; checked first)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the pending trials and an estimate of their cost; run and create nothing",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars; print only a final summary"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="folder for the default databases, trial folders and caches (default: results)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.runner import run_study
+    from bench.study import load_study
+
+    study = load_study(args.study, args.overrides)
+    summary = run_study(
+        study,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        n_trials=args.n_trials,
+        device=args.device,
+        quiet=args.quiet,
+        dry_run=args.dry_run,
+        results=args.results,
+    )
+    if summary.plan is not None:
+        print_plan(summary.plan)
+        return 0
+    if summary.rank != 0:
+        return 0  # under torchrun rank 0 reports for all
+    print_summary(summary, quiet=args.quiet)
+    return 1 if summary.failed else 0
+
+
+def _duration(seconds: float) -> str:
+    """1234.5 -> '20m 35s'."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def print_plan(plan: "Plan") -> None:
+    """The dry run's pending trials, their cost and the weights they need."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{plan.study}: {len(plan.cells)} of {plan.total} trials pending")
+    for column in ("trial", "train images", "samples", "sampling evals", "time (rough)"):
+        table.add_column(column, justify="left" if column == "trial" else "right")
+    for cost in plan.cells:
+        table.add_row(
+            cost.cell,
+            f"{cost.train_images:,}",
+            f"{cost.samples:,}",
+            f"{cost.sampling_evals:,}",
+            _duration(cost.seconds),
+        )
+    console.print(table)
+    total = sum(c.seconds for c in plan.cells)
+    console.print(
+        f"total: {sum(c.train_images for c in plan.cells):,} training images "
+        f"(steps x batch size), {sum(c.samples for c in plan.cells):,} samples, about "
+        f"{_duration(total)} on {plan.device}",
+        highlight=False,
+    )
+    console.print(f"time estimate {plan.method}", style="dim", highlight=False)
+    for name, status in plan.weights.items():
+        hint = "" if status == "present" else f" (run `bench weights fetch {name}`)"
+        console.print(f"weights {name}: {status}{hint}", highlight=False)
+    console.print("dry run: nothing was run or created", highlight=False)
+
+
+def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
+    """What this worker ran: a rich table, or plain lines with --quiet."""
+    head = (
+        f"study {summary.study}: {summary.done} of {summary.total} trials complete; "
+        f"this run: {len(summary.trials) - summary.failed} complete, {summary.failed} failed"
+    )
+    from bench.results import describe_storage
+
+    where = f"storage: {describe_storage(summary.storage)}; tracking: {summary.tracking_uri}"
+    if quiet:
+        print(head)
+        for t in summary.trials:
+            value = "" if t.value is None else f" value={t.value:.6g}"
+            error = f": {t.error}" if t.error else ""
+            print(f"  trial {t.number} {t.cell}: {t.state}{value} ({_duration(t.wall_s)}){error}")
+        print(where)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if summary.trials:
+        table = Table(title=head)
+        for column in ("trial", "cell", "state", "objective", "time"):
+            table.add_column(column)
+        for t in summary.trials:
+            style = "" if t.state == "COMPLETE" else "red"
+            value = "" if t.value is None else f"{t.value:.4g}"
+            table.add_row(str(t.number), t.cell, t.state, value, _duration(t.wall_s), style=style)
+        console.print(table)
+    else:
+        console.print(head, highlight=False)
+    console.print(where, style="dim", highlight=False)

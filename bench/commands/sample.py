@@ -1,0 +1,72 @@
+"""`bench sample CHECKPOINT`: sample with a checkpoint's EMA weights into an ADM .npz and a grid."""
+
+import argparse
+from pathlib import Path
+
+# SampleConfig / RunConfig keys -> the flags that set them, for error messages.
+FLAGS = {
+    "num_samples": "--n",
+    "sampler": "--sampler",
+    "steps": "--steps",
+    "eta": "--eta",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint.pt of `bench run`/`train`")
+    parser.add_argument("--n", type=int, help="number of samples (default: the run's)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="PATH.npz, or a folder for samples.npz (default: next to the checkpoint, named "
+        "after the sampler, steps and N); a PNG grid is written beside it",
+    )
+    parser.add_argument("--sampler", help="ddim or ddpm (default: the run's)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    parser.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
+    parser.add_argument("--seed", type=int, help="seed of x_T and the sampler (default: the run's)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bench.errors import BenchError
+    from bench.progress import make_progress
+    from bench.study import check_names, check_shapes
+    from bench.trial import load_trained, sample, save_samples
+    from casdm.config import ConfigError
+
+    trained = load_trained(args.checkpoint, args.device)
+    changes = {
+        "num_samples": args.n,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "eta": args.eta,
+        "batch_size": args.batch_size,
+    }
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if args.sampler not in (None, "ddim") and args.eta is None:
+        changes["eta"] = 0.0  # the run's DDIM eta means nothing to another sampler
+    try:
+        cfg = dataclasses.replace(trained.config.sample, **changes)
+        seed = trained.config.seed if args.seed is None else args.seed
+        trained.config = dataclasses.replace(trained.config, sample=cfg, seed=seed)
+        check_names(trained.config, keys=("sample.sampler",))
+        check_shapes(trained.config)
+    except ConfigError as err:
+        flag = FLAGS.get(err.key.rpartition(".")[2], err.key)
+        raise BenchError(f"{flag}: {str(err).split(': ', 1)[-1]}") from None
+    name = f"samples_{cfg.sampler}{cfg.steps}_n{cfg.num_samples}.npz"
+    out = args.out or args.checkpoint.parent / name
+    npz = out if out.suffix == ".npz" else out / "samples.npz"
+    with make_progress(args.quiet) as progress:
+        images = sample(trained, cfg, progress=progress)  # [N, C, H, W] in [-1, 1]
+    save_samples(images, npz.with_suffix(".png"), npz)
+    print(f"{images.shape[0]} samples ({cfg.sampler}, {cfg.steps} steps) -> {npz}")
+    print(f"grid of the first {min(images.shape[0], 64)} -> {npz.with_suffix('.png')}")
+    return 0

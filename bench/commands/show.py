@@ -1,0 +1,74 @@
+"""`bench show STUDY`: the study's meta, trial states and metrics as a rich table."""
+
+import argparse
+import math
+from pathlib import Path
+
+SHOWN_METRICS = ("fid", "sfid", "is_mean", "is_std", "kid", "precision", "recall")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="a study name (studies/NAME.toml) or a .toml path")
+    parser.add_argument(
+        "--storage", help="the Optuna storage URL the study ran in (default: RESULTS/optuna.db)"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="folder holding the default storage (default: results)",
+    )
+
+
+def _number(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    return "" if not math.isfinite(value) else f"{value:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.evaluation.evaluator import METRIC_NAMES
+    from bench.results import load_results, storage_url_for
+    from bench.study import load_study
+
+    study = load_study(args.study)
+    results = load_results(study, args.storage or storage_url_for(args.results))
+    console = Console()
+    console.print(f"[bold]{study.name}[/bold]: {study.description}")
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
+    console.print(f"{results.total} trials planned; {states or 'none run yet'}", highlight=False)
+    for key, value in results.meta.items():
+        console.print(f"  {key}: {value}", highlight=False)
+
+    trials = results.trials
+    metrics = [m for m in SHOWN_METRICS if m in trials.columns]
+    table = Table(title=f"objective: {study.direction} {study.objective_metric}")
+    for column in ("trial", "state", "cell", "time", *(METRIC_NAMES[m] for m in metrics)):
+        left = column in ("state", "cell")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    styles = {"COMPLETE": "", "RUNNING": "yellow", "WAITING": "dim", "FAIL": "red"}
+    for row in trials.to_dict("records"):
+        duration = row.get("duration_s")
+        time = f"{duration:.0f}s" if isinstance(duration, float) and math.isfinite(duration) else ""
+        table.add_row(
+            str(row["trial"]),
+            row["state"],
+            row.get("cell", ""),
+            time,
+            *(_number(row.get(m)) for m in metrics),
+            style=styles.get(row["state"], "dim"),
+        )
+    if results.reference:
+        table.add_row(
+            "",
+            "",
+            "real data (held out)",
+            "",
+            *(_number(results.reference.get(m)) for m in metrics),
+            style="italic",
+        )
+    console.print(table)
+    return 0

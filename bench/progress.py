@@ -1,0 +1,133 @@
+"""Progress display for long work: a thin adapter from casdm's plain callbacks to rich bars.
+
+casdm never imports rich: training calls `callback(record)`, sampling and feature extraction call
+`progress(done, total)`. `QuietProgress` ignores all of it (for `--quiet`, CI and logs);
+`RichProgress` shows the study (trials done / total), the current trial's training steps with
+its loss and images/s, sampling and feature extraction.
+"""
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+Tick = Callable[[int, int], None]  # progress(done, total)
+
+
+def _ignore(done: int, total: int) -> None:
+    """A progress callback that shows nothing."""
+
+
+class QuietProgress:
+    """Shows nothing; the base of RichProgress and what `--quiet` uses."""
+
+    def __enter__(self) -> "QuietProgress":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def begin_study(self, name: str, total: int, done: int) -> None:
+        """A study of `total` trials starts, `done` of them already finished."""
+
+    def advance_study(self) -> None:
+        """One more trial of the study finished."""
+
+    def begin_trial(self, label: str, train_steps: int) -> None:
+        """A trial named `label` starts; it trains for `train_steps` steps."""
+
+    def train(self, record: Mapping[str, Any]) -> None:
+        """A training log record: step, loss, lr, grad_norm, images_per_s, terms."""
+
+    def task(self, description: str) -> Tick:
+        """A `progress(done, total)` callback for one stage (sampling, feature extraction)."""
+        return _ignore
+
+    def end_trial(self) -> None:
+        """The current trial finished (its bars are removed)."""
+
+    def log(self, message: str) -> None:
+        """A line of text for the user; quiet mode drops it."""
+
+
+class RichProgress(QuietProgress):
+    """Rich progress bars on stderr: the study, then the current trial's stages below it."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self._bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+        )
+        self._study: Any = None
+        self._trial_tasks: list[Any] = []
+        self._train: Any = None
+
+    def __enter__(self) -> "RichProgress":
+        self._bars.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bars.stop()
+
+    def begin_study(self, name: str, total: int, done: int) -> None:
+        self._study = self._bars.add_task(f"study {name}", total=total, completed=done, info="")
+
+    def advance_study(self) -> None:
+        if self._study is not None:
+            self._bars.advance(self._study)
+
+    def begin_trial(self, label: str, train_steps: int) -> None:
+        self._train = self._bars.add_task(f"  train {label}", total=train_steps, info="")
+        self._trial_tasks.append(self._train)
+
+    def train(self, record: Mapping[str, Any]) -> None:
+        info = f"loss {record['loss']:.4f}  {record['images_per_s']:.0f} img/s"
+        self._bars.update(self._train, completed=record["step"], info=info)
+
+    def task(self, description: str) -> Tick:
+        task_id = self._bars.add_task(f"  {description}", total=None, info="")
+        self._trial_tasks.append(task_id)
+
+        def tick(done: int, total: int) -> None:
+            self._bars.update(task_id, completed=done, total=total)
+
+        return tick
+
+    def end_trial(self) -> None:
+        for task_id in self._trial_tasks:
+            self._bars.remove_task(task_id)
+        self._trial_tasks.clear()
+        self._train = None
+
+    def log(self, message: str) -> None:
+        self._bars.console.print(message, highlight=False)
+
+
+def make_progress(quiet: bool) -> QuietProgress:
+    """RichProgress, or QuietProgress for `--quiet`."""
+    return QuietProgress() if quiet else RichProgress()

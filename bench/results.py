@@ -1,0 +1,178 @@
+"""Where a study's results live (its Optuna storage) and reading them back as one table.
+
+Storage URLs (`--storage`):
+- `sqlite:///PATH` (default `sqlite:///results/optuna.db`): one machine; concurrent `bench run`
+  processes on it are serialised by a lock file next to the database (see bench/runner.py).
+- `journal:///ABSOLUTE/PATH.log`, `journal://RELATIVE/PATH.log`, or any path ending in `.log`:
+  Optuna's JournalStorage on an append-only file; works on NFS, so many machines can share it.
+- any other SQLAlchemy URL, e.g. `postgresql+psycopg2://user:pw@host/db` (`pip install
+  'casdm-bench[postgres]'`): many machines, row locks in the server.
+"""
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas
+
+    from bench.study import Study
+
+DEFAULT_STORAGE = "sqlite:///results/optuna.db"
+# Seconds a SQLite writer waits for another process's lock before "database is locked".
+SQLITE_TIMEOUT_S = 60
+# Heartbeats let a restarted `bench run` fail (and re-run) trials whose worker was killed.
+HEARTBEAT_INTERVAL_S = 60
+HEARTBEAT_GRACE_S = 300
+
+# Trial user_attrs copied into every row of Results.frame next to the params and the scores.
+TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
+
+
+def storage_url_for(results: Path) -> str:
+    """The default Optuna storage of a results folder: `sqlite:///<results>/optuna.db`."""
+    return f"sqlite:///{results.as_posix()}/optuna.db"
+
+
+def storage_file(url: str) -> tuple[str, Path | None]:
+    """The kind of a storage URL ("sqlite", "journal", "rdb") and its local file, if any."""
+    if url.startswith("journal://"):
+        return "journal", Path(url.removeprefix("journal://"))
+    if "://" not in url and url.endswith(".log"):
+        return "journal", Path(url)
+    if url.startswith("sqlite:///"):
+        return "sqlite", Path(url.removeprefix("sqlite:///"))
+    if "://" not in url:
+        raise BenchError(
+            f"--storage {url!r} is not a storage URL; use sqlite:///PATH.db, "
+            "journal:///PATH.log (or a path ending in .log), or a database URL such as "
+            "postgresql+psycopg2://user:password@host/db"
+        )
+    return "rdb", None
+
+
+def open_storage(url: str, *, create: bool) -> "optuna.storages.BaseStorage":
+    """The Optuna storage behind `url`; with create=False a missing local file is an error.
+
+    Opening an SQLite URL creates the file, so readers (`bench show`, `bench table`) check first
+    and never leave an empty database behind.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    kind, path = storage_file(url)
+    if path is not None and not create and not path.is_file():
+        raise BenchError(
+            f"no Optuna storage at {path} (from --storage {url}); run `bench run --study NAME` "
+            "first, or pass the --storage the study was run with"
+        )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "journal":
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if kind == "sqlite" else {}
+    with warnings.catch_warnings():
+        # Heartbeats are "experimental" in Optuna 5 (since 2.9); the warning is noise here.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=HEARTBEAT_GRACE_S,
+            # A reader must not create tables in someone's database server either.
+            skip_table_creation=not create,
+        )
+
+
+def load_optuna_study(name: str, url: str) -> "optuna.Study":
+    """The existing Optuna study `name` in `url`, or BenchError saying how to create it."""
+    import optuna
+
+    storage = open_storage(url, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise BenchError(
+            f"study {name!r} is not in the storage {url}; run `bench run --study {name}` "
+            "(with the same --storage) first"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Results:
+    """A study's results: COMPLETE trials (one row each), the real-data row, meta, progress."""
+
+    frame: "pandas.DataFrame"  # params, score keys, "cell", "trial" and TRIAL_COLUMNS
+    reference: dict[str, float] | None  # held-out real data scored like the samples
+    meta: dict[str, Any]  # dataset, resolution, evaluator, num_samples, sampler, steps, ...
+    total: int  # cells of a grid study, or n_trials of a search
+    states: Counter  # trial state name -> count, e.g. {"COMPLETE": 3, "RUNNING": 1}
+    trials: "pandas.DataFrame"  # every trial: trial, state, cell, value, duration_s, scores
+
+
+def _params(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
+    """The trial's config params as the study wrote them (grid values unencoded)."""
+    return dict(trial.user_attrs.get("params", trial.params))
+
+
+def load_results(study: "Study", storage: str | None = None) -> Results:
+    """Read `study` back from its Optuna storage (default DEFAULT_STORAGE)."""
+    import pandas
+
+    optuna_study = load_optuna_study(study.name, storage or DEFAULT_STORAGE)
+    attrs = optuna_study.user_attrs
+    axes = list(study.grid) if study.is_grid else list(study.search)
+    rows, everything = [], []
+    states: Counter = Counter()
+    for trial in optuna_study.get_trials(deepcopy=False):
+        states[trial.state.name] += 1
+        metrics = trial.user_attrs.get("metrics", {})
+        duration = trial.duration.total_seconds() if trial.duration is not None else None
+        everything.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "cell": trial.user_attrs.get("cell", ""),
+                "value": trial.value,
+                "duration_s": duration,
+                **metrics,
+            }
+        )
+        if trial.state.name != "COMPLETE":
+            continue
+        row = {"trial": trial.number, "cell": trial.user_attrs.get("cell", "")}
+        row.update(_params(trial))
+        row.update(metrics)
+        row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS})
+        rows.append(row)
+    score_keys = list(study.table.metrics)
+    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS]
+    frame = pandas.DataFrame(rows)
+    for column in columns:
+        if column not in frame:
+            frame[column] = pandas.Series(dtype=object)
+    extra = [c for c in frame.columns if c not in columns]
+    trials = pandas.DataFrame(everything, columns=None if everything else ["trial", "state"])
+    return Results(
+        frame=frame[columns + extra],
+        reference=attrs.get("reference_metrics"),
+        meta=dict(attrs.get("meta", {})),
+        total=int(attrs.get("total_cells", study.size)),
+        states=states,
+        trials=trials,
+    )
+
+
+def describe_storage(url: str) -> str:
+    """A one-line description of a storage URL for messages (never shows a password)."""
+    kind, path = storage_file(url)
+    if path is not None:
+        return f"{kind} file {path}"
+    from sqlalchemy.engine import make_url
+
+    return f"database {make_url(url).render_as_string(hide_password=True)}"

@@ -1,0 +1,805 @@
+"""Run (or join) a study in an Optuna storage: each grid cell exactly once across all workers.
+
+Any number of `bench run` processes, on one machine or many, may work on one study at once.
+How a grid cell runs exactly once:
+
+1. Creating. `optuna.create_study(load_if_exists=False)` succeeds in exactly one process: the
+   study name is unique in an RDB (the INSERT of the loser fails) and in a journal (the first
+   CREATE_STUDY record wins). That process, the creator, enqueues every cell once as a WAITING
+   trial, stores the study's meta and the real-data reference row, and then sets the study
+   attribute "cells_enqueued". Others wait for that marker before claiming anything.
+2. Claiming. A worker takes a WAITING trial by switching it to RUNNING in the storage, the way
+   `Study.ask` pops enqueued trials. That switch is atomic in PostgreSQL/MySQL (SELECT ... FOR
+   UPDATE) and in a journal (ownership follows the order of the log records). SQLite ignores
+   FOR UPDATE and its driver reads outside a transaction, so two processes could pop the same
+   trial: for SQLite every claim holds an exclusive lock on `<database>.lock` (fcntl; SQLite
+   is a one-machine storage anyway).
+3. Safety net. A cell's canonical trial is its lowest-numbered WAITING/RUNNING/COMPLETE trial.
+   A worker that pops any other trial of the same cell marks it PRUNED (user_attr
+   "duplicate_of") instead of running it, so a cell enqueued twice still runs once.
+4. Resuming. A joining worker re-enqueues cells that have no WAITING/RUNNING/COMPLETE trial (a
+   failed trial, or a creator that died before enqueueing). RDB storages keep a heartbeat per
+   running trial, so the trial of a killed worker turns FAIL after HEARTBEAT_GRACE_S and is
+   re-run by the next worker that joins; its checkpoint lets training resume where it stopped.
+
+A study with [search] ranges uses TPE instead: each worker asks for new trials until the study
+holds n_trials of them (with several workers it may overshoot by up to one per worker).
+Everything that can be checked is checked before any database exists: the study file, the
+pretrained weights every cell needs, the evaluator and its reference statistics.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.config import RunConfig
+from bench.errors import BenchError
+from bench.progress import QuietProgress, make_progress
+from bench.results import (
+    HEARTBEAT_INTERVAL_S,
+    describe_storage,
+    open_storage,
+    storage_file,
+    storage_url_for,
+)
+from bench.study import Choices, Range, Study, slug
+from bench.tracking import Tracker, absolute_uri, sqlite_path, tracking_uri_for
+from casdm.config import flatten, to_dict
+from casdm.errors import InputError
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from bench.trial import Scorer, TrialOutcome
+
+# How long a joining worker waits for the creator's "cells_enqueued" marker before it enqueues
+# the missing cells itself (the creator may have died; enqueueing again is safe, see step 3).
+ENQUEUE_WAIT_S = 120.0
+# The dry run's cost estimate times batches of at most this many images.
+MEASURE_BATCH = 64
+_ALIVE = ("WAITING", "RUNNING", "COMPLETE")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial this worker ran."""
+
+    number: int
+    cell: str
+    state: str  # COMPLETE or FAIL
+    value: float | None
+    wall_s: float
+    error: str = ""
+
+
+@dataclass
+class RunSummary:
+    """What `run_study` did: the storage, tracking store and the trials this worker ran."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    total: int
+    created: bool = False
+    trials: list[TrialRecord] = field(default_factory=list)
+    done: int = 0  # COMPLETE trials in the study when this worker stopped
+    plan: "Plan | None" = None  # set by a dry run, which runs nothing
+    rank: int = 0  # this process's rank under torchrun (only rank 0 reports)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.state != "COMPLETE" for t in self.trials)
+
+
+# --- values as Optuna params --------------------------------------------------------------
+
+
+def encode(value: Any) -> Any:
+    """An axis value as an Optuna categorical choice (lists become their JSON text)."""
+    return json.dumps(value) if isinstance(value, list | tuple) else value
+
+
+def _encoded(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: encode(value) for key, value in params.items()}
+
+
+def config_digest(study: Study) -> str:
+    """SHA-256 of every cell's config (device excluded: it may differ between machines)."""
+    if study.is_grid:
+        configs = [to_dict(study.config(params)) for params in study.cells()]
+    else:
+        space = {key: dataclasses.asdict(axis) for key, axis in study.search.items()}
+        configs = [to_dict(study.config(p)) for p in study.cells()] + [space]
+    for config in configs:
+        config.pop("device", None)
+    text = json.dumps(configs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- locks and heartbeats -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive fcntl lock on `path` (None: no lock), held for the `with` block."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_path(database: Path | None) -> Path | None:
+    return None if database is None else database.with_name(database.name + ".lock")
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: "optuna.storages.BaseStorage", trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every HEARTBEAT_INTERVAL_S while it runs (RDB storages)."""
+    from optuna.storages import RDBStorage
+
+    if not isinstance(storage, RDBStorage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_INTERVAL_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- checks before any database exists -----------------------------------------------------
+
+
+def _configs_to_check(study: Study) -> list[RunConfig]:
+    """Every config a trial may run: each grid cell, or each search choice at its bounds."""
+    if study.is_grid:
+        return [study.config(params) for params in study.cells()]
+    configs = []
+    for params in study.cells():
+        configs.append(study.config(params))
+        for key, axis in study.search.items():
+            values = axis.choices if isinstance(axis, Choices) else (axis.low, axis.high)
+            configs.extend(study.config({**params, key: value}) for value in values)
+    return configs
+
+
+def required_weights(configs: list[RunConfig]) -> list[str]:
+    """casdm.weights names the configs' LPIPS trunks need (pretrained trunks only), sorted."""
+    from casdm.metrics import LPIPS_TRUNKS
+
+    return sorted(
+        {
+            LPIPS_TRUNKS[c.metric.net]
+            for c in configs
+            if c.metric.name == "lpips" and c.metric.trunk == "pretrained"
+        }
+    )
+
+
+def lpips_trunks(configs: list[RunConfig]) -> str | None:
+    """ "pretrained", "random", both joined by '+', or None when no config uses LPIPS."""
+    trunks = sorted({c.metric.trunk for c in configs if c.metric.name == "lpips"})
+    return "+".join(trunks) if trunks else None
+
+
+def _with_device(config: RunConfig, device: str | None) -> RunConfig:
+    return config if device is None else dataclasses.replace(config, device=device)
+
+
+# --- the storage side ---------------------------------------------------------------------
+
+
+class _Storage:
+    """An Optuna study in its storage, with the claim lock SQLite needs (see module doc)."""
+
+    def __init__(self, url: str, study: Study, *, seed: int):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.url = url
+        kind, path = storage_file(url)
+        self.lock = _lock_path(path) if kind == "sqlite" else None
+        with file_lock(self.lock):
+            self.storage = open_storage(url, create=True)
+            self.created = self._create_or_load(study, seed)
+        self.study_id = self.storage.get_study_id_from_name(study.name)
+
+    def _create_or_load(self, study: Study, seed: int) -> bool:
+        import optuna
+
+        # Grid trials are all enqueued, so the sampler never draws for them.
+        sampler = (
+            optuna.samplers.RandomSampler(seed=seed)
+            if study.is_grid
+            else optuna.samplers.TPESampler(seed=seed)
+        )
+        try:
+            self.optuna = optuna.create_study(
+                storage=self.storage,
+                study_name=study.name,
+                direction=study.direction,
+                sampler=sampler,
+                load_if_exists=False,
+            )
+            return True
+        except optuna.exceptions.DuplicatedStudyError:
+            if not study.is_grid:
+                # A second TPE worker with the same seed would propose the creator's points.
+                sampler = optuna.samplers.TPESampler(seed=None)
+            self.optuna = optuna.load_study(
+                study_name=study.name, storage=self.storage, sampler=sampler
+            )
+            return False
+
+    def attrs(self) -> dict[str, Any]:
+        return self.storage.get_study_user_attrs(self.study_id)
+
+    def trials(self, states: tuple[str, ...] | None = None) -> list["optuna.trial.FrozenTrial"]:
+        """The study's trials in `states` (state names), read through the study's own storage
+        object so that its cache (Optuna wraps RDB storages) knows every trial we may claim."""
+        from optuna.trial import TrialState
+
+        wanted = None if states is None else tuple(TrialState[s] for s in states)
+        return self.optuna.get_trials(deepcopy=False, states=wanted)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def enqueue_missing(self, cells: list[dict[str, Any]], study: Study) -> int:
+        """Enqueue each cell with no WAITING/RUNNING/COMPLETE trial; the number enqueued."""
+        with file_lock(self.lock):
+            alive = [_fixed(t) for t in self.trials(_ALIVE)]
+            missing = [i for i, p in enumerate(cells) if _encoded(p) not in alive]
+            for index in missing:
+                params = cells[index]
+                self.optuna.enqueue_trial(
+                    _encoded(params),
+                    user_attrs={"cell": study.cell_name(params), "params": params},
+                )
+        return len(missing)
+
+    def claim(self, cells: list[dict[str, Any]]) -> tuple["optuna.Trial", int] | None:
+        """Pop the next WAITING trial of a canonical cell; None when no cell is waiting."""
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        encoded = [_encoded(p) for p in cells]
+        while True:
+            with file_lock(self.lock):
+                popped = None
+                for waiting in self.trials(("WAITING",)):
+                    trial_id = self.trial_id(waiting.number)
+                    try:
+                        if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                            popped = waiting
+                            break
+                    except UpdateFinishedTrialError:
+                        continue
+            if popped is None:
+                return None
+            trial = optuna.Trial(self.optuna, trial_id)
+            params = _fixed(popped)
+            if params not in encoded:
+                self.optuna.tell(trial, state=TrialState.FAIL)
+                raise BenchError(
+                    f"trial {popped.number} of study {self.optuna.study_name} has params "
+                    f"{params}, which are not a cell of this study file; the study was created "
+                    "from another version of it"
+                )
+            canonical = min(t.number for t in self.trials(_ALIVE) if _fixed(t) == params)
+            if canonical != popped.number:
+                trial.set_user_attr("duplicate_of", canonical)
+                self.optuna.tell(trial, state=TrialState.PRUNED)
+                continue
+            return trial, encoded.index(params)
+
+
+def _fixed(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
+    """The params a trial was enqueued with (or suggested, for trials that were not)."""
+    return dict(trial.system_attrs.get("fixed_params", trial.params))
+
+
+# --- the worker ---------------------------------------------------------------------------
+
+
+class _Worker:
+    """The process that claims, runs and records trials (rank 0 under torchrun)."""
+
+    def __init__(
+        self,
+        study: Study,
+        scorer: "Scorer",
+        progress: QuietProgress,
+        results: Path,
+        device: str | None,
+        summary: RunSummary,
+    ):
+        self.study = study
+        self.scorer = scorer
+        self.progress = progress
+        self.results = results
+        self.device = device
+        self.summary = summary
+
+    def lead(
+        self, configs: list[RunConfig], storage: str, tracking_uri: str, n_trials: int | None
+    ) -> None:
+        """Join the tracking store and the study, initialise it, run trials until done."""
+        base = configs[0]
+        self.meta = study_meta(base, self.scorer.label(base), configs)
+        with file_lock(_lock_path(sqlite_path(tracking_uri))):
+            self.tracker = Tracker(tracking_uri, self.study.name)
+        self.store = _Storage(storage, self.study, seed=base.seed)
+        self.summary.created = self.store.created
+        cells = self.study.cells()
+        self.initialize(cells, config_digest(self.study))
+        complete = len(self.store.trials(("COMPLETE",)))
+        self.progress.begin_study(self.study.name, self.summary.total, complete)
+        while n_trials is None or len(self.summary.trials) < n_trials:
+            claimed = self.next_trial(cells)
+            if claimed is None:
+                break
+            self.run_one(*claimed)
+        self.summary.done = len(self.store.trials(("COMPLETE",)))
+
+    def initialize(self, cells: list[dict[str, Any]], digest: str) -> None:
+        """Before the first trial: meta, cells and the real-data row are in the study.
+
+        The creator writes them; a joiner waits for the creator's "cells_enqueued" marker,
+        checks that it runs the same configuration, fails trials of dead workers, re-enqueues
+        cells without a live trial and, if the creator died early, writes what is missing.
+        """
+        store = self.store
+        attrs: dict[str, Any] = {}
+        if not store.created:
+            deadline = time.monotonic() + ENQUEUE_WAIT_S
+            while "cells_enqueued" not in (attrs := store.attrs()):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if attrs.get("config_sha256", digest) != digest:
+                raise BenchError(
+                    f"study {self.study.name!r} in {describe_storage(store.url)} was created "
+                    f"from a different configuration than {self.study.path} with --set "
+                    f"{list(self.study.overrides)}; run it with the same study file and --set "
+                    "values, or use another --storage"
+                )
+            from optuna.exceptions import ExperimentalWarning
+            from optuna.storages import fail_stale_trials
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                fail_stale_trials(store.optuna)  # RUNNING trials of killed workers -> FAIL
+        if "cells_enqueued" not in attrs:
+            store.optuna.set_user_attr("config_sha256", digest)
+            store.optuna.set_user_attr("total_cells", self.summary.total)
+            store.optuna.set_user_attr("meta", self.meta)
+        if self.study.is_grid:
+            store.enqueue_missing(cells, self.study)
+        if "reference_metrics" not in attrs:
+            self._reference()
+        store.optuna.set_user_attr("cells_enqueued", len(cells))
+
+    def _reference(self) -> None:
+        from casdm import distributed
+
+        config = _with_device(self.study.config(self.study.cells()[0]), self.device)
+        distributed.broadcast_object(("reference", None))  # torchrun: scoring is collective
+        self.progress.log("scoring held-out real data (the table's reference row)")
+        metrics = self.scorer.score_real_data(config, self.progress)
+        self.store.optuna.set_user_attr("reference_metrics", metrics)
+
+    def next_trial(self, cells: list[dict[str, Any]]) -> tuple["optuna.Trial", dict] | None:
+        """The next trial to run and its params, or None when the study is done."""
+        if self.study.is_grid:
+            claimed = self.store.claim(cells)
+            if claimed is None:
+                return None
+            trial, index = claimed
+            params = cells[index]
+            for key in params:
+                # Records the enqueued value as the trial's param, with the axis as its choices.
+                trial.suggest_categorical(key, [encode(v) for v in self.study.grid[key]])
+            return trial, params
+        if len(self.store.trials()) >= self.summary.total:
+            return None
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize; _heartbeat does it here.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.store.optuna.ask()
+        params = dict(cells[trial.number % len(cells)])  # fixed axes (seeds) in turn
+        for key, axis in self.study.search.items():
+            params[key] = _suggest(trial, key, axis)
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("cell", self.study.cell_name(params))
+        return trial, params
+
+    def run_one(self, trial: "optuna.Trial", params: dict[str, Any]) -> None:
+        """Run one claimed trial: MLflow run, training, sampling, scoring, tell."""
+
+        from bench.trial import run_trial
+        from casdm import distributed
+
+        study, progress = self.study, self.progress
+        config = _with_device(study.config(params), self.device)
+        cell = study.cell_name(params) or f"trial {trial.number}"
+        name = slug(cell) if study.is_grid else f"trial-{trial.number:04d}"
+        workdir = study.results_dir(self.results) / "trials" / name
+        trial.set_user_attr("workdir", str(workdir))
+        progress.begin_trial(cell, config.train.steps)
+        start = time.perf_counter()
+        run = None
+        try:
+            run = self.tracker.start_run(
+                cell,
+                tags={
+                    "optuna.study": study.name,
+                    "optuna.trial_number": trial.number,
+                    "cell": cell,
+                    "metric": config.metric.label,
+                    "lpips_trunk": config.metric.trunk if config.metric.name == "lpips" else "none",
+                    "evaluator": self.meta["evaluator"],
+                    "evaluator_random_weights": config.eval.random_weights,
+                },
+            )
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            run.log_params(flatten(to_dict(config)))
+            distributed.broadcast_object(("trial", (params, str(workdir))))  # other ranks
+            with _heartbeat(self.store.storage, self.store.trial_id(trial.number)):
+                outcome = run_trial(
+                    config,
+                    workdir,
+                    progress=progress,
+                    on_train=run.log_train,
+                    scorer=self.scorer,
+                )
+            value = outcome.metrics.get(study.objective_metric, math.nan)
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the objective {study.objective_metric} is {value} (scores: {outcome.metrics})"
+                )
+        except Exception as err:
+            self._fail(trial, cell, run, err, time.perf_counter() - start)
+            if isinstance(err, InputError):
+                raise  # bad input fails every trial alike: stop with its message (exit 2)
+            progress.log(f"[red]trial {trial.number} ({cell}) failed; going on[/red]")
+            progress.log(traceback.format_exc())
+            return
+        except BaseException as err:  # KeyboardInterrupt, SystemExit: fail the trial, stop
+            self._fail(trial, cell, run, err, time.perf_counter() - start)
+            raise
+        self._record(trial, params, cell, outcome, run)
+        self.store.optuna.tell(trial, value)
+        progress.end_trial()
+        progress.advance_study()
+        self.summary.trials.append(
+            TrialRecord(trial.number, cell, "COMPLETE", value, outcome.wall_s)
+        )
+
+    def _fail(
+        self, trial: "optuna.Trial", cell: str, run: Any, err: BaseException, wall_s: float
+    ) -> None:
+        """Mark the trial FAIL in Optuna and its MLflow run (if any) FAILED, keeping the error."""
+        from optuna.trial import TrialState
+
+        error = f"{type(err).__name__}: {err}"
+        trial.set_user_attr("error", error)
+        self.store.optuna.tell(trial, state=TrialState.FAIL)
+        if run is not None:
+            run.set_tags({"error": error[:5000]})
+            run.finish(ok=False)
+        self.progress.end_trial()
+        self.summary.trials.append(TrialRecord(trial.number, cell, "FAIL", None, wall_s, error))
+
+    def _record(
+        self,
+        trial: "optuna.Trial",
+        params: dict[str, Any],
+        cell: str,
+        outcome: "TrialOutcome",
+        run: Any,
+    ) -> None:
+        """Scores and costs onto the Optuna trial (user_attrs) and the MLflow run."""
+        attrs = {
+            "metrics": outcome.metrics,
+            "cell": cell,
+            "params": params,
+            "wall_s": outcome.wall_s,
+            "images_per_s": outcome.images_per_s,
+            "peak_memory_mb": outcome.peak_memory_mb,
+            "peak_memory_kind": outcome.peak_memory_kind,
+            "num_params": outcome.num_params,
+            "evaluator": outcome.evaluator,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        run.log_metrics(
+            {
+                **outcome.metrics,
+                "wall_s": outcome.wall_s,
+                "train_wall_s": outcome.train_wall_s,
+                "train_images_per_s": outcome.images_per_s,
+                f"peak_memory_{outcome.peak_memory_kind}_mb": outcome.peak_memory_mb,
+                "num_params": outcome.num_params,
+            }
+        )
+        run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})
+        run.log_artifact(outcome.grid_png)
+        run.log_artifact(outcome.config_json)
+        run.finish(ok=True)
+
+
+def _suggest(trial: "optuna.Trial", key: str, axis: Range | Choices) -> Any:
+    """One search axis's value for this trial (TPE)."""
+    if isinstance(axis, Choices):
+        value = trial.suggest_categorical(key, [encode(c) for c in axis.choices])
+        return next(c for c in axis.choices if encode(c) == value)
+    if axis.integer:
+        step = int(axis.step or 1)
+        return trial.suggest_int(key, int(axis.low), int(axis.high), step=step, log=axis.log)
+    return trial.suggest_float(key, axis.low, axis.high, step=axis.step, log=axis.log)
+
+
+def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> dict[str, Any]:
+    """The study user_attr "meta" the tables' captions read (contract: bench/results.py)."""
+    return {
+        "dataset": config.data.dataset,
+        "resolution": config.data.resolution,
+        "evaluator": evaluator,
+        "num_samples": config.sample.num_samples,
+        "sampler": config.sample.sampler,
+        "steps": config.sample.steps,
+        "eta": config.sample.eta,
+        "random_weights": config.eval.random_weights,
+        "lpips_trunk": lpips_trunks(configs),
+    }
+
+
+def run_study(
+    study: Study,
+    *,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    n_trials: int | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+    dry_run: bool = False,
+    results: Path = Path("results"),
+) -> RunSummary:
+    """Create or join `study` in `storage` and run trials until no cell is left (or n_trials).
+
+    storage: an Optuna storage URL (default sqlite:///<results>/optuna.db); tracking_uri: an
+    MLflow tracking URI (default sqlite:///<results>/mlflow.db); n_trials: at most this many
+    trials in this process; device overrides every config's device.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m bench run ...`) the N processes run each
+    trial together (DDP training, sharded sampling, casdm.distributed): rank 0 alone talks to
+    Optuna and MLflow and scores, and tells the other ranks which cell comes next.
+    """
+    storage = storage or storage_url_for(results)
+    tracking_uri = absolute_uri(tracking_uri or tracking_uri_for(results))
+    storage_file(storage)  # reject a malformed URL before any work
+    if n_trials is not None and n_trials < 1:
+        raise BenchError(f"--n-trials must be >= 1, got {n_trials}")
+    configs = [_with_device(c, device) for c in _configs_to_check(study)]
+    summary = RunSummary(study.name, storage, tracking_uri, study.size)
+    if dry_run:
+        summary.plan = plan_study(study, storage, device)
+        return summary
+
+    from bench.trial import Scorer, resolve_device
+    from casdm import distributed, weights
+
+    joined = distributed.world_size() == 1  # whether a process group is ours to leave
+    dist = distributed.init_from_env(resolve_device(configs[0].device))
+    joined = joined and dist.world_size > 1
+    try:
+        if dist.world_size > 1:
+            device = str(dist.device)  # this rank's GPU (LOCAL_RANK), or the CPU with gloo
+            configs = [_with_device(c, device) for c in configs]
+        summary.rank = dist.rank
+        # Rank 0 downloads missing weights first; the other ranks then find the files.
+        distributed.main_first(lambda: [weights.ensure(n) for n in required_weights(configs)])
+        scorer = Scorer(results / "cache", resolve_device(configs[0].device))
+        with make_progress(quiet or not dist.is_main) as progress:
+            progress.log(f"preparing the evaluator for {study.name}")
+            for config in configs:
+                scorer.prepare(config, progress)  # collective under torchrun
+            if not dist.is_main:
+                _follow(study, device, scorer)
+                return summary
+            try:
+                worker = _Worker(study, scorer, progress, results, device, summary)
+                worker.lead(configs, storage, tracking_uri, n_trials)
+            finally:
+                distributed.broadcast_object(None)  # under torchrun: the other ranks stop too
+    finally:
+        if joined:
+            distributed.shutdown()
+    return summary
+
+
+def _follow(study: Study, device: str | None, scorer: "Scorer") -> None:
+    """Ranks > 0 of a torchrun: do, in step with rank 0, what it announces, until None.
+
+    Rank 0 announces ("reference", None) before scoring the held-out real data and ("trial",
+    (params, workdir)) before each trial; training, sampling and scoring are collective.
+    """
+    from bench.trial import run_trial
+    from casdm import distributed
+
+    while (announced := distributed.broadcast_object(None)) is not None:
+        what, payload = announced
+        if what == "reference":
+            scorer.score_real_data(_with_device(study.config(study.cells()[0]), device))
+            continue
+        params, workdir = payload
+        try:
+            run_trial(_with_device(study.config(params), device), Path(workdir), scorer=scorer)
+        except Exception:
+            # Rank 0 meets the same error and records the trial as failed; wait for the next.
+            traceback.print_exc()
+
+
+def pending_cells(study: Study, storage: str) -> list[dict[str, Any]]:
+    """Cells with no COMPLETE or RUNNING trial in `storage`; reads only, creates nothing."""
+    import optuna
+
+    cells = study.cells()
+    if not study.is_grid:
+        return cells
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        stored = open_storage(storage, create=False)
+        existing = optuna.load_study(study_name=study.name, storage=stored)
+    except (BenchError, KeyError):
+        return cells
+    taken = [_fixed(t) for t in existing.get_trials(deepcopy=False) if t.state.name in _ALIVE[1:]]
+    return [p for p in cells if _encoded(p) not in taken]
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """The work one trial does, and a rough time for it."""
+
+    cell: str
+    train_images: int  # train.steps x train.batch_size
+    samples: int
+    sampling_evals: int  # samples x sampler steps (model evaluations per image)
+    seconds: float  # training + sampling, extrapolated from a measurement; scoring excluded
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `bench run --dry-run` prints: the pending trials, their cost, the weights needed."""
+
+    study: str
+    total: int
+    cells: list[CellCost]
+    device: str
+    weights: dict[str, str]  # casdm.weights name -> present / missing / corrupt
+    method: str = (
+        "measured: one training step and one sampling step of a random-weight model at the "
+        f"run's batch sizes (at most {MEASURE_BATCH}) on this machine, extrapolated linearly "
+        "per image; evaluation not included"
+    )
+
+
+def plan_study(study: Study, storage: str, device: str | None = None) -> Plan:
+    """The pending trials of `study` and a cost estimate; creates nothing, downloads nothing."""
+    from bench.trial import resolve_device
+    from casdm import weights
+
+    pending = pending_cells(study, storage)
+    if not study.is_grid:
+        # A search has no fixed cells: n_trials trials like its base config.
+        pending = [study.cells()[i % len(study.cells())] for i in range(study.size)]
+    configs = [_with_device(study.config(p), device) for p in pending]
+    torch_device = resolve_device(configs[0].device if configs else device or "auto")
+    measured: dict[str, tuple[float, float]] = {}
+    costs = []
+    for params, config in zip(pending, configs, strict=True):
+        key = json.dumps(
+            [
+                to_dict(config.architecture),
+                to_dict(config.model),
+                to_dict(config.metric),
+                config.data.resolution,
+                config.train.batch_size,
+                config.sample.batch_size,
+            ],
+            sort_keys=True,
+        )
+        if key not in measured:
+            measured[key] = measure_step_seconds(config, torch_device)
+        train_s, forward_s = measured[key]
+        train_images = config.train.steps * config.train.batch_size
+        evals = config.sample.num_samples * config.sample.steps
+        costs.append(
+            CellCost(
+                cell=study.cell_name(params) or "base",
+                train_images=train_images,
+                samples=config.sample.num_samples,
+                sampling_evals=evals,
+                seconds=train_images * train_s + evals * forward_s,
+            )
+        )
+    needed = required_weights(_configs_to_check(study))
+    return Plan(
+        study=study.name,
+        total=study.size,
+        cells=costs,
+        device=str(torch_device),
+        weights={name: weights.status(name) for name in needed},
+    )
+
+
+def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[float, float]:
+    """Seconds per image of a training step and of a sampling step of `config`'s model.
+
+    Runs casdm's own `train` for two steps (the second is timed: the first warms up, and
+    compiles with train.compile) and `generate` for one sampler step twice (the second is
+    timed), on a random-weight model with random images, at the run's batch sizes capped at
+    MEASURE_BATCH, with 3 channels (the channel count barely changes the cost); an LPIPS
+    metric gets a random trunk (the same cost, no download).
+    """
+    import torch
+
+    from casdm.architectures import build_model
+    from casdm.metrics import build_metric
+    from casdm.samplers import generate
+    from casdm.schedule import Schedule
+    from casdm.train import train
+
+    shape = (3, config.data.resolution, config.data.resolution)
+    schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
+    model = build_model(config.architecture, config.model, schedule, *shape[:2])
+    metric = build_metric(dataclasses.replace(config.metric, trunk="random"), shape)
+    train_batch = min(MEASURE_BATCH, config.train.batch_size)
+    images = torch.rand((train_batch, *shape), generator=torch.Generator().manual_seed(0))
+    steps = dataclasses.replace(
+        config.train, steps=2, batch_size=train_batch, warmup_steps=0, log_every=1
+    )
+    result = train(model, metric, images * 2 - 1, steps, seed=0, device=device)
+    train_s = 1 / result.history[-1]["images_per_s"]
+
+    sample_batch = min(MEASURE_BATCH, config.sample.batch_size)
+    one_step = dataclasses.replace(
+        config.sample, steps=1, num_samples=sample_batch, batch_size=sample_batch
+    )
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        generate(result.ema, schedule, one_step, shape, seed=0, device=device)  # syncs: .cpu()
+        timings.append(time.perf_counter() - start)
+    return train_s, timings[-1] / sample_batch

@@ -1,0 +1,735 @@
+"""Studies: one TOML file per study in studies/, parsed and validated before any work starts.
+
+A study holds a description, the base RunConfig, the search space (grid axes, or TPE ranges),
+the objective metric and the table layout (see studies/quickstart.toml). `load_study` checks all
+of it up front: every grid cell's RunConfig is built, every registry name looked up, and the
+UNet's shape checked against the resolution, so a bad value fails with exit code 2 and a message
+naming the file, the key, the value and what is allowed, before any database or file is touched.
+"""
+
+import dataclasses
+import itertools
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.config import RunConfig
+from bench.errors import BenchError
+from casdm.config import ConfigError, from_dict, merge, unflatten
+from casdm.errors import InputError
+
+STUDIES_DIR = Path("studies")
+
+# Study names become folder names (results/NAME) and database keys: no path can hide in one.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+TOP_KEYS = ("description", "objective", "base", "grid", "search", "n_trials", "table", "labels")
+OBJECTIVE_KEYS = ("metric", "direction")
+TABLE_KEYS = ("rows", "columns", "metrics")
+RANGE_KEYS = ("low", "high", "log", "step")
+DIRECTIONS = ("minimize", "maximize")
+DEFAULT_TABLE_METRICS = ("fid", "sfid", "is_mean")
+
+# The score keys (bench.evaluation) whose better direction is fixed; is_std has none.
+LOWER_IS_BETTER = frozenset({"fid", "sfid", "kid"})
+HIGHER_IS_BETTER = frozenset({"is_mean", "precision", "recall"})
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric TPE axis: Optuna's suggest_float, or suggest_int where the key is an int."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A categorical TPE axis: Optuna's suggest_categorical."""
+
+    choices: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Axes (dotted keys) making the row labels and the column groups, and the metrics shown."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    metrics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study file; `base` already holds the `--set` overrides."""
+
+    name: str
+    path: Path
+    description: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    search: dict[str, Range | Choices]
+    n_trials: int | None
+    objective_metric: str
+    direction: Direction
+    table: TableLayout
+    labels: dict[str, dict[str, str]]
+    overrides: tuple[str, ...]
+
+    @property
+    def is_grid(self) -> bool:
+        """True for a grid study (every cell runs once), False for a TPE search."""
+        return not self.search
+
+    @property
+    def size(self) -> int:
+        """Number of trials the study runs: grid cells, or n_trials for a search."""
+        return len(self.cells()) if self.is_grid else int(self.n_trials or 0)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """The cartesian product of the grid axes, as flat dotted params, in file order."""
+        keys = list(self.grid)
+        return [
+            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())
+        ]
+
+    def config(self, params: dict[str, Any]) -> RunConfig:
+        """base + overrides + params as a validated RunConfig (registry names, UNet shape)."""
+        return _build(self.path, self.base, params, self._sources(params))
+
+    def cell_name(self, params: dict[str, Any]) -> str:
+        """Short label of a cell from its axes, e.g. "cas-dm lpips=0.3 seed=1"."""
+        parts = []
+        for key, value in params.items():
+            parent, _, leaf = key.rpartition(".")
+            if leaf == "name":
+                parts.append(value_text(value))
+            elif leaf == "weight" and parent:
+                # A loss weight reads best with its loss: "lpips=0.3" rather than "weight=0.3".
+                parts.append(f"{self._value(f'{parent}.name', params)}={value_text(value)}")
+            else:
+                parts.append(f"{leaf}={value_text(value)}")
+        return " ".join(parts)
+
+    def value_label(self, key: str, value: Any) -> str:
+        """Display text of an axis value: the study's [labels] entry, else a default."""
+        label = self.labels.get(key, {}).get(value_text(value))
+        if label is not None:
+            return label
+        leaf = key.rpartition(".")[2]
+        return value_text(value) if leaf == "name" else f"{leaf}={value_text(value)}"
+
+    def values(self, key: str) -> list[Any]:
+        """The values a dotted key takes: a grid axis's, a search's choices or bounds, or base's."""
+        if key in self.grid:
+            return list(self.grid[key])
+        axis = self.search.get(key)
+        if isinstance(axis, Choices):
+            return list(axis.choices)
+        if isinstance(axis, Range):
+            return [axis.low, axis.high]
+        return [self._value(key, {})]
+
+    def results_dir(self, root: Path = Path("results")) -> Path:
+        """Where this study's tables and trial folders go: root / name."""
+        return root / self.name
+
+    def _value(self, key: str, params: dict[str, Any]) -> Any:
+        if key in params:
+            return params[key]
+        node: Any = from_dict(RunConfig, self.base)
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def _sources(self, params: dict[str, Any]) -> dict[str, str]:
+        """Where each key of a cell comes from, for error messages."""
+        sources = {key: f"grid.{key}" for key in self.grid}
+        sources.update({key: f"search.{key}" for key in self.search})
+        sources.update(_override_sources(self.overrides))
+        if len(params) > 0 and self.is_grid:
+            sources[""] = f"grid cell '{self.cell_name(params)}'"
+        return sources
+
+
+def slug(name: str) -> str:
+    """A cell name as a file or folder name: "cas-dm lpips=0.3" -> "cas-dm_lpips=0.3"."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "_"
+
+
+def value_text(value: Any) -> str:
+    """Canonical text of an axis value: 0.30 -> "0.3", 1.0 -> "1", True -> "true".
+
+    Floats keep Python's shortest exact repr (distinct values never share a text), minus ".0".
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value).removesuffix(".0")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def available_studies(directory: Path = STUDIES_DIR) -> list[str]:
+    """Names of the studies in `directory` (file stems of *.toml), sorted."""
+    return sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+
+
+def find_study(name_or_path: str) -> Path:
+    """studies/NAME.toml for a study name, or the given .toml path; BenchError otherwise."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" and candidate.is_file():
+        return candidate
+    if (
+        candidate.suffix == ".toml"
+        and (STUDIES_DIR / candidate).is_file()
+        and len(candidate.parts) == 1
+    ):
+        return STUDIES_DIR / candidate
+    if NAME_PATTERN.fullmatch(name_or_path) and ".." not in name_or_path:
+        path = STUDIES_DIR / f"{name_or_path}.toml"
+        if path.is_file():
+            return path
+        what = f"unknown study {name_or_path!r}"
+    elif candidate.suffix == ".toml":
+        what = f"study file {name_or_path!r} does not exist"
+    else:
+        what = (
+            f"{name_or_path!r} is neither a study name (letters, digits, '_', '.', '-') "
+            "nor the path of an existing .toml file"
+        )
+    names = ", ".join(available_studies()) or f"none (no *.toml in {STUDIES_DIR}/)"
+    raise BenchError(
+        f"{what}; available studies in {STUDIES_DIR}/: {names}; "
+        "or give the path of a study .toml file"
+    )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`--set KEY=VALUE` -> (dotted RunConfig key, value parsed as TOML, else a bare string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BenchError(
+            f"--set {text!r}: expected KEY=VALUE with a dotted config key, "
+            "e.g. --set train.steps=100 or --set architecture.name=cas-dm"
+        )
+    value = _parse_value(raw.strip())
+    try:
+        field_type(key)
+        # The value alone, on default settings: its type, range and registry name.
+        _check_field(key, value)
+    except ConfigError as err:
+        raise BenchError(f"--set {text}: {err}") from None
+    return key, normalize(key, value)
+
+
+def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
+    """Parse and fully validate a study (every cell, every name) with `--set` overrides applied."""
+    path = find_study(name_or_path)
+    name = path.stem
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise BenchError(
+            f"{path}: the study name {name!r} (the file name) may only use letters, digits, "
+            "'_', '.' and '-'; rename the file"
+        )
+    data = _read_toml(path)
+    parsed = [parse_override(text) for text in overrides]
+
+    _check_keys(path, "", data, TOP_KEYS)
+    description = data.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise _error(path, "description", f"got {description!r}; expected a non-empty string")
+    base = _table(path, "base", data.get("base", {}))
+    grid = _read_grid(path, data.get("grid", {}))
+    search = _read_search(path, data.get("search", {}))
+    n_trials = _read_n_trials(path, data, search)
+    if search and set(grid) - {"seed"}:
+        extra = ", ".join(sorted(set(grid) - {"seed"}))
+        raise _error(
+            path,
+            "grid",
+            f"a study with [search] may only fix seeds in [grid], found {extra}; "
+            "move those axes to [search] as choices, or drop [search] for a grid study",
+        )
+
+    # Overrides replace the base value, a grid axis (by a single value) or a search axis (by
+    # a single choice), so the table keeps its layout.
+    for key, value in parsed:
+        if key in grid:
+            grid[key] = [value]
+        elif key in search:
+            search[key] = Choices((value,))
+        else:
+            base = merge(base, unflatten({key: value}))
+
+    sources = _override_sources(tuple(overrides))
+    _check_base(path, base, sources)
+    for key, values in grid.items():
+        for value in values:
+            _check_axis_value(path, key, value, sources.get(key, f"grid.{key}"))
+    for key, axis in search.items():
+        _check_search_axis(path, base, key, axis, sources.get(key, f"search.{key}"))
+
+    objective_metric, direction = _read_objective(path, data.get("objective", {}))
+    axes = [*grid, *search]
+    study = Study(
+        name=name,
+        path=path,
+        description=description.strip(),
+        base=base,
+        grid=grid,
+        search=search,
+        n_trials=n_trials,
+        objective_metric=objective_metric,
+        direction=direction,
+        table=_read_table(path, data.get("table"), axes),
+        labels=_read_labels(path, data.get("labels", {}), grid, search),
+        overrides=tuple(overrides),
+    )
+    for params in study.cells():
+        study.config(params)
+    return study
+
+
+# --- reading the file ---------------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BenchError(f"{path}: cannot read the study file: {err}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        # The message carries the position, e.g. "Invalid value (at line 3, column 9)".
+        raise BenchError(f"{path}: TOML syntax error: {err}") from None
+
+
+def _parse_value(raw: str) -> Any:
+    """A `--set` or label value as TOML (10, 0.3, true, [1, 2], "x"), else the bare string."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _error(path: Path, key: str, message: str) -> BenchError:
+    return BenchError(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+def _check_keys(path: Path, where: str, table: dict[str, Any], allowed: Sequence[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise _error(path, f"{prefix}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def _table(path: Path, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _error(path, key, f"got {value!r}; expected a table [{key}]")
+    return value
+
+
+def _flatten_axes(
+    path: Path, where: str, table: Any, is_leaf: Callable[[str, Any], bool], prefix: str = ""
+) -> dict[str, Any]:
+    """Dotted keys of a [grid], [search] or [labels] table, quoted ("metric.name") or not."""
+    out: dict[str, Any] = {}
+    for key, value in _table(path, where, table).items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not is_leaf(dotted, value):
+            out.update(_flatten_axes(path, f"{where}.{key}", value, is_leaf, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _read_grid(path: Path, table: Any) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for key, values in _flatten_axes(path, "grid", table, lambda key, value: False).items():
+        where = f"grid.{key}"
+        _check_key(path, where, key)
+        if not isinstance(values, list) or not values:
+            raise _error(
+                path, where, f"got {values!r}; expected a non-empty list of values, e.g. [1, 2]"
+            )
+        normalized = [normalize(key, v) for v in values]
+        repeated = [v for i, v in enumerate(normalized) if v in normalized[:i]]
+        if repeated:
+            raise _error(path, where, f"value {repeated[0]!r} is listed twice in {values!r}")
+        grid[key] = normalized
+    return grid
+
+
+def _read_search(path: Path, table: Any) -> dict[str, Range | Choices]:
+    def is_axis(key: str, value: dict) -> bool:
+        return bool(set(value) & {"low", "high", "choices"})
+
+    search: dict[str, Range | Choices] = {}
+    for key, spec in _flatten_axes(path, "search", table, is_axis).items():
+        where = f"search.{key}"
+        _check_key(path, where, key)
+        if not isinstance(spec, dict):
+            raise _error(
+                path,
+                where,
+                f"got {spec!r}; expected {{ low = ..., high = ..., log = false }} "
+                "or { choices = [...] }",
+            )
+        if "choices" in spec:
+            _check_keys(path, where, spec, ("choices",))
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise _error(
+                    path, f"{where}.choices", f"got {choices!r}; expected a non-empty list"
+                )
+            search[key] = Choices(tuple(normalize(key, c) for c in choices))
+        else:
+            search[key] = _read_range(path, where, key, spec)
+    return search
+
+
+def _read_range(path: Path, where: str, key: str, spec: dict[str, Any]) -> Range:
+    _check_keys(path, where, spec, RANGE_KEYS)
+    for bound in ("low", "high"):
+        value = spec.get(bound)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _error(path, f"{where}.{bound}", f"got {value!r}; expected a number")
+    low, high = spec["low"], spec["high"]
+    log, step = spec.get("log", False), spec.get("step")
+    if field_type(key) not in (int, float):
+        raise _error(path, where, f"{key} is not a number; use {{ choices = [...] }} for it")
+    integer = field_type(key) is int
+    if integer and not (isinstance(low, int) and isinstance(high, int)):
+        raise _error(path, where, f"{key} is an integer; got low={low!r}, high={high!r}")
+    if not isinstance(log, bool):
+        raise _error(path, f"{where}.log", f"got {log!r}; expected true or false")
+    if not low < high:
+        raise _error(path, where, f"low must be < high, got low={low!r}, high={high!r}")
+    if log and low <= 0:
+        raise _error(path, f"{where}.low", f"a log range needs low > 0, got {low!r}")
+    if step is not None:
+        if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0:
+            raise _error(path, f"{where}.step", f"got {step!r}; expected a number > 0")
+        if log:
+            raise _error(path, f"{where}.step", "step cannot be combined with log = true")
+    return Range(low=low, high=high, log=log, step=step, integer=integer)
+
+
+def _read_n_trials(path: Path, data: dict[str, Any], search: dict) -> int | None:
+    n_trials = data.get("n_trials")
+    if n_trials is None:
+        if search:
+            raise _error(path, "n_trials", "a study with [search] needs n_trials, e.g. 20")
+        return None
+    if not search:
+        raise _error(
+            path,
+            "n_trials",
+            f"got {n_trials!r}, but a grid study runs each cell once; "
+            "remove n_trials, or define a [search]",
+        )
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise _error(path, "n_trials", f"got {n_trials!r}; expected an integer >= 1")
+    return n_trials
+
+
+def _score_keys() -> tuple[str, ...]:
+    from bench.evaluation.evaluator import METRIC_NAMES
+
+    return tuple(METRIC_NAMES)
+
+
+def _check_score_key(path: Path, where: str, metric: Any) -> None:
+    keys = _score_keys()
+    if metric not in keys:
+        raise _error(path, where, f"unknown metric {metric!r}; valid metrics: {', '.join(keys)}")
+
+
+def natural_direction(metric: str) -> Direction | None:
+    """ "minimize" for FID-like metrics, "maximize" for IS-like ones, None for is_std."""
+    if metric in LOWER_IS_BETTER:
+        return "minimize"
+    if metric in HIGHER_IS_BETTER:
+        return "maximize"
+    return None
+
+
+def _read_objective(path: Path, table: Any) -> tuple[str, Direction]:
+    _check_keys(path, "objective", _table(path, "objective", table), OBJECTIVE_KEYS)
+    metric = table.get("metric", "fid")
+    _check_score_key(path, "objective.metric", metric)
+    natural = natural_direction(metric)
+    direction = table.get("direction", natural)
+    if direction not in DIRECTIONS:
+        raise _error(
+            path, "objective.direction", f"got {direction!r}; allowed: {', '.join(DIRECTIONS)}"
+        )
+    if natural is not None and direction != natural:
+        raise _error(
+            path,
+            "objective.direction",
+            f"got {direction!r}, but {metric} is better when "
+            f"{'lower' if natural == 'minimize' else 'higher'}; use {natural!r}",
+        )
+    return metric, direction
+
+
+def _read_table(path: Path, table: Any, axes: list[str]) -> TableLayout:
+    if table is None:
+        rows = tuple(a for a in axes if a != "seed")
+        return TableLayout(rows=rows, columns=(), metrics=DEFAULT_TABLE_METRICS)
+    _check_keys(path, "table", _table(path, "table", table), TABLE_KEYS)
+    layout: dict[str, tuple[str, ...]] = {}
+    for part in ("rows", "columns"):
+        keys = table.get(part, [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise _error(path, f"table.{part}", f"got {keys!r}; expected a list of axis keys")
+        for key in keys:
+            if key not in axes:
+                raise _error(
+                    path,
+                    f"table.{part}",
+                    f"{key!r} is not an axis of this study; axes: {', '.join(axes) or 'none'}",
+                )
+        layout[part] = tuple(keys)
+    shown = [*layout["rows"], *layout["columns"]]
+    repeated = [k for i, k in enumerate(shown) if k in shown[:i]]
+    if repeated:
+        raise _error(path, "table", f"axis {repeated[0]!r} is used twice in rows/columns")
+    hidden = [a for a in axes if a != "seed" and a not in shown]
+    if hidden:
+        raise _error(
+            path,
+            "table",
+            f"axis {hidden[0]!r} is in neither table.rows nor table.columns; only seeds are "
+            "averaged over, so every other axis must be shown",
+        )
+    metrics = table.get("metrics", list(DEFAULT_TABLE_METRICS))
+    if not isinstance(metrics, list) or not metrics:
+        raise _error(path, "table.metrics", f"got {metrics!r}; expected a non-empty list")
+    for metric in metrics:
+        _check_score_key(path, "table.metrics", metric)
+    if len(set(metrics)) != len(metrics):
+        raise _error(path, "table.metrics", f"got {metrics!r}; a metric is listed twice")
+    return TableLayout(rows=layout["rows"], columns=layout["columns"], metrics=tuple(metrics))
+
+
+def _read_labels(
+    path: Path, table: Any, grid: dict[str, list[Any]], search: dict[str, Range | Choices]
+) -> dict[str, dict[str, str]]:
+    labels: dict[str, dict[str, str]] = {}
+    # A label table maps axis values to strings: { "cas-dm" = "Cas-DM" }.
+    flat = _flatten_axes(
+        path,
+        "labels",
+        table,
+        lambda key, value: not any(isinstance(v, dict) for v in value.values()),
+    )
+    for key, mapping in flat.items():
+        where = f"labels.{key}"
+        axis = grid.get(key) or getattr(search.get(key), "choices", None)
+        if axis is None:
+            axes = ", ".join(k for k in (*grid, *search) if not isinstance(search.get(k), Range))
+            raise _error(path, where, f"not a grid axis or search choice; axes: {axes or 'none'}")
+        if not isinstance(mapping, dict):
+            raise _error(path, where, f'got {mapping!r}; expected {{ value = "label", ... }}')
+        known = {value_text(v): v for v in axis}
+        labels[key] = {}
+        for raw, label in mapping.items():
+            text = value_text(normalize(key, _parse_value(raw)))
+            if text not in known:
+                raise _error(
+                    path,
+                    f"{where}.{raw}",
+                    f"{raw!r} is not a value of the axis; values: {', '.join(known)}",
+                )
+            if not isinstance(label, str):
+                raise _error(path, f"{where}.{raw}", f"got {label!r}; expected a string")
+            labels[key][text] = label
+    return labels
+
+
+# --- validating configs -------------------------------------------------------------------
+
+
+def field_type(key: str) -> Any:
+    """The annotation of a dotted RunConfig leaf key; ConfigError naming the allowed keys."""
+    node: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(key, f"{prefix} is a value, not a table of keys")
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            allowed = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
+            raise ConfigError(key, f"unknown key {part!r}; allowed: {allowed}")
+        node = typing.get_type_hints(node)[part]
+    if dataclasses.is_dataclass(node):
+        leaves = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(node))
+        raise ConfigError(key, f"is a table, not a value; set one of: {leaves}")
+    return node
+
+
+def normalize(key: str, value: Any) -> Any:
+    """An int given for a float key becomes a float, so 0 and 0.0 are one grid value."""
+    if field_type(key) is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_key(path: Path, where: str, key: str) -> None:
+    try:
+        field_type(key)
+    except ConfigError as err:
+        raise _error(path, where, str(err).split(": ", 1)[1]) from None
+
+
+def _check_field(key: str, value: Any) -> None:
+    """Check one value alone, on default settings: its type, range and registry name."""
+    config = from_dict(RunConfig, unflatten({key: value}))
+    if key in _NAMED_KEYS:
+        check_names(config, keys=(key,))
+
+
+def _check_base(path: Path, base: dict[str, Any], sources: dict[str, str]) -> None:
+    """The [base] table alone: keys, types, ranges and names (cross checks come per cell)."""
+    try:
+        check_names(from_dict(RunConfig, base))
+    except ConfigError as err:
+        raise _attributed(path, err, sources, "base") from None
+
+
+def _check_axis_value(path: Path, key: str, value: Any, where: str) -> None:
+    try:
+        _check_field(key, value)
+    except ConfigError as err:
+        raise _error(path, where, str(err).split(": ", 1)[1]) from None
+
+
+def _check_search_axis(path: Path, base: dict, key: str, axis: Range | Choices, where: str) -> None:
+    values = axis.choices if isinstance(axis, Choices) else (axis.low, axis.high)
+    for value in values:
+        _build(path, base, {key: value}, {key: where})
+
+
+def _override_sources(overrides: Sequence[str]) -> dict[str, str]:
+    return {text.partition("=")[0].strip(): f"--set {text}" for text in overrides}
+
+
+def _attributed(path: Path, err: ConfigError, sources: dict[str, str], default: str) -> BenchError:
+    """The error at its source: a grid axis, a --set override, or the [base] table."""
+    key = err.key
+    message = str(err).split(": ", 1)[1] if key else str(err)
+    owner = max(
+        (k for k in sources if k and (key == k or key.startswith((f"{k}.", f"{k}[")))),
+        key=len,
+        default=None,
+    )
+    if owner is not None:
+        where = sources[owner] if owner == key else f"{sources[owner]}: {key}"
+    else:
+        where = f"{default}.{key}" if key else default
+    if owner is None and "" in sources:
+        message += f" (in {sources['']})"
+    return _error(path, where, message)
+
+
+def _build(path: Path, base: dict, params: dict[str, Any], sources: dict[str, str]) -> RunConfig:
+    try:
+        config = from_dict(RunConfig, merge(base, unflatten(params)))
+        check_names(config)
+        check_shapes(config)
+    except ConfigError as err:
+        raise _attributed(path, err, sources, "base") from None
+    return config
+
+
+# Registry-named keys; their registries are imported only when a study is checked.
+_NAMED_KEYS = (
+    "architecture.name",
+    "metric.name",
+    "sample.sampler",
+    "data.dataset",
+    "eval.evaluator",
+    "diffusion.schedule",
+)
+
+
+def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
+    """Look every registry name of `config` up; ConfigError with the valid names otherwise."""
+    from bench.evaluation import EVALUATORS
+    from casdm.architectures import ARCHITECTURES
+    from casdm.data import parse_dataset
+    from casdm.metrics import METRICS
+    from casdm.registry import lookup
+    from casdm.samplers import SAMPLERS
+    from casdm.schedule import SCHEDULES
+
+    checks = {
+        "architecture.name": lambda: lookup(
+            ARCHITECTURES, config.architecture.name, "architecture"
+        ),
+        "metric.name": lambda: lookup(METRICS, config.metric.name, "metric"),
+        "sample.sampler": lambda: lookup(SAMPLERS, config.sample.sampler, "sampler"),
+        "data.dataset": lambda: parse_dataset(config.data.dataset),
+        "eval.evaluator": lambda: lookup(EVALUATORS, config.eval.evaluator, "evaluator"),
+        "diffusion.schedule": lambda: lookup(SCHEDULES, config.diffusion.schedule, "schedule"),
+    }
+    for key in keys:
+        try:
+            checks[key]()
+        except ConfigError:
+            raise
+        except InputError as err:
+            raise ConfigError(key, str(err)) from None
+
+
+def check_shapes(config: RunConfig) -> None:
+    """Cheap cross checks that would otherwise fail only after training starts."""
+    from casdm.metrics import LPIPS_MIN_SIDE
+
+    model, resolution = config.model, config.data.resolution
+    levels = len(model.channel_mults)
+    if resolution % 2 ** (levels - 1):
+        raise ConfigError(
+            "data.resolution",
+            f"got {resolution}; a UNet with {levels} levels (model.channel_mults = "
+            f"{list(model.channel_mults)}) needs a resolution divisible by {2 ** (levels - 1)}",
+        )
+    sides = [resolution // 2**i for i in range(levels)]
+    for side in model.attention_resolutions:
+        if side not in sides:
+            raise ConfigError(
+                "model.attention_resolutions",
+                f"{side} is not a feature-map side of this UNet; at resolution {resolution} "
+                f"its sides are {', '.join(map(str, sides))}",
+            )
+    for mult in {*model.channel_mults}:
+        if (model.base_channels * mult) % model.num_heads:
+            raise ConfigError(
+                "model.num_heads",
+                f"got {model.num_heads}; it must divide every level's width "
+                f"(model.base_channels x model.channel_mults = {model.base_channels * mult})",
+            )
+    metric = config.metric
+    need = LPIPS_MIN_SIDE.get(metric.net, 0)
+    if metric.name == "lpips" and max(resolution, metric.min_size) < need:
+        raise ConfigError(
+            "metric.min_size",
+            f"got {metric.min_size}; LPIPS-{metric.net} needs images of at least {need}x{need} "
+            f"and data.resolution is {resolution}; set metric.min_size >= {need}",
+        )

@@ -1,0 +1,147 @@
+"""MLflow tracking: one experiment per study, one run per trial, through `MlflowClient` only.
+
+No global MLflow state (no `mlflow.set_experiment` / active run), so several trackers can live in
+one process and nothing leaks between tests. The deprecated optuna_integration.MLflowCallback is
+not used: the runner records the MLflow run id on the Optuna trial and the trial number on the run.
+"""
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+
+# MLflow refuses longer parameter values; a flattened RunConfig never comes close.
+_MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri_for(results: Path) -> str:
+    """The default tracking store of a results folder: `sqlite:///<results>/mlflow.db`."""
+    return f"sqlite:///{results.as_posix()}/mlflow.db"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an `sqlite:///PATH` URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def absolute_uri(uri: str) -> str:
+    """`sqlite:///relative/path` made absolute; other URIs unchanged.
+
+    MLflow caches one store per URI string, so a relative path would keep pointing at the
+    first working directory's database after a chdir (as in tests, or a notebook).
+    """
+    path = sqlite_path(uri)
+    return uri if path is None else f"sqlite:///{path.resolve().as_posix()}"
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """Where a local SQLite store keeps artifacts: `<db folder>/mlartifacts` (not ./mlruns).
+
+    A tracking server (http://...) decides for itself, so None there.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    return (path.resolve().parent / "mlartifacts").as_uri()
+
+
+def param_value(value: Any) -> str:
+    """A config value as MLflow shows it: lists as `[1, 2]`, everything else via str()."""
+    text = str(list(value)) if isinstance(value, tuple) else str(value)
+    return text[:_MAX_PARAM_CHARS]
+
+
+class RunLog:
+    """One MLflow run (one trial): params, training curves, final metrics, artifacts, status."""
+
+    def __init__(self, client: Any, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Flattened config keys -> values (logged once; MLflow params are immutable)."""
+        from mlflow.entities import Param
+
+        batch = [Param(key, param_value(value)) for key, value in sorted(params.items())]
+        # MLflow takes at most 100 params per batch.
+        for start in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Finite numeric metrics at `step` (NaN/inf are skipped: MLflow stores them poorly)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_train(self, record: Mapping[str, float]) -> None:
+        """One training record as `train/<key>` curves at its step (the train callback)."""
+        step = int(record["step"])
+        self.log_metrics({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Free-form labels (trial number, evaluator, random weights)."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path) -> None:
+        """Copy a file (sample grid PNG, config JSON) into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, ok: bool) -> None:
+        """End the run as FINISHED, or FAILED when the trial raised."""
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+
+
+class Tracker:
+    """The MLflow experiment of one study (created once; a concurrent creator is tolerated)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        from mlflow import MlflowClient
+
+        tracking_uri = absolute_uri(tracking_uri)
+        path = sqlite_path(tracking_uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment(experiment_name)
+
+    def _experiment(self, name: str) -> str:
+        """The id of experiment `name`, creating it if absent; losing a creation race is fine."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=default_artifact_root(self.tracking_uri)
+            )
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            raise RuntimeError(f"MLflow experiment {name!r} was reported to exist but is missing")
+        return found.experiment_id
+
+    def start_run(self, run_name: str, tags: Mapping[str, Any]) -> RunLog:
+        """A new run named `run_name` (the trial's cell) in the study's experiment."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+        )
+        return RunLog(self.client, run.info.run_id)

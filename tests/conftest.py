@@ -1,0 +1,148 @@
+"""Shared fixtures for the harness tests: an offline workspace with the tiny studies in it.
+
+`workspace` chdirs into a fresh folder holding studies/*.toml (copied from tests/studies) and a
+results/ folder pre-seeded with an initialised MLflow store and the evaluator cache, both built
+once per session (creating MLflow's tables and training the digits classifier take seconds that
+every test would otherwise repeat). The environment is offline: an empty TORCH_HOME (so no
+pretrained weights are found), proxies pointing at a closed port (a download fails at once
+instead of hanging), MLflow telemetry off, one torch thread (the tests share two cores).
+"""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+STUDIES = TESTS / "studies"
+
+# Port 9 (discard) on loopback: nothing listens, so any download is refused immediately.
+_CLOSED_PROXY = "http://127.0.0.1:9"
+OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HTTP_PROXY": _CLOSED_PROXY,
+    "HTTPS_PROXY": _CLOSED_PROXY,
+    "http_proxy": _CLOSED_PROXY,
+    "https_proxy": _CLOSED_PROXY,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+@dataclass
+class Workspace:
+    """A temporary working directory for `bench` commands, with its results folder."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{self.results / 'optuna.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.results / 'mlflow.db'}"
+
+    def start_bench(self, *args: str) -> subprocess.Popen:
+        """`python -m bench ARGS` started in the background (stdout+stderr captured)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench", *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def _offline_environ(torch_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env["TORCH_HOME"] = str(torch_home)
+    return env
+
+
+@pytest.fixture(scope="session")
+def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results/ folder with an initialised MLflow store and the tiny study's evaluator cache."""
+    import torch
+    from mlflow import MlflowClient
+
+    from bench.study import load_study
+    from bench.trial import Scorer
+
+    root = tmp_path_factory.mktemp("seeded") / "results"
+    root.mkdir()
+    saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
+    os.environ.update(OFFLINE_ENV)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        MlflowClient(f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+        study = load_study(str(STUDIES / "tiny.toml"))
+        Scorer(root / "cache", torch.device("cpu")).prepare(study.config(study.cells()[0]))
+    finally:
+        torch.set_num_threads(threads)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return root
+
+
+@contextlib.contextmanager
+def _workspace(root: Path, seeded: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    """Fill `root` with studies/ and a seeded results/, go offline there, one torch thread."""
+    import torch
+
+    shutil.copytree(STUDIES, root / "studies")
+    shutil.copytree(seeded, root / "results")
+    torch_home = root.parent / f"{root.name}_torch_home"
+    torch_home.mkdir()
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.chdir(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield Workspace(root, _offline_environ(torch_home))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeded_results: Path
+) -> Iterator[Workspace]:
+    """A fresh offline working directory (cwd) with studies/ and a seeded results/."""
+    with _workspace(tmp_path / "work", seeded_results, monkeypatch) as space:
+        yield space
+
+
+@pytest.fixture(scope="module")
+def module_workspace(
+    tmp_path_factory: pytest.TempPathFactory, seeded_results: Path
+) -> Iterator[Workspace]:
+    """Like `workspace`, shared by the tests of one module (for a run they all inspect)."""
+    root = tmp_path_factory.mktemp("module") / "work"
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        _workspace(root, seeded_results, monkeypatch) as space,
+    ):
+        yield space

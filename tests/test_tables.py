@@ -1,0 +1,402 @@
+"""Results tables: aggregation over seeds, best-in-bold, golden LaTeX/Markdown/CSV, the CLI."""
+
+import io
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.results import Results
+from bench.study import load_study
+from bench.tables import build_table, latex_escape, render, write_tables
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """\
+description = "2 architectures x 2 metric losses, 3 seeds"
+objective = { metric = "fid" }
+
+[base.data]
+dataset = "digits"
+resolution = 16
+
+[base.model]
+channel_mults = [1, 2]
+attention_resolutions = []
+
+[base.sample]
+steps = 20
+num_samples = 500
+
+[grid]
+"architecture.name" = ["ddpm", "cas-dm"]
+"metric.name" = ["none", "lpips"]
+seed = [0, 1, 2]
+
+[table]
+rows = ["architecture.name"]
+columns = ["metric.name"]
+metrics = ["fid", "is_mean", "kid", "precision"]
+
+[labels]
+"architecture.name" = { "ddpm" = "DDPM (eps)", "cas-dm" = "Cas-DM" }
+"metric.name" = { "none" = "no metric", "lpips" = "LPIPS" }
+"""
+
+# (architecture, metric, seed) -> (fid, is_mean, kid, precision). Cas-DM + LPIPS lacks seed 2
+# (a partial study); DDPM and Cas-DM tie on precision with no metric loss (both bold).
+SCORES = {
+    ("ddpm", "none", 0): (10.0, 2.0, 0.0040, 0.60),
+    ("ddpm", "none", 1): (12.0, 2.2, 0.0050, 0.62),
+    ("ddpm", "none", 2): (11.0, 2.1, 0.0060, 0.64),
+    ("ddpm", "lpips", 0): (9.0, 2.5, 0.0030, 0.70),
+    ("ddpm", "lpips", 1): (9.5, 2.4, 0.0035, 0.71),
+    ("ddpm", "lpips", 2): (10.0, 2.3, 0.0040, 0.72),
+    ("cas-dm", "none", 0): (8.0, 2.4, 0.0020, 0.61),
+    ("cas-dm", "none", 1): (8.5, 2.6, 0.0025, 0.62),
+    ("cas-dm", "none", 2): (9.0, 2.5, 0.0030, 0.63),
+    ("cas-dm", "lpips", 0): (7.0, 2.0, 0.0010, 0.80),
+    ("cas-dm", "lpips", 1): (7.5, 2.1, 0.0015, 0.82),
+}
+REFERENCE = {"fid": 0.523, "is_mean": 9.87, "kid": 0.00012, "precision": 0.75, "recall": 0.76}
+META = {
+    "dataset": "digits",
+    "resolution": 16,
+    "evaluator": "classifier:digits",
+    "num_samples": 500,
+    "sampler": "ddim",
+    "steps": 20,
+    "eta": 0.0,
+    "random_weights": False,
+    "lpips_trunk": "pretrained",
+}
+
+
+@pytest.fixture
+def study(tmp_path):
+    path = tmp_path / "golden.toml"
+    path.write_text(STUDY)
+    return load_study(str(path))
+
+
+def make_results(scores=SCORES, reference=REFERENCE, meta=META, total=12) -> Results:
+    rows = [
+        {
+            "trial": i,
+            "cell": f"{a} {m} seed={s}",
+            "architecture.name": a,
+            "metric.name": m,
+            "seed": s,
+            **dict(zip(("fid", "is_mean", "kid", "precision"), v, strict=True)),
+        }
+        for i, ((a, m, s), v) in enumerate(scores.items())
+    ]
+    states = Counter({"COMPLETE": len(rows), "RUNNING": total - len(rows)})
+    return Results(
+        frame=pd.DataFrame(rows),
+        reference=reference,
+        meta=meta,
+        total=total,
+        states=states,
+        trials=pd.DataFrame(rows),
+    )
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+# --- aggregation --------------------------------------------------------------------------
+
+
+def test_cells_are_mean_and_sample_std_over_seeds(study):
+    table = build_table(make_results(), study)
+    assert [label for label, _ in table.rows] == ["DDPM (eps)", "Cas-DM"]
+    assert [label for label, _ in table.groups] == ["no metric", "LPIPS"]
+    for r, arch in enumerate(("ddpm", "cas-dm")):
+        for g, metric in enumerate(("none", "lpips")):
+            for k, key in enumerate(("fid", "is_mean", "kid", "precision")):
+                values = [v[k] for (a, m, _), v in SCORES.items() if (a, m) == (arch, metric)]
+                cell = table.cells[r, g, key]
+                assert cell.n == len(values)
+                assert cell.mean == pytest.approx(np.mean(values))
+                assert cell.std == pytest.approx(np.std(values, ddof=1))
+    assert table.seeds == 3 and table.partial
+
+
+def test_best_is_direction_aware_and_ties_are_all_bold(study):
+    table = build_table(make_results(), study)
+    best = {(r, g, m) for (r, g, m), cell in table.cells.items() if cell.best}
+    # FID and KID: lower wins; IS and precision: higher wins; one winner per column except the
+    # precision tie at the displayed 3 decimals (0.620 and 0.620) with no metric loss.
+    assert best == {
+        (1, 0, "fid"), (1, 1, "fid"),
+        (1, 0, "is_mean"), (0, 1, "is_mean"),
+        (1, 0, "kid"), (1, 1, "kid"),
+        (0, 0, "precision"), (1, 0, "precision"), (1, 1, "precision"),
+    }  # fmt: skip
+
+
+def test_missing_seeds_show_n_and_partial_is_marked(study):
+    table = build_table(make_results(), study)
+    markdown = render(table, "markdown")
+    assert "**Table (golden, partial).**" in markdown
+    assert "Partial: 11 of 12 cells done." in markdown
+    assert "**7.25 ± 0.35** (n=2)" in markdown  # Cas-DM + LPIPS FID over seeds 0 and 1
+    assert "(n=3)" not in markdown
+
+
+def test_a_single_seed_cell_has_no_std(tmp_path):
+    scores = {("ddpm", "none", 0): (10.0, 2.0, 0.004, 0.6)}
+    path = tmp_path / "single_seed.toml"
+    path.write_text(STUDY.replace("seed = [0, 1, 2]", "seed = [0]"))
+    table = build_table(make_results(scores, total=4), load_study(str(path)))
+    cell = table.cells[0, 0, "fid"]
+    assert (cell.mean, cell.std, cell.n, cell.best) == (10.0, None, 1, False)
+    assert "| DDPM (eps) | 10.00 | 2.00 | 4.00 | 0.600 |" in render(table, "markdown")
+    assert "One seed per cell" in table.caption
+
+
+def test_rows_and_groups_without_any_finished_trial_are_left_out(study):
+    scores = {k: v for k, v in SCORES.items() if k[0] == "ddpm" and k[1] == "none"}
+    table = build_table(make_results(scores), study)
+    assert [label for label, _ in table.rows] == ["DDPM (eps)"]
+    assert [label for label, _ in table.groups] == ["no metric"]
+    assert not any(cell.best for cell in table.cells.values())  # nothing to compare with
+
+
+def test_search_study_rows_are_the_values_its_trials_took(tmp_path):
+    path = tmp_path / "tpe.toml"
+    path.write_text(
+        'description = "TPE"\nn_trials = 4\n[search]\n'
+        '"train.lr" = { low = 1e-5, high = 1e-3, log = true }\n'
+        '[table]\nrows = ["train.lr"]\nmetrics = ["fid"]\n'
+    )
+    frame = pd.DataFrame({"train.lr": [3e-4, 1e-4, 3e-4], "fid": [5.0, 7.0, 6.0]})
+    results = Results(frame, None, {}, 4, Counter({"COMPLETE": 3, "RUNNING": 1}), frame)
+    table = build_table(results, load_study(str(path)))
+    assert [label for label, _ in table.rows] == ["lr=0.0001", "lr=0.0003"]
+    assert (table.cells[1, 0, "fid"].mean, table.cells[1, 0, "fid"].n) == (5.5, 2)
+    assert table.cells[1, 0, "fid"].best and not table.cells[0, 0, "fid"].best and table.partial
+
+
+def test_caption_names_dataset_evaluator_samples_sampler_and_steps(study):
+    caption = build_table(make_results(), study).caption
+    assert "digits 16×16, classifier:digits evaluator, 500 samples per model" in caption
+    assert "DDIM sampler with 20 steps, η = 0" in caption
+    assert "Mean ± std over 3 seeds" in caption
+
+
+def test_caption_labels_random_weights(study):
+    meta = {**META, "evaluator": "Inception (random weights)", "lpips_trunk": "random"}
+    caption = build_table(make_results(meta=meta), study).caption
+    assert "Inception (random weights) evaluator" in caption
+    assert "LPIPS used a random (untrained) trunk" in caption
+
+
+def test_caption_falls_back_to_the_study_config_without_runner_meta(study):
+    caption = build_table(make_results(meta={}), study).caption
+    assert "digits 16×16, classifier evaluator, 500 samples per model" in caption
+
+
+def test_no_reference_means_no_real_data_row(study):
+    table = build_table(make_results(reference=None), study)
+    assert "Real data (held-out) |" not in render(table, "markdown")
+    assert "Real data (held-out)" not in render(table, "csv")
+
+
+# --- output formats -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("latex", "table.tex"), ("markdown", "table.md"),
+                                           ("csv", "table.csv")])  # fmt: skip
+def test_golden_output(study, fmt, name):
+    check_golden(name, render(build_table(make_results(), study), fmt))
+
+
+def test_csv_is_tidy_and_pivots_back_to_the_table(study):
+    frame = pd.read_csv(io.StringIO(render(build_table(make_results(), study), "csv")))
+    assert list(frame.columns) == [
+        "row", "column", "architecture.name", "metric.name",
+        "metric", "mean", "std", "n", "best", "reference",
+    ]  # fmt: skip
+    models = frame[~frame["reference"]]
+    fid = models[models["metric"] == "fid"].pivot_table(
+        index="architecture.name", columns="metric.name", values="mean"
+    )
+    assert fid.loc["cas-dm", "lpips"] == pytest.approx(7.25)
+    assert fid.loc["ddpm", "none"] == pytest.approx(11.0)
+    kid = models[(models["metric"] == "kid") & (models["architecture.name"] == "ddpm")]
+    assert kid["mean"].max() == pytest.approx(0.005)  # unscaled, unlike the x10^3 display
+    real = frame[frame["reference"]].set_index("metric")["mean"]
+    assert real["fid"] == pytest.approx(0.523) and "recall" not in real.index
+
+
+def test_latex_escapes_special_characters():
+    assert latex_escape("a_b & 50% #1 {x} ~ ^ \\") == (
+        r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} \textasciicircum{} \textbackslash{}"
+    )
+    assert latex_escape("16×16, η = 0, ±") == r"16$\times$16, $\eta$ = 0, $\pm$"
+
+
+def test_markdown_escapes_pipes_in_labels(study, tmp_path):
+    text = STUDY.replace('"Cas-DM"', '"Cas|DM_x"')
+    path = tmp_path / "pipes.toml"
+    path.write_text(text)
+    markdown = render(build_table(make_results(), load_study(str(path))), "markdown")
+    assert "| Cas\\|DM\\_x |" in markdown
+
+
+def _compile(tmp_path: Path, table: str) -> subprocess.CompletedProcess:
+    document = (
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"{table}\\end{{document}}\n"
+    )
+    (tmp_path / "doc.tex").write_text(document)
+    return subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_compiles_with_pdflatex(study, tmp_path):
+    text = STUDY.replace('"Cas-DM"', '"Cas_DM & 100% #1 {x} ~ ^"')
+    path = tmp_path / "specials.toml"
+    path.write_text(text)
+    latex = render(build_table(make_results(), load_study(str(path))), "latex")
+    result = _compile(tmp_path, latex)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_write_tables_writes_all_formats_atomically(study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = write_tables(make_results(), study)
+    assert paths == [Path("results/golden/table.tex"), Path("results/golden/table.md"),
+                     Path("results/golden/table.csv")]  # fmt: skip
+    assert sorted(p.name for p in Path("results/golden").iterdir()) == [
+        "table.csv",
+        "table.md",
+        "table.tex",
+    ]  # fmt: skip (no temporary file left behind)
+    assert write_tables(make_results(), study, tmp_path / "t.tex", ["latex"]) == [
+        tmp_path / "t.tex"
+    ]
+    assert (tmp_path / "t.tex").read_text().startswith("% Generated by `bench table golden`")
+
+
+def test_render_rejects_an_unknown_format(study):
+    with pytest.raises(ValueError, match="unknown table format 'html'"):
+        render(build_table(make_results(), study), "html")
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def _storage(tmp_path: Path, study, scores=SCORES) -> str:
+    """An Optuna storage laid out as the runner leaves it (see the harness contract)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    created = optuna.create_study(study_name=study.name, storage=url, direction="minimize")
+    created.set_user_attr("meta", META)
+    created.set_user_attr("total_cells", study.size)
+    created.set_user_attr("reference_metrics", REFERENCE)
+    distributions = {
+        "architecture.name": optuna.distributions.CategoricalDistribution(["ddpm", "cas-dm"]),
+        "metric.name": optuna.distributions.CategoricalDistribution(["none", "lpips"]),
+        "seed": optuna.distributions.CategoricalDistribution([0, 1, 2]),
+    }
+    for (arch, metric, seed), values in scores.items():
+        params = {"architecture.name": arch, "metric.name": metric, "seed": seed}
+        scores_dict = dict(zip(("fid", "is_mean", "kid", "precision"), values, strict=True))
+        created.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=scores_dict["fid"],
+                user_attrs={"metrics": scores_dict, "cell": study.cell_name(params)},
+            )
+        )
+    return url
+
+
+def test_cli_table_writes_three_files_and_prints_markdown(study, tmp_path, monkeypatch, capsys):
+    url = _storage(tmp_path, study)
+    monkeypatch.chdir(tmp_path)
+    assert main(["table", str(study.path), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("**Table (golden, partial).**")
+    assert (GOLDEN / "table.md").read_text() in out
+    assert (tmp_path / "results/golden/table.tex").read_text() == (GOLDEN / "table.tex").read_text()
+    assert (tmp_path / "results/golden/table.csv").read_text() == (GOLDEN / "table.csv").read_text()
+
+
+def test_cli_table_one_format_to_a_file(study, tmp_path, capsys):
+    url = _storage(tmp_path, study)
+    out = tmp_path / "paper" / "ablation.tex"
+    assert main(["table", str(study.path), "--storage", url, "--format", "latex",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_text() == (GOLDEN / "table.tex").read_text()
+    assert capsys.readouterr().out.startswith("% Generated by `bench table golden`")
+
+
+def test_cli_table_of_a_study_without_complete_trials_says_to_run_it(study, tmp_path, capsys):
+    url = _storage(tmp_path, study, scores={})
+    assert main(["table", str(study.path), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study 'golden' has no complete trial in sqlite file ")
+    assert f"run `bench run --study {study.path}` first" in err
+
+
+def test_cli_table_of_a_bad_study_exits_2_with_the_message(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(STUDY.replace('"cas-dm"]', '"cas-dn"]'))
+    assert main(["table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: grid.architecture.name: unknown architecture 'cas-dn'")
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_table_rejects_a_traversing_name(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["table", "../../x"]) == 2
+    assert "'../../x' is neither a study name" in capsys.readouterr().err
+
+
+def test_cli_list_shows_every_shipped_study(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, size in (("quickstart", "9 cells"), ("lpips_weight", "36 cells"),
+                       ("metric_loss", "27 cells")):  # fmt: skip
+        assert name in out and size in out
+    assert "ddpm, x0-ddpm, cas-dm" in out and "cifar10 32px" in out and "digits 8px" in out
+
+
+def test_cli_list_marks_a_broken_study_without_hiding_the_others(tmp_path, monkeypatch, capsys):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "good.toml").write_text(STUDY)
+    (tmp_path / "studies" / "broken.toml").write_text("description = \n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "invalid: studies/broken.toml: TOML syntax error" in out
+    assert "12 cells" in out
