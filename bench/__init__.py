@@ -1,1 +1,1 @@
-"""casdm-bench: the harness (datasets' evaluation, studies, Optuna runner, MLflow tracking, tables, CLI)."""
+"""casdm-bench: the harness (evaluation, studies, Optuna runner, MLflow tracking, tables, CLI)."""

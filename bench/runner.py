@@ -206,7 +206,7 @@ def required_weights(configs: list[RunConfig]) -> list[str]:
 
 
 def lpips_trunks(configs: list[RunConfig]) -> str | None:
-    """ "pretrained", "random", both joined by '+', or None when no config uses LPIPS."""
+    """The LPIPS trunk label: "pretrained", "random", "pretrained+random", or None (no LPIPS)."""
     trunks = sorted({c.metric.trunk for c in configs if c.metric.name == "lpips"})
     return "+".join(trunks) if trunks else None
 
@@ -264,8 +264,10 @@ class _Storage:
         return self.storage.get_study_user_attrs(self.study_id)
 
     def trials(self, states: tuple[str, ...] | None = None) -> list["optuna.trial.FrozenTrial"]:
-        """The study's trials in `states` (state names), read through the study's own storage
-        object so that its cache (Optuna wraps RDB storages) knows every trial we may claim."""
+        """The study's trials in `states` (state names), through the study's own storage object.
+
+        Optuna wraps RDB storages in a cache that must know every trial we may claim.
+        """
         from optuna.trial import TrialState
 
         wanted = None if states is None else tuple(TrialState[s] for s in states)
@@ -446,7 +448,6 @@ class _Worker:
 
     def run_one(self, trial: "optuna.Trial", params: dict[str, Any]) -> None:
         """Run one claimed trial: MLflow run, training, sampling, scoring, tell."""
-
         from bench.trial import run_trial
         from casdm import distributed
 
@@ -485,9 +486,11 @@ class _Worker:
                 )
             value = outcome.metrics.get(study.objective_metric, math.nan)
             if not math.isfinite(value):
+                trial.set_user_attr("metrics", outcome.metrics)
                 raise FloatingPointError(
                     f"the objective {study.objective_metric} is {value} (scores: {outcome.metrics})"
                 )
+            self._record(trial, params, cell, outcome, run)
         except Exception as err:
             self._fail(trial, cell, run, err, time.perf_counter() - start)
             if isinstance(err, InputError):
@@ -498,7 +501,6 @@ class _Worker:
         except BaseException as err:  # KeyboardInterrupt, SystemExit: fail the trial, stop
             self._fail(trial, cell, run, err, time.perf_counter() - start)
             raise
-        self._record(trial, params, cell, outcome, run)
         self.store.optuna.tell(trial, value)
         progress.end_trial()
         progress.advance_study()

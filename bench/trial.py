@@ -95,7 +95,7 @@ class PeakMemory:
 
 @dataclass
 class Trained:
-    """A trained run: the EMA model (what is sampled), its schedule and training numbers."""
+    """A model ready to sample: its EMA weights, schedule, image shape (C, H, W) and size."""
 
     config: RunConfig
     ema: nn.Module

@@ -340,9 +340,11 @@ def test_cli_table_writes_three_files_and_prints_markdown(study, tmp_path, monke
     url = _storage(tmp_path, study)
     monkeypatch.chdir(tmp_path)
     assert main(["table", str(study.path), "--storage", url]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("**Table (golden, partial).**")
-    assert (GOLDEN / "table.md").read_text() in out
+    captured = capsys.readouterr()
+    assert captured.out == (GOLDEN / "table.md").read_text()
+    assert captured.err == (
+        "wrote results/golden/table.tex, results/golden/table.md, results/golden/table.csv\n"
+    )
     assert (tmp_path / "results/golden/table.tex").read_text() == (GOLDEN / "table.tex").read_text()
     assert (tmp_path / "results/golden/table.csv").read_text() == (GOLDEN / "table.csv").read_text()
 

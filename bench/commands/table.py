@@ -1,6 +1,7 @@
 """`bench table STUDY`: the study's results as LaTeX, Markdown and CSV tables."""
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -46,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else study.results_dir(args.results)
     paths = write_tables(results, study, out, formats)
     print(render(build_table(results, study), args.format or "markdown"), end="")
-    print("wrote " + ", ".join(str(p) for p in paths))
+    # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
