@@ -1,1 +1,1 @@
-"""casdm: the model library (UNet, schedules, architectures, metric losses, training, samplers, data)."""
+"""casdm: the model library: UNet, schedules, architectures, metric losses, training, samplers."""

@@ -6,7 +6,7 @@ import torch
 
 
 class Prediction(NamedTuple):
-    """What every architecture predicts at (x_t, t): the noise and the clean image, both [B, C, H, W]."""
+    """What every architecture predicts at (x_t, t): noise and clean image, both [B, C, H, W]."""
 
     eps: torch.Tensor
     x0: torch.Tensor

@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process, computed in float64 (Ho et al. 2020; Nichol & Dhariwal 2021)."""
+"""Noise schedules and the forward process in float64 (Ho et al. 2020; Nichol & Dhariwal 2021)."""
 
 import math
 

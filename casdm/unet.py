@@ -1,4 +1,4 @@
-"""The DDPM/ADM-style UNet (Ho et al. 2020; Dhariwal & Nichol 2021): one class, every size by arguments."""
+"""The DDPM/ADM-style UNet (Ho et al. 2020; Dhariwal & Nichol 2021), every size by arguments."""
 
 import math
 
@@ -8,7 +8,7 @@ from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim] (Vaswani et al. 2017)."""
+    """Sinusoidal embedding of timesteps, [B] -> [B, dim] (Vaswani et al. 2017)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
