@@ -33,7 +33,9 @@ def test_two_gloo_processes_run_each_cell_once_with_one_mlflow_run_each(workspac
     assert Counter(t.user_attrs["cell"] for t in trials) == Counter(["ddpm none", "cas-dm none"])
     client = MlflowClient(workspace.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+    assert sorted(r.info.run_id for r in runs) == sorted(
+        t.user_attrs["mlflow_run_id"] for t in trials
+    )
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -51,24 +53,23 @@ def test_the_relaunch_forwards_every_run_option_but_nproc():
     again = _run_parser().parse_args(forwarded[1:])
     assert vars(again) == {**vars(args), "nproc": None}
     # Every option of `bench run` is forwarded (a new option must be added to the relaunch).
-    defaults = vars(_run_parser().parse_args(["--study", "tiny"]))
-    assert {k for k, v in vars(args).items() if v != defaults[k]} == defaults.keys() - {
-        "dry_run"
-    }
+    defaults = vars(_run_parser().parse_args(["--study", "another"]))
+    assert {k for k, v in vars(args).items() if v != defaults[k]} == defaults.keys() - {"dry_run"}
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--nproc", "0"], "--nproc must be >= 1, got 0"),
-        (["--nproc", "2", "--dry-run"], "--dry-run runs nothing, so --nproc has no use with it"),
-    ],
-)
-def test_bad_nproc_is_refused_before_any_work(workspace, extra, message, capsys):
+def test_nproc_0_is_refused_before_any_work(workspace, capsys):
     from bench.cli import main
 
-    assert main(["run", "--study", "tiny", *extra]) == 2
-    assert message in capsys.readouterr().err
+    assert main(["run", "--study", "tiny", "--nproc", "0"]) == 2
+    assert "error: --nproc must be >= 1, got 0" in capsys.readouterr().err
+    assert not (workspace.results / "optuna.db").exists()
+
+
+def test_a_dry_run_with_nproc_plans_in_this_process(workspace, capsys):
+    from bench.cli import main
+
+    assert main(["run", "--study", "tiny", *TWO_CELLS, "--nproc", "2", "--dry-run"]) == 0
+    assert "tiny: 2 of 2 trials pending" in capsys.readouterr().out
     assert not (workspace.results / "optuna.db").exists()
 
 
@@ -77,5 +78,7 @@ def test_nproc_under_torchrun_is_refused(workspace, monkeypatch, capsys):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", "--study", "tiny", "--nproc", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "--nproc starts torchrun itself" in err
+    assert (
+        "error: --nproc starts torchrun itself, but this process already runs under torchrun "
+        "(WORLD_SIZE=2); leave --nproc out"
+    ) in capsys.readouterr().err

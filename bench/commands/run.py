@@ -1,6 +1,9 @@
 """`bench run --study NAME`: create or join the study's Optuna study and run its trials."""
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,13 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("results"),
         help="folder for the default databases, trial folders and caches (default: results)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="K",
+        help="run each trial on K processes (DDP over K GPUs, or K CPU processes with gloo): "
+        "re-runs this command under `python -m torch.distributed.run --standalone "
+        "--nproc_per_node K`; for several machines per trial, call torchrun yourself",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from bench.runner import run_study
     from bench.study import load_study
 
-    study = load_study(args.study, args.overrides)
+    study = load_study(args.study, args.overrides)  # checked once, not by each process
+    if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
+        _check_nproc(args, study.base.get("device", "auto"))
+        if args.nproc > 1:
+            return subprocess.run(torchrun_command(args)).returncode
     summary = run_study(
         study,
         storage=args.storage,
@@ -76,6 +91,45 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under torchrun rank 0 reports for all
     print_summary(summary, quiet=args.quiet)
     return 1 if summary.failed else 0
+
+
+def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
+    """Refuse a --nproc that torchrun would only fail on, once per process."""
+    from bench.errors import BenchError
+    from bench.trial import resolve_device
+
+    if args.nproc < 1:
+        raise BenchError(f"--nproc must be >= 1, got {args.nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise BenchError(
+            f"--nproc starts torchrun itself, but this process already runs under torchrun "
+            f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); leave --nproc out"
+        )
+    device = resolve_device(args.device or study_device)
+    if device.type == "cuda" and args.nproc > 1:
+        import torch
+
+        if args.nproc > torch.cuda.device_count():
+            raise BenchError(
+                f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s), "
+                "and each process needs its own; use at most that many, or --device cpu"
+            )
+
+
+def torchrun_command(args: argparse.Namespace) -> list[str]:
+    """This `bench run` under torchrun with args.nproc processes (every option but --nproc)."""
+    forwarded = ["run", "--study", args.study]
+    options = [
+        ("--storage", args.storage),
+        ("--tracking-uri", args.tracking_uri),
+        ("--n-trials", args.n_trials),
+        ("--device", args.device),
+    ]
+    forwarded += [item for flag, value in options if value is not None for item in (flag, value)]
+    forwarded += [item for override in args.overrides for item in ("--set", override)]
+    forwarded += ["--quiet"] * args.quiet + ["--results", str(args.results)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    return [sys.executable, *launcher, "-m", "bench", *map(str, forwarded)]
 
 
 def _duration(seconds: float) -> str:

@@ -71,7 +71,10 @@ def reference_statistics(
     }
 
     def compute() -> tuple[FeatureStats, int]:
-        images = load_dataset(data_cfg, eval_cfg.reference_split).images  # [N, C, H, W] [-1, 1]
+        # [N, C, H, W] in [-1, 1]; rank 0 loads first, so a dataset downloaded on first use
+        # is fetched once, not by every rank at the same time.
+        split = eval_cfg.reference_split
+        images = distributed.main_first(lambda: load_dataset(data_cfg, split).images)
         return _pass(images, evaluator, eval_cfg, progress)
 
     return _cached(Path(cache_dir), data_cfg.dataset, key, evaluator, compute)

@@ -2,6 +2,7 @@
 
 Images are consumed batch by batch and dropped; what is kept grows with the number of images
 only through pool features (KID, precision/recall) and logits (IS), never resized images.
+Under torchrun `collect_shards` splits the images over the ranks and merges what they found.
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
