@@ -62,8 +62,8 @@ def metric_term(
     return metric.weight * value
 
 
-class EpsDDPM(nn.Module):
-    """DDPM (Ho et al. 2020): one UNet predicts eps; the metric acts on x0_from_eps(eps_theta)."""
+class SingleUNet(nn.Module):
+    """The one-UNet architectures' shared constructor: a UNet from C to C channels."""
 
     def __init__(
         self,
@@ -76,6 +76,10 @@ class EpsDDPM(nn.Module):
         super().__init__()
         self.schedule = schedule
         self.net = unet(model, channels, channels, resolution, model.base_channels)
+
+
+class EpsDDPM(SingleUNet):
+    """DDPM (Ho et al. 2020): one UNet predicts eps; the metric acts on x0_from_eps(eps_theta)."""
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         eps_theta = self.net(x_t, t)  # [B, C, H, W]
@@ -92,20 +96,8 @@ class EpsDDPM(nn.Module):
         return eps_mse + metric_term(metric, x0_theta, x0, terms), terms
 
 
-class X0DDPM(nn.Module):
+class X0DDPM(SingleUNet):
     """DDPM predicting x0 directly (Ho et al. 2020, Sec. 3.2's alternative parameterisation)."""
-
-    def __init__(
-        self,
-        arch: ArchitectureConfig,
-        model: ModelConfig,
-        schedule: Schedule,
-        channels: int,
-        resolution: int,
-    ):
-        super().__init__()
-        self.schedule = schedule
-        self.net = unet(model, channels, channels, resolution, model.base_channels)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         x0_theta = self.net(x_t, t)  # [B, C, H, W]

@@ -188,17 +188,8 @@ def main_only(fn: Callable[[], T]) -> T:
     """
     if world_size() == 1:
         return fn()
-    if is_main():
-        try:
-            result = fn()
-        except BaseException as err:
-            broadcast_object(_failure(err))
-            raise
-        broadcast_object((None, result))
-        return result
-    failure, result = broadcast_object(None)
-    _raise_failure(failure)
-    return result
+    shared, result = _on_main(fn, share=True)
+    return result if is_main() else shared
 
 
 def main_first(fn: Callable[[], T]) -> T:
@@ -209,17 +200,26 @@ def main_first(fn: Callable[[], T]) -> T:
     """
     if world_size() == 1:
         return fn()
+    _, result = _on_main(fn, share=False)
+    return result if is_main() else fn()
+
+
+def _on_main(fn: Callable[[], T], share: bool) -> tuple[Any, T | None]:
+    """Run fn() on rank 0 and broadcast (failure, result if share); re-raise a failure everywhere.
+
+    Returns (the broadcast result, rank 0's own result or None on the other ranks).
+    """
     if is_main():
         try:
             result = fn()
         except BaseException as err:
             broadcast_object(_failure(err))
             raise
-        broadcast_object((None, None))
-        return result
-    failure, _ = broadcast_object(None)
+        broadcast_object((None, result if share else None))
+        return result, result
+    failure, shared = broadcast_object(None)
     _raise_failure(failure)
-    return fn()
+    return shared, None
 
 
 def _failure(err: BaseException) -> tuple[tuple[str, bool], None]:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.commands import add_overrides
+
 if TYPE_CHECKING:
     from bench.runner import Plan, RunSummary
 
@@ -33,14 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", help="run every trial on this device: auto (default), cpu, cuda, cuda:N"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.steps=100 (repeatable; checked first)",
-    )
+    add_overrides(parser, "repeatable; checked first")
     parser.add_argument(
         "--dry-run",
         action="store_true",

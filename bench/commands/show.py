@@ -2,22 +2,15 @@
 
 import argparse
 import math
-from pathlib import Path
+
+from bench.commands import add_study_storage
 
 SHOWN_METRICS = ("fid", "sfid", "is_mean", "is_std", "kid", "precision", "recall")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="a study name (studies/NAME.toml) or a .toml path")
-    parser.add_argument(
-        "--storage", help="the Optuna storage URL the study ran in (default: RESULTS/optuna.db)"
-    )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=Path("results"),
-        help="folder holding the default storage (default: results)",
-    )
+    add_study_storage(parser)
 
 
 def _number(value: object) -> str:

@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.commands import add_study_storage
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="a study name (studies/NAME.toml) or a .toml path")
@@ -17,15 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder for table.{tex,md,csv} (default: RESULTS/STUDY), or with --format a file",
     )
-    parser.add_argument(
-        "--storage", help="the Optuna storage URL the study ran in (default: RESULTS/optuna.db)"
-    )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=Path("results"),
-        help="folder holding the default storage and tables (default: results)",
-    )
+    add_study_storage(parser, "the default storage and tables")
 
 
 def run(args: argparse.Namespace) -> int:

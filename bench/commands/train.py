@@ -4,6 +4,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.commands import add_overrides
+
 if TYPE_CHECKING:
     from bench.config import RunConfig
 
@@ -15,14 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a TOML file holding a RunConfig as nested tables ([data], [train], ...); "
         "without it the defaults of bench/config.py and casdm/config.py",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.steps=100 (repeatable)",
-    )
+    add_overrides(parser)
     parser.add_argument(
         "--out",
         type=Path,
