@@ -5,6 +5,7 @@ one process and nothing leaks between tests. The deprecated optuna_integration.M
 not used: the runner records the MLflow run id on the Optuna trial and the trial number on the run.
 """
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,6 +113,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str):
         from mlflow import MlflowClient
 
+        # MLflow logs its store's schema set-up at INFO on first use: noise in `bench run`.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         tracking_uri = absolute_uri(tracking_uri)
         path = sqlite_path(tracking_uri)
         if path is not None:

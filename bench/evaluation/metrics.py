@@ -2,9 +2,11 @@
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 
 from bench.errors import BenchError
 
@@ -31,9 +33,12 @@ def frechet_distance(
 
     # clean-fid prints (to stdout) when it regularises a singular product; keep stdout clean
     # for `--json` and surface the message as part of an error if one follows.
+    # scipy's LinAlgWarning on a singular product is the same condition; the imaginary-part
+    # check below is what decides whether the value can be trusted.
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            warnings.simplefilter("ignore", LinAlgWarning)
             value = cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2)
     except ValueError as err:
         raise BenchError(
