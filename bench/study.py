@@ -263,6 +263,8 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
             "move those axes to [search] as choices, or drop [search] for a grid study",
         )
 
+    # Labels name the file's axis values, checked before `--set` narrows an axis to one value.
+    labels = _read_labels(path, data.get("labels", {}), grid, search)
     # Overrides replace the base value, a grid axis (by a single value) or a search axis (by
     # a single choice), so the table keeps its layout.
     for key, value in parsed:
@@ -294,7 +296,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         objective_metric=objective_metric,
         direction=direction,
         table=_read_table(path, data.get("table"), axes),
-        labels=_read_labels(path, data.get("labels", {}), grid, search),
+        labels=labels,
         overrides=tuple(overrides),
     )
     for params in study.cells():

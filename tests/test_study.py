@@ -654,3 +654,10 @@ def test_field_type_resolves_dotted_keys():
     assert field_type("train.steps") is int
     assert field_type("metric.weight") is float
     assert field_type("seed") is int
+
+
+def test_set_on_a_labelled_axis_keeps_the_files_labels_valid():
+    study = load_study("quickstart", ["metric.name=none"])
+    assert study.grid["metric.name"] == ["none"]
+    assert len(study.cells()) == 3
+    assert study.labels["metric.name"]["l2"] == "L2"

@@ -79,11 +79,14 @@ def run(args: argparse.Namespace) -> int:
     for kind in dict.fromkeys(row["benchmark"] for row in rows):
         selected = [row for row in rows if row["benchmark"] == kind]
         columns = list(dict.fromkeys(key for row in selected for key in row if key != "benchmark"))
-        table = Table(title=kind)
-        for column in columns:
-            table.add_column(column)
-        for row in selected:
-            table.add_row(*(_cell(row.get(column)) for column in columns))
+        if len(selected) == 1:  # one wide row (evaluation): a key / value table reads better
+            table = Table("measure", "value", title=kind)
+            for column in columns:
+                table.add_row(column, _cell(selected[0][column]))
+        else:
+            table = Table(*columns, title=kind)
+            for row in selected:
+                table.add_row(*(_cell(row.get(column)) for column in columns))
         out.print(table)
     return 0
 
