@@ -263,8 +263,8 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
             "move those axes to [search] as choices, or drop [search] for a grid study",
         )
 
-    # Labels name the file's axis values, checked before `--set` narrows an axis to one value.
-    labels = _read_labels(path, data.get("labels", {}), grid, search)
+    # Labels name the file's axis values: checked against the axes before `--set` narrows one.
+    file_axes = ({key: list(values) for key, values in grid.items()}, dict(search))
     # Overrides replace the base value, a grid axis (by a single value) or a search axis (by
     # a single choice), so the table keeps its layout.
     for key, value in parsed:
@@ -283,6 +283,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
     for key, axis in search.items():
         _check_search_axis(path, base, key, axis, sources.get(key, f"search.{key}"))
 
+    labels = _read_labels(path, data.get("labels", {}), *file_axes)
     objective_metric, direction = _read_objective(path, data.get("objective", {}))
     axes = [*grid, *search]
     study = Study(
