@@ -1,6 +1,5 @@
 """User-facing errors: bad input the user can fix. The CLI prints them and exits with code 2."""
 
-
 from casdm.errors import InputError
 
 
