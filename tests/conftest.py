@@ -76,6 +76,18 @@ def _offline_environ(torch_home: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test runs torch on one thread: tiny ops on a 2-core machine (shared with the
+    torchrun workers some tests start) only spin with more, measured up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results/ folder with an initialised MLflow store and the tiny study's evaluator cache."""
@@ -89,14 +101,11 @@ def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
     os.environ.update(OFFLINE_ENV)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         MlflowClient(f"sqlite:///{root / 'mlflow.db'}").search_experiments()
         study = load_study(str(STUDIES / "tiny.toml"))
         Scorer(root / "cache", torch.device("cpu")).prepare(study.config(study.cells()[0]))
     finally:
-        torch.set_num_threads(threads)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -107,9 +116,7 @@ def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def _workspace(root: Path, seeded: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
-    """Fill `root` with studies/ and a seeded results/, go offline there, one torch thread."""
-    import torch
-
+    """Fill `root` with studies/ and a seeded results/, go offline there."""
     shutil.copytree(STUDIES, root / "studies")
     shutil.copytree(seeded, root / "results")
     torch_home = root.parent / f"{root.name}_torch_home"
@@ -118,12 +125,7 @@ def _workspace(root: Path, seeded: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     monkeypatch.chdir(root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield Workspace(root, _offline_environ(torch_home))
-    finally:
-        torch.set_num_threads(threads)
+    yield Workspace(root, _offline_environ(torch_home))
 
 
 @pytest.fixture

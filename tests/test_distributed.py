@@ -24,15 +24,6 @@ TESTS = Path(__file__).parent
 UNET_ARCHS = ("ddpm", "cas-dm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine, beside the 2 torchrun processes: threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
     """(what each of the 2 ranks returned, what one process returned) for the worker's runs."""

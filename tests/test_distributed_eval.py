@@ -29,12 +29,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, seeded_results: Path) -> tupl
     torchrun = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         single = run(seeded_results / "cache", tmp_path_factory.mktemp("single"))
     finally:
-        torch.set_num_threads(threads)
         log, _ = torchrun.communicate(timeout=300)
     assert torchrun.returncode == 0, log
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]

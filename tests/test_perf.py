@@ -1,7 +1,6 @@
 """The model benchmark: one row per measurement, the ratio taken from the rows it reports."""
 
 import pytest
-import torch
 
 from bench.errors import BenchError
 from bench.perf import model_benchmarks
@@ -10,14 +9,9 @@ from casdm.architectures import ARCHITECTURES
 
 @pytest.fixture(scope="module")
 def rows():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on a shared machine: extra threads only spin
-    try:
-        yield model_benchmarks(
-            steps=2, warmup=1, batch_size=4, resolution=8, sample_steps=2, repeats=1
-        )
-    finally:
-        torch.set_num_threads(threads)
+    return model_benchmarks(
+        steps=2, warmup=1, batch_size=4, resolution=8, sample_steps=2, repeats=1
+    )
 
 
 def test_every_architecture_is_trained_and_sampled_plus_cas_dm_with_l2(rows):

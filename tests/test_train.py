@@ -15,15 +15,6 @@ from casdm.train import ema_update, learning_rate, train
 TINY = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), dropout=0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: extra intra-op threads only spin (10x slower measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
     return load_dataset(DataConfig(dataset="digits", resolution=8), "train").images  # [N, 1, 8, 8]
