@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench.errors import EXIT_BAD_INPUT
+from bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from casdm.errors import InputError
 
 COMMANDS = [
@@ -43,3 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        # `bench run` has marked its trial interrupted; the same command resumes it.
+        print(
+            f"interrupted ({err or 'Ctrl-C'}); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED

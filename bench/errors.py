@@ -8,3 +8,4 @@ class BenchError(InputError):
 
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C

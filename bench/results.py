@@ -120,6 +120,13 @@ def _params(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
     return dict(trial.user_attrs.get("params", trial.params))
 
 
+def failure_kind(trial: "optuna.trial.FrozenTrial") -> str:
+    """Why a FAIL trial failed: "lost" (its worker died), "interrupted" (Ctrl-C or SIGTERM;
+    both resume on the next `bench run`) or "error" (anything else: --retry-failed)."""
+    kind = trial.user_attrs.get("failure")
+    return kind if kind in ("lost", "interrupted") else "error"
+
+
 def load_results(study: "Study", storage: str | None = None) -> Results:
     """Read `study` back from its Optuna storage (default DEFAULT_STORAGE)."""
     import pandas
@@ -140,6 +147,9 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
                 "cell": trial.user_attrs.get("cell", ""),
                 "value": trial.value,
                 "duration_s": duration,
+                "failure": failure_kind(trial) if trial.state.name == "FAIL" else "",
+                "error": trial.user_attrs.get("error", ""),
+                "resumed_from": trial.user_attrs.get("resumed_from"),
                 **metrics,
             }
         )

@@ -33,7 +33,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import threading
+import signal
 import time
 import traceback
 import warnings
@@ -42,18 +42,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import leases
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import QuietProgress, make_progress
 from bench.results import (
-    HEARTBEAT_INTERVAL_S,
     describe_storage,
+    failure_kind,
     open_storage,
     storage_file,
     storage_url_for,
 )
 from bench.study import Choices, Range, Study, slug
 from bench.tracking import Tracker, absolute_uri, sqlite_path, tracking_uri_for
+from casdm import faults
 from casdm.config import flatten, to_dict
 from casdm.errors import InputError
 
@@ -77,7 +79,7 @@ class TrialRecord:
 
     number: int
     cell: str
-    state: str  # COMPLETE or FAIL
+    state: str  # COMPLETE, FAIL, or DISCARDED (taken over by another worker)
     value: float | None
     wall_s: float
     error: str = ""
@@ -96,6 +98,7 @@ class RunSummary:
     done: int = 0  # COMPLETE trials in the study when this worker stopped
     plan: "Plan | None" = None  # set by a dry run, which runs nothing
     rank: int = 0  # this process's rank under torchrun (only rank 0 reports)
+    held_back: list[str] = field(default_factory=list)  # failed cells not retried (cell names)
 
     @property
     def failed(self) -> int:
@@ -116,14 +119,19 @@ def _encoded(params: dict[str, Any]) -> dict[str, Any]:
 
 def config_digest(study: Study) -> str:
     """SHA-256 of every cell's config (device excluded: it may differ between machines)."""
+    configs = [study.config(params) for params in study.cells()]
     if study.is_grid:
-        configs = [to_dict(study.config(params)) for params in study.cells()]
-    else:
-        space = {key: dataclasses.asdict(axis) for key, axis in study.search.items()}
-        configs = [to_dict(study.config(p)) for p in study.cells()] + [space]
-    for config in configs:
-        config.pop("device", None)
-    text = json.dumps(configs, sort_keys=True, default=str)
+        return portable_digest(configs)
+    space = {key: dataclasses.asdict(axis) for key, axis in study.search.items()}
+    return portable_digest(configs, space)
+
+
+def portable_digest(configs: list[RunConfig], *extra: Any) -> str:
+    """SHA-256 of the configs without their device (which may differ between machines)."""
+    documents = [to_dict(config) for config in configs]
+    for document in documents:
+        document.pop("device", None)
+    text = json.dumps([*documents, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -149,31 +157,6 @@ def file_lock(path: Path | None) -> Iterator[None]:
 
 def _lock_path(database: Path | None) -> Path | None:
     return None if database is None else database.with_name(database.name + ".lock")
-
-
-@contextlib.contextmanager
-def _heartbeat(storage: "optuna.storages.BaseStorage", trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every HEARTBEAT_INTERVAL_S while it runs (RDB storages)."""
-    from optuna.storages import RDBStorage
-
-    if not isinstance(storage, RDBStorage):
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_INTERVAL_S):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 # --- checks before any database exists -----------------------------------------------------
@@ -276,18 +259,60 @@ class _Storage:
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def enqueue_missing(self, cells: list[dict[str, Any]], study: Study) -> int:
-        """Enqueue each cell with no WAITING/RUNNING/COMPLETE trial; the number enqueued."""
+    def enqueue_missing(
+        self, cells: list[dict[str, Any]], study: Study, *, retry_failed: bool = False
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Enqueue each cell that has no WAITING/RUNNING/COMPLETE trial and is due to run.
+
+        A cell is due when it has no trial yet, or its latest trial failed because its worker
+        was lost or interrupted (it resumes); one whose latest trial failed with an error only
+        with `retry_failed`. Returns how many were enqueued and the cells held back.
+        """
         with file_lock(self.lock):
-            alive = [_fixed(t) for t in self.trials(_ALIVE)]
-            missing = [i for i, p in enumerate(cells) if _encoded(p) not in alive]
-            for index in missing:
-                params = cells[index]
+            groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
+            for trial in self.trials((*_ALIVE, "FAIL")):
+                groups.setdefault(json.dumps(_fixed(trial), sort_keys=True), []).append(trial)
+            latest = {key: max(group, key=_latest_first) for key, group in groups.items()}
+            enqueued, held_back = 0, []
+            for params in cells:
+                last = latest.get(json.dumps(_encoded(params), sort_keys=True))
+                if last is not None and last.state.name != "FAIL":
+                    continue  # alive
+                if last is not None and not resumable(last) and not retry_failed:
+                    held_back.append(params)
+                    continue
                 self.optuna.enqueue_trial(
                     _encoded(params),
-                    user_attrs={"cell": study.cell_name(params), "params": params},
+                    user_attrs={
+                        "cell": study.cell_name(params),
+                        "params": params,
+                        **({"retry_of": last.number} if last is not None else {}),
+                    },
                 )
-        return len(missing)
+                enqueued += 1
+        return enqueued, held_back
+
+    def reap(self, lease_s: float) -> list["optuna.trial.FrozenTrial"]:
+        """Fail the RUNNING trials whose worker is lost (bench.leases); the trials failed."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        reaped = []
+        with file_lock(self.lock):
+            now = time.time()
+            for trial in self.trials(("RUNNING",)):
+                reason = leases.stale_reason(trial, lease_s, now)
+                if reason is None:
+                    continue
+                trial_id = self.trial_id(trial.number)
+                try:
+                    self.storage.set_trial_user_attr(trial_id, "failure", "lost")
+                    self.storage.set_trial_user_attr(trial_id, "error", reason)
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                except UpdateFinishedTrialError:
+                    continue  # its worker finished it after all
+                reaped.append(self.storage.get_trial(trial_id))
+        return reaped
 
     def claim(self, cells: list[dict[str, Any]]) -> tuple["optuna.Trial", int] | None:
         """Pop the next WAITING trial of a canonical cell; None when no cell is waiting."""
@@ -303,6 +328,8 @@ class _Storage:
                     trial_id = self.trial_id(waiting.number)
                     try:
                         if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                            owner = leases.this_process()
+                            self.storage.set_trial_user_attr(trial_id, "owner", owner)
                             popped = waiting
                             break
                     except UpdateFinishedTrialError:
@@ -331,6 +358,16 @@ def _fixed(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params", trial.params))
 
 
+def _latest_first(trial: "optuna.trial.FrozenTrial") -> tuple[bool, int]:
+    """Sort key: a live trial over a failed one, then the higher number."""
+    return (trial.state.name != "FAIL", trial.number)
+
+
+def resumable(trial: "optuna.trial.FrozenTrial") -> bool:
+    """Whether a FAIL trial's cell runs again by itself (its worker was lost or interrupted)."""
+    return failure_kind(trial) != "error"
+
+
 # --- the worker ---------------------------------------------------------------------------
 
 
@@ -345,6 +382,9 @@ class _Worker:
         results: Path,
         device: str | None,
         summary: RunSummary,
+        *,
+        retry_failed: bool = False,
+        lease_s: float = leases.LEASE_S,
     ):
         self.study = study
         self.scorer = scorer
@@ -352,6 +392,8 @@ class _Worker:
         self.results = results
         self.device = device
         self.summary = summary
+        self.retry_failed = retry_failed
+        self.lease_s = lease_s
 
     def lead(
         self, configs: list[RunConfig], storage: str, tracking_uri: str, n_trials: int | None
@@ -396,18 +438,14 @@ class _Worker:
                     f"{list(self.study.overrides)}; run it with the same study file and --set "
                     "values, or use another --storage"
                 )
-            from optuna.exceptions import ExperimentalWarning
-            from optuna.storages import fail_stale_trials
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                fail_stale_trials(store.optuna)  # RUNNING trials of killed workers -> FAIL
+            self.reap()
         if "cells_enqueued" not in attrs:
             store.optuna.set_user_attr("config_sha256", digest)
             store.optuna.set_user_attr("total_cells", self.summary.total)
             store.optuna.set_user_attr("meta", self.meta)
         if self.study.is_grid:
-            store.enqueue_missing(cells, self.study)
+            _, held_back = store.enqueue_missing(cells, self.study, retry_failed=self.retry_failed)
+            self.summary.held_back = [self.study.cell_name(p) for p in held_back]
         if "reference_metrics" not in attrs:
             self._reference()
         store.optuna.set_user_attr("cells_enqueued", len(cells))
@@ -421,8 +459,21 @@ class _Worker:
         metrics = self.scorer.score_real_data(config, self.progress)
         self.store.optuna.set_user_attr("reference_metrics", metrics)
 
+    def reap(self) -> bool:
+        """Fail the trials of lost workers (bench.leases) and their MLflow runs; any found?"""
+        reaped = self.store.reap(self.lease_s)
+        for trial in reaped:
+            error = trial.user_attrs["error"]
+            self.progress.log(f"[yellow]trial {trial.number}: {error}; it runs again[/yellow]")
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id is not None:
+                self.tracker.run(run_id).fail(error, "FAILED")
+        return bool(reaped)
+
     def next_trial(self, cells: list[dict[str, Any]]) -> tuple["optuna.Trial", dict] | None:
         """The next trial to run and its params, or None when the study is done."""
+        if self.reap() and self.study.is_grid:
+            self.store.enqueue_missing(cells, self.study)  # the lost cells, to resume
         if self.study.is_grid:
             claimed = self.store.claim(cells)
             if claimed is None:
@@ -433,12 +484,14 @@ class _Worker:
                 # Records the enqueued value as the trial's param, with the axis as its choices.
                 trial.suggest_categorical(key, [encode(v) for v in self.study.grid[key]])
             return trial, params
-        if len(self.store.trials()) >= self.summary.total:
-            return None
+        counted = [t for t in self.store.trials() if t.state.name != "FAIL" or not resumable(t)]
+        if len(counted) >= self.summary.total:
+            return None  # lost and interrupted search trials are replaced by new ones
         with warnings.catch_warnings():
-            # Optuna warns that heartbeats are meant for Study.optimize; _heartbeat does it here.
+            # Optuna warns that heartbeats are meant for Study.optimize; bench.leases beats here.
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.store.optuna.ask()
+        trial.set_user_attr("owner", leases.this_process())
         params = dict(cells[trial.number % len(cells)])  # fixed axes (seeds) in turn
         for key, axis in self.study.search.items():
             params[key] = _suggest(trial, key, axis)
@@ -447,81 +500,147 @@ class _Worker:
         return trial, params
 
     def run_one(self, trial: "optuna.Trial", params: dict[str, Any]) -> None:
-        """Run one claimed trial: MLflow run, training, sampling, scoring, tell."""
-        from bench.trial import run_trial
-        from casdm import distributed
+        """Run one claimed trial: MLflow run, training, sampling, scoring, tell.
+
+        An exception fails the trial (failure "error") and the worker goes on; Ctrl-C or
+        SIGTERM fails it as "interrupted" (it resumes on the next `bench run`) and stops.
+        """
+        from optuna.exceptions import UpdateFinishedTrialError
 
         study, progress = self.study, self.progress
         config = _with_device(study.config(params), self.device)
         cell = study.cell_name(params) or f"trial {trial.number}"
-        name = slug(cell) if study.is_grid else f"trial-{trial.number:04d}"
-        workdir = study.results_dir(self.results) / "trials" / name
+        workdir = (
+            study.results_dir(self.results)
+            / "trials"
+            / trial_folder(study, config, cell, trial.number)
+        )
         trial.set_user_attr("workdir", str(workdir))
         progress.begin_trial(cell, config.train.steps)
         start = time.perf_counter()
-        run = None
+        self.run = None
         try:
-            run = self.tracker.start_run(
-                cell,
-                tags={
-                    "optuna.study": study.name,
-                    "optuna.trial_number": trial.number,
-                    "cell": cell,
-                    "metric": config.metric.label,
-                    "lpips_trunk": config.metric.trunk if config.metric.name == "lpips" else "none",
-                    "evaluator": self.meta["evaluator"],
-                    "evaluator_random_weights": config.eval.random_weights,
-                },
-            )
-            trial.set_user_attr("mlflow_run_id", run.run_id)
-            run.log_params(flatten(to_dict(config)))
-            distributed.broadcast_object(("trial", (params, str(workdir))))  # other ranks
-            with _heartbeat(self.store.storage, self.store.trial_id(trial.number)):
-                outcome = run_trial(
-                    config,
-                    workdir,
-                    progress=progress,
-                    on_train=run.log_train,
-                    scorer=self.scorer,
-                )
+            trial_id = self.store.trial_id(trial.number)
+            with leases.held(self.store.storage, trial_id), faults.scope(slug(cell)):
+                outcome = self._run(trial, params, config, cell, workdir)
             value = outcome.metrics.get(study.objective_metric, math.nan)
             if not math.isfinite(value):
                 trial.set_user_attr("metrics", outcome.metrics)
                 raise FloatingPointError(
                     f"the objective {study.objective_metric} is {value} (scores: {outcome.metrics})"
                 )
-            self._record(trial, params, cell, outcome, run)
+            self._record(trial, params, cell, outcome, self.run)
+            self.store.optuna.tell(trial, value)
+        except UpdateFinishedTrialError:
+            self._taken_over(trial, cell, time.perf_counter() - start)
+            return
         except Exception as err:
-            self._fail(trial, cell, run, err, time.perf_counter() - start)
+            self._fail(trial, cell, err, time.perf_counter() - start, "error")
             if isinstance(err, InputError):
                 raise  # bad input fails every trial alike: stop with its message (exit 2)
             progress.log(f"[red]trial {trial.number} ({cell}) failed; going on[/red]")
             progress.log(traceback.format_exc())
             return
-        except BaseException as err:  # KeyboardInterrupt, SystemExit: fail the trial, stop
-            self._fail(trial, cell, run, err, time.perf_counter() - start)
+        except BaseException as err:  # KeyboardInterrupt (Ctrl-C, SIGTERM), SystemExit: stop
+            with _signals_deferred():  # a second Ctrl-C must not cut the bookkeeping short
+                self._fail(trial, cell, err, time.perf_counter() - start, "interrupted")
             raise
-        self.store.optuna.tell(trial, value)
         progress.end_trial()
         progress.advance_study()
         self.summary.trials.append(
             TrialRecord(trial.number, cell, "COMPLETE", value, outcome.wall_s)
         )
 
+    def _run(
+        self,
+        trial: "optuna.Trial",
+        params: dict[str, Any],
+        config: RunConfig,
+        cell: str,
+        workdir: Path,
+    ) -> "TrialOutcome":
+        """The trial's MLflow run (self.run) and its work; notices go to both databases."""
+        from bench.trial import run_trial
+        from casdm import distributed
+
+        study = self.study
+        run = self.run = self.tracker.start_run(
+            cell,
+            tags={
+                "optuna.study": study.name,
+                "optuna.trial_number": trial.number,
+                "cell": cell,
+                "metric": config.metric.label,
+                "lpips_trunk": config.metric.trunk if config.metric.name == "lpips" else "none",
+                "evaluator": self.meta["evaluator"],
+                "evaluator_random_weights": config.eval.random_weights,
+            },
+        )
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        run.log_params(flatten(to_dict(config)))
+        notices: list[str] = []
+
+        def notice(text: str) -> None:
+            notices.append(text)
+            self.progress.log(f"[yellow]trial {trial.number} ({cell}): {text}[/yellow]")
+            trial.set_user_attr("notices", notices)
+            run.set_tags({"notices": "\n".join(notices)[:5000]})
+
+        distributed.broadcast_object(("trial", (params, str(workdir))))  # other ranks
+        outcome = run_trial(
+            config,
+            workdir,
+            progress=self.progress,
+            on_train=run.log_train,
+            on_notice=notice,
+            scorer=self.scorer,
+        )
+        if outcome.resumed_from is not None:
+            trial.set_user_attr("resumed_from", outcome.resumed_from)
+            run.set_tags({"resumed_from_step": outcome.resumed_from})
+        return outcome
+
     def _fail(
-        self, trial: "optuna.Trial", cell: str, run: Any, err: BaseException, wall_s: float
+        self, trial: "optuna.Trial", cell: str, err: BaseException, wall_s: float, failure: str
     ) -> None:
-        """Mark the trial FAIL in Optuna and its MLflow run (if any) FAILED, keeping the error."""
+        """Mark the trial FAIL in Optuna and its MLflow run (if any) FAILED or KILLED.
+
+        failure: "error", or "interrupted" (the cell resumes on the next `bench run`).
+        """
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        error = f"{type(err).__name__}: {err}"
-        trial.set_user_attr("error", error)
-        self.store.optuna.tell(trial, state=TrialState.FAIL)
-        if run is not None:
-            run.set_tags({"error": error[:5000]})
-            run.finish(ok=False)
+        error = f"{type(err).__name__}: {err}".rstrip(": ")
+        if failure == "interrupted":
+            error = (
+                f"interrupted ({error}); `bench run` on this study resumes it from its last "
+                "checkpoint"
+            )
+        elif isinstance(err, MemoryError | _cuda_oom()):
+            error += "; lower train.batch_size, sample.batch_size or eval.batch_size"
+        try:
+            trial.set_user_attr("failure", failure)
+            trial.set_user_attr("error", error)
+            self.store.optuna.tell(trial, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            self._taken_over(trial, cell, wall_s)
+            return
+        if self.run is not None:
+            self.run.fail(error, "KILLED" if failure == "interrupted" else "FAILED")
         self.progress.end_trial()
         self.summary.trials.append(TrialRecord(trial.number, cell, "FAIL", None, wall_s, error))
+
+    def _taken_over(self, trial: "optuna.Trial", cell: str, wall_s: float) -> None:
+        """Another worker took the trial over (our lease expired): its result is discarded."""
+        error = (
+            f"trial {trial.number} was taken over by another worker (this worker's lease "
+            "expired, see bench.leases); its result is discarded, the cell counts once"
+        )
+        self.progress.log(f"[red]{error}[/red]")
+        self.progress.end_trial()
+        self.summary.trials.append(
+            TrialRecord(trial.number, cell, "DISCARDED", None, wall_s, error)
+        )
 
     def _record(
         self,
@@ -558,7 +677,35 @@ class _Worker:
         run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})
         run.log_artifact(outcome.grid_png)
         run.log_artifact(outcome.config_json)
-        run.finish(ok=True)
+        run.finish()
+
+
+def _cuda_oom() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (POSIX; elsewhere they do not wait)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def trial_folder(study: Study, config: RunConfig, cell: str, number: int) -> str:
+    """A trial's folder name: a grid cell's name and a digest of its config (device excluded),
+    so a checkpoint is only ever resumed by a run of the same configuration; a search trial's
+    number (its params are drawn anew, never resumed by another trial)."""
+    if not study.is_grid:
+        return f"trial-{number:04d}"
+    return f"{slug(cell)}-{portable_digest([config])[:10]}"
 
 
 def _suggest(trial: "optuna.Trial", key: str, axis: Range | Choices) -> Any:
@@ -597,12 +744,16 @@ def run_study(
     quiet: bool = False,
     dry_run: bool = False,
     results: Path = Path("results"),
+    retry_failed: bool = False,
+    lease_s: float = leases.LEASE_S,
 ) -> RunSummary:
     """Create or join `study` in `storage` and run trials until no cell is left (or n_trials).
 
     storage: an Optuna storage URL (default sqlite:///<results>/optuna.db); tracking_uri: an
     MLflow tracking URI (default sqlite:///<results>/mlflow.db); n_trials: at most this many
-    trials in this process; device overrides every config's device.
+    trials in this process; device overrides every config's device; retry_failed: run the
+    cells whose trials failed with an error again (lost and interrupted ones resume anyway);
+    lease_s: the heartbeat lease after which another worker's RUNNING trial is taken over.
 
     Under torchrun (`torchrun --nproc_per_node=N -m bench run ...`) the N processes run each
     trial together (DDP training, sharded sampling, casdm.distributed): rank 0 alone talks to
@@ -613,6 +764,8 @@ def run_study(
     storage_file(storage)  # reject a malformed URL before any work
     if n_trials is not None and n_trials < 1:
         raise BenchError(f"--n-trials must be >= 1, got {n_trials}")
+    if not lease_s > 0:
+        raise BenchError(f"--lease must be a positive number of seconds, got {lease_s}")
     configs = [_with_device(c, device) for c in _configs_to_check(study)]
     summary = RunSummary(study.name, storage, tracking_uri, study.size)
     if dry_run:
@@ -641,7 +794,16 @@ def run_study(
                 _follow(study, device, scorer)
                 return summary
             try:
-                worker = _Worker(study, scorer, progress, results, device, summary)
+                worker = _Worker(
+                    study,
+                    scorer,
+                    progress,
+                    results,
+                    device,
+                    summary,
+                    retry_failed=retry_failed,
+                    lease_s=lease_s,
+                )
                 worker.lead(configs, storage, tracking_uri, n_trials)
             finally:
                 distributed.broadcast_object(None)  # under torchrun: the other ranks stop too

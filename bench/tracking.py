@@ -102,9 +102,14 @@ class RunLog:
         """Copy a file (sample grid PNG, config JSON) into the run's artifacts."""
         self.client.log_artifact(self.run_id, str(path))
 
-    def finish(self, ok: bool) -> None:
-        """End the run as FINISHED, or FAILED when the trial raised."""
-        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+    def finish(self) -> None:
+        """End the run as FINISHED."""
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, error: str, status: str = "FAILED") -> None:
+        """End the run as FAILED (or KILLED: interrupted), with the reason as its "error" tag."""
+        self.set_tags({"error": error[:5000]})
+        self.client.set_terminated(self.run_id, status=status)
 
 
 class Tracker:
@@ -148,3 +153,7 @@ class Tracker:
             self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
         )
         return RunLog(self.client, run.info.run_id)
+
+    def run(self, run_id: str) -> RunLog:
+        """An existing run of this store (a lost worker's, to be marked failed)."""
+        return RunLog(self.client, run_id)

@@ -21,12 +21,12 @@ from torch import nn
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import QuietProgress
-from casdm import distributed
+from casdm import distributed, faults
 from casdm.architectures import build_model, count_parameters
 from casdm.checkpoint import CheckpointError, load_checkpoint
 from casdm.config import ConfigError, SampleConfig, from_dict, to_dict
 from casdm.data import load_dataset, save_grid_png, save_npz, to_uint8
-from casdm.files import atomic_write_text
+from casdm.files import atomic_write_text, remove_stale_temps
 from casdm.metrics import build_metric
 from casdm.samplers import generate
 from casdm.schedule import Schedule
@@ -111,8 +111,13 @@ def train_run(
     *,
     progress: QuietProgress | None = None,
     on_train: OnTrain | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> tuple[Trained, TrainResult]:
-    """Train `config` in `workdir` (config.json, checkpoint.pt; resumes from the checkpoint)."""
+    """Train `config` in `workdir` (config.json, checkpoint.pt; resumes from the checkpoint).
+
+    `on_notice` hears about unreadable checkpoints and what was done instead (default: a
+    warning), and about temporary files a killed writer left behind (deleted).
+    """
     progress = progress or QuietProgress()
     device = resolve_device(config.device)
     data = load_dataset(config.data, "train")
@@ -121,7 +126,11 @@ def train_run(
     model = build_model(config.architecture, config.model, schedule, image_shape[0], image_shape[1])
     metric = build_metric(config.metric, image_shape)
     document = config_document(config, image_shape)
+    checkpoint = workdir / "checkpoint.pt"
     if distributed.is_main():
+        stale = remove_stale_temps(checkpoint)
+        if stale and on_notice is not None:
+            on_notice(f"deleted {len(stale)} partly written checkpoint file(s) of a killed run")
         atomic_write_text(workdir / "config.json", document)
 
     def callback(record: Mapping[str, float]) -> None:
@@ -136,9 +145,10 @@ def train_run(
         config.train,
         seed=config.seed,
         device=device,
-        checkpoint_path=workdir / "checkpoint.pt",
+        checkpoint_path=checkpoint,
         config_json=document,
         callback=callback,
+        on_notice=on_notice,
     )
     trained = Trained(config, result.ema, schedule, image_shape, device, count_parameters(model))
     return trained, result
@@ -285,6 +295,7 @@ def run_trial(
     *,
     progress: QuietProgress | None = None,
     on_train: OnTrain | None = None,
+    on_notice: Callable[[str], None] | None = None,
     scorer: Scorer | None = None,
 ) -> TrialOutcome:
     """Train, sample with the EMA weights, score against the reference; write the trial folder.
@@ -297,10 +308,14 @@ def run_trial(
     device = resolve_device(config.device)
     scorer = scorer or Scorer(DEFAULT_CACHE, device)
     memory = PeakMemory(device)
-    trained, result = train_run(config, workdir, progress=progress, on_train=on_train)
+    trained, result = train_run(
+        config, workdir, progress=progress, on_train=on_train, on_notice=on_notice
+    )
+    faults.inject("sample")
     samples = sample(trained, progress=progress)  # [N, C, H, W] in [-1, 1], on every rank
     if distributed.is_main():
         save_samples(samples, workdir / "samples.png", workdir / "samples.npz")
+    faults.inject("score")
     metrics = scorer.score(to_uint8(samples), config, progress)
     return TrialOutcome(
         metrics=metrics,

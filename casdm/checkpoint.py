@@ -5,7 +5,9 @@ A checkpoint holds only state dicts, tensors (RNG states included), ints, floats
 loading one cannot execute anything and a file from another version fails loudly, not silently.
 """
 
+import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,18 @@ _PLAIN = (bool, int, float, str, type(None), torch.Tensor)
 
 
 class CheckpointError(InputError):
-    """A checkpoint file that is truncated, corrupt, not ours, or does not fit the run."""
+    """A checkpoint file that is truncated, corrupt, not ours, or does not fit the run.
+
+    `reason` is the short why ("truncated or corrupt (EOFError: ...)"), without the remedy.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding pickled Python objects: never loaded, never fallen back from."""
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -37,13 +50,22 @@ def _check_plain(value: Any, where: str) -> None:
         )
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def previous_path(path: Path) -> Path:
+    """Where `save_checkpoint(path, ..., keep_previous=True)` keeps the one before: NAME.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], *, keep_previous: bool = False) -> None:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, os.replace.
 
-    A crash or an exception mid-write leaves the previous checkpoint intact and no temp file.
+    A crash or an exception mid-write leaves the previous checkpoint intact. With
+    keep_previous, the checkpoint being replaced stays as `previous_path(path)`, the fallback
+    of `load_latest` should the new one ever be unreadable.
     """
     _check_plain(state, "")
-    atomic_write(Path(path), lambda f: torch.save(state, f))
+    backup = previous_path(path) if keep_previous else None
+    atomic_write(Path(path), lambda f: torch.save(state, f), keep_previous=backup)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,17 +86,58 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             if "Unsupported global: " in line
         ]
         if isinstance(err, pickle.UnpicklingError) and refused:
-            raise CheckpointError(
+            raise UnsafeCheckpointError(
                 f"checkpoint {path} holds pickled Python objects, which are never loaded "
                 f"(torch.load(weights_only=True) refused {refused[0]}); casdm checkpoints "
                 f"hold only tensors, numbers and strings, so this file is not one: {remedy}"
             ) from None
         detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({detail}): {remedy}"
-        ) from None
+        reason = f"truncated or corrupt ({detail})"
+        raise CheckpointError(f"checkpoint {path} is {reason}: {remedy}", reason) from None
     if not isinstance(state, dict):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {type(state).__name__}, not a dict of state: {remedy}"
-        )
+        reason = f"a {type(state).__name__}, not a dict of state"
+        raise CheckpointError(f"checkpoint {path} holds {reason}: {remedy}", reason)
     return state
+
+
+@dataclass
+class Latest:
+    """What `load_latest` found: the newest readable state (None: start afresh) and why."""
+
+    state: dict[str, Any] | None
+    path: Path | None  # the file `state` came from
+    notices: list[str] = field(default_factory=list)  # what was wrong, what was done about it
+
+
+def load_latest(
+    path: Path, map_location: str | torch.device = "cpu", *, readonly: bool = False
+) -> Latest:
+    """The checkpoint at `path`, else its previous one (`previous_path`), else nothing.
+
+    A truncated or corrupt file is never loaded: it is renamed to NAME.corrupt (kept for a
+    post-mortem, out of the way of the next save) and the next candidate is tried, each step
+    reported in `notices` (with readonly, unreadable files are skipped, not moved: for readers
+    that are not the writer, such as ranks > 0). A file holding pickled objects is refused outright
+    (UnsafeCheckpointError): someone put it there, and falling back would hide that.
+    """
+    path = Path(path)
+    latest = Latest(None, None)
+    for candidate in (path, previous_path(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            latest.state, latest.path = load_checkpoint(candidate, map_location), candidate
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as err:
+            if readonly:
+                continue
+            aside = candidate.with_name(candidate.name + ".corrupt")
+            os.replace(candidate, aside)
+            latest.notices.append(f"checkpoint {candidate} is {err.reason}; moved it to {aside}")
+            continue
+        break
+    if latest.notices:
+        outcome = f"resuming from {latest.path}" if latest.path else "starting from step 0"
+        latest.notices.append(outcome)
+    return latest

@@ -17,6 +17,7 @@ and calls the callback; every rank resumes from the checkpoint.
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from casdm import distributed
-from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from casdm import distributed, faults
+from casdm.checkpoint import CheckpointError, load_latest, save_checkpoint
 from casdm.config import ConfigError, TrainConfig
 
 
@@ -41,6 +42,7 @@ class TrainResult:
     images_per_s: float
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    notices: list[str] = field(default_factory=list)  # checkpoints found unreadable, fallbacks
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -190,12 +192,15 @@ def train(
     checkpoint_path: Path | None = None,
     config_json: str = "{}",
     callback: Callable[[dict[str, float]], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `images` [N, C, H, W] in [-1, 1] with `model.loss(x0, t, noise, metric)`.
 
     The EMA, optimizer and generator are created here; if `checkpoint_path` exists, all of them
     (and the model) are restored from it and training continues to cfg.steps. Checkpoints are
-    written every cfg.checkpoint_every steps and at the end. Every cfg.log_every steps and at
+    written every cfg.checkpoint_every steps and at the end, the one before kept as a fallback:
+    an unreadable checkpoint is moved aside and the previous one (or step 0) is used, and
+    `on_notice` (default: warnings.warn) is told so. Every cfg.log_every steps and at
     the last, `callback` gets {step, loss, lr, grad_norm, images_per_s, <loss terms>}: loss,
     grad_norm (before clipping) and the terms are means over the steps since the last record.
     A non-finite loss or gradient norm raises FloatingPointError before the update is applied.
@@ -230,12 +235,17 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules = {"model": model, "ema": ema, "optimizer": optimizer}
 
-    step, resumed_from = 0, None
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path)
+    step, resumed_from, notices = 0, None, []
+    # Every rank reads the checkpoint; only rank 0 (its writer) moves an unreadable one aside.
+    latest = None if checkpoint_path is None else load_latest(checkpoint_path, readonly=rank > 0)
+    if latest is not None and rank == 0:
+        notices = latest.notices
+        for notice in notices:
+            (on_notice or _warn)(notice)
+    if latest is not None and latest.state is not None:
         step = resumed_from = _resume(
-            Path(checkpoint_path),
-            state,
+            latest.path,
+            latest.state,
             seed=seed,
             steps=cfg.steps,
             modules=modules,
@@ -265,6 +275,8 @@ def train(
             # [B / W], {name: []}
             loss_per_sample, terms = loss_fn(images[idx[mine]], t[mine], noise[mine], metric)
             loss = loss_per_sample.float().mean()
+        if faults.inject("train.loss", step + 1) == "nan":
+            loss = loss * torch.nan
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if W > 1:  # the global batch's loss, equal on every rank, so all ranks raise together
@@ -306,11 +318,12 @@ def train(
                 state = _checkpoint_state(
                     step, seed, modules, generator, device, config_json, rank_rng
                 )
-                save_checkpoint(Path(checkpoint_path), state)
+                save_checkpoint(Path(checkpoint_path), state, keep_previous=True)
             distributed.barrier()  # no rank goes on (or returns) before the file is complete
             saved = time.perf_counter() - save_start
             saving_s += saved
             last_log += saved  # keep checkpoint writes out of the logged throughput
+        faults.inject("train.step", step)
 
     trained = step - (resumed_from or 0)
     loop_s = time.perf_counter() - loop_start - saving_s
@@ -322,4 +335,9 @@ def train(
         images_per_s=trained * B / loop_s if trained else 0.0,
         history=history,
         resumed_from=resumed_from,
+        notices=notices,
     )
+
+
+def _warn(notice: str) -> None:
+    warnings.warn(notice, stacklevel=3)

@@ -187,7 +187,7 @@ def test_concurrent_workers_claim_every_cell_exactly_once(workspace, kind):
     cells = study.cells()
     creator = _Storage(url, study, seed=0)
     assert creator.created
-    assert creator.enqueue_missing(cells, study) == 16
+    assert creator.enqueue_missing(cells, study) == (16, [])
     claimed: list[int] = []
     errors: list[BaseException] = []
 
@@ -227,22 +227,36 @@ def test_a_cell_enqueued_twice_runs_once_and_the_copy_is_pruned(workspace):
     assert duplicate.state.name == "PRUNED" and duplicate.user_attrs["duplicate_of"] == 1
 
 
-def test_a_joining_worker_reenqueues_failed_cells_only(workspace):
+@pytest.mark.parametrize(
+    ("failure", "retry_failed", "enqueued"),
+    [
+        ("lost", False, True),
+        ("interrupted", False, True),
+        ("error", False, False),
+        (None, False, False),  # a FAIL without a kind (another tool's) counts as an error
+        ("error", True, True),
+    ],
+)
+def test_a_joining_worker_reenqueues_failed_cells_by_their_failure(
+    workspace, failure, retry_failed, enqueued
+):
     study = load_study("claims")
     cells = study.cells()[:3]
     store = _Storage("sqlite:///retry.db", study, seed=0)
     store.enqueue_missing(cells, study)
     trial, index = store.claim(cells)
+    if failure is not None:
+        trial.set_user_attr("failure", failure)
     store.optuna.tell(trial, state=optuna.trial.TrialState.FAIL)
     joiner = _Storage("sqlite:///retry.db", study, seed=0)
     assert not joiner.created
-    assert joiner.enqueue_missing(cells, study) == 1
-    waiting = [t for t in joiner.trials(("WAITING",))]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [
-        _encoded(cells[1]),
-        _encoded(cells[2]),
-        _encoded(cells[index]),
-    ]
+    count, held_back = joiner.enqueue_missing(cells, study, retry_failed=retry_failed)
+    assert (count, held_back) == ((1, []) if enqueued else (0, [cells[index]]))
+    waiting = [t.system_attrs["fixed_params"] for t in joiner.trials(("WAITING",))]
+    assert waiting == [_encoded(cells[1]), _encoded(cells[2])] + [_encoded(cells[index])] * enqueued
+    if enqueued:
+        assert joiner.trials(("WAITING",))[-1].user_attrs["retry_of"] == trial.number
+    assert joiner.enqueue_missing(cells, study, retry_failed=retry_failed)[0] == 0
 
 
 def test_config_digest_ignores_device_but_not_other_keys():
@@ -263,7 +277,7 @@ def test_joining_a_study_created_from_another_config_is_refused(workspace):
         run_study(load_study("tiny", [*ONE_CELL, "train.steps=5"]), quiet=True)
 
 
-def test_a_failing_trial_is_marked_failed_and_rerun_by_the_next_worker(workspace, monkeypatch):
+def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(workspace, monkeypatch):
     import bench.trial
 
     study = load_study("tiny", ["architecture.name=ddpm"])
@@ -286,9 +300,13 @@ def test_a_failing_trial_is_marked_failed_and_rerun_by_the_next_worker(workspace
     run = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "simulated crash" in run.data.tags["error"]
 
+    assert failed.user_attrs["failure"] == "error"
+
     monkeypatch.setattr(bench.trial, "run_trial", real)
     second = run_study(study, quiet=True)
-    assert [(t.cell, t.state) for t in second.trials] == [("ddpm l2", "COMPLETE")]
+    assert second.trials == [] and second.held_back == ["ddpm l2"]
+    third = run_study(study, quiet=True, retry_failed=True)
+    assert [(t.cell, t.state) for t in third.trials] == [("ddpm l2", "COMPLETE")]
     states = [t.state.name for t in _optuna_study("tiny", first.storage).get_trials()]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
 

@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from bench.tracking import (
@@ -50,7 +51,7 @@ def test_run_holds_params_curves_metrics_tags_and_artifacts(workspace, tmp_path)
     grid = tmp_path / "samples.png"
     grid.write_bytes(b"\x89PNG\r\n\x1a\nfake")
     run.log_artifact(grid)
-    run.finish(ok=True)
+    run.finish()
 
     client = MlflowClient(workspace.tracking_uri)
     stored = client.get_run(run.run_id)
@@ -76,10 +77,13 @@ def test_run_holds_params_curves_metrics_tags_and_artifacts(workspace, tmp_path)
     assert not (workspace.root / "mlruns").exists()
 
 
-def test_failed_trial_ends_its_run_as_failed(workspace):
-    run = Tracker(workspace.tracking_uri, "failing").start_run("ddpm none", tags={})
-    run.finish(ok=False)
-    assert MlflowClient(workspace.tracking_uri).get_run(run.run_id).info.status == "FAILED"
+@pytest.mark.parametrize("status", ["FAILED", "KILLED"])
+def test_failed_or_interrupted_trial_ends_its_run_with_the_reason(workspace, status):
+    tracker = Tracker(workspace.tracking_uri, "failing")
+    run = tracker.start_run("ddpm none", tags={})
+    tracker.run(run.run_id).fail("RuntimeError: boom", status)
+    stored = MlflowClient(workspace.tracking_uri).get_run(run.run_id)
+    assert stored.info.status == status and stored.data.tags["error"] == "RuntimeError: boom"
 
 
 def test_many_params_are_logged_in_batches_of_at_most_100(workspace):

@@ -2,12 +2,15 @@
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.commands import add_overrides
+from bench.leases import LEASE_S
 
 if TYPE_CHECKING:
     from bench.runner import Plan, RunSummary
@@ -51,6 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the default databases, trial folders and caches (default: results)",
     )
     parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the cells whose trials failed with an error (NaN loss, out of memory, "
+        "a crash); cells of killed or interrupted workers resume without it",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=LEASE_S,
+        metavar="SECONDS",
+        help="take over a RUNNING trial whose worker sent no heartbeat for this long (default "
+        f"{LEASE_S:.0f}; a dead worker on this machine is detected at once)",
+    )
+    parser.add_argument(
         "--nproc",
         type=int,
         metavar="K",
@@ -65,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.study import load_study
 
     study = load_study(args.study, args.overrides)  # checked once, not by each process
+    # A scheduler's SIGTERM (preemption) stops the run like Ctrl-C: the trial is marked
+    # interrupted, and resumes from its checkpoint on the next `bench run`.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
         _check_nproc(args, study.base.get("device", "auto"))
         if args.nproc > 1:
@@ -78,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         dry_run=args.dry_run,
         results=args.results,
+        retry_failed=args.retry_failed,
+        lease_s=args.lease,
     )
     if summary.plan is not None:
         print_plan(summary.plan)
@@ -86,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under torchrun rank 0 reports for all
     print_summary(summary, quiet=args.quiet)
     return 1 if summary.failed else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
@@ -122,7 +148,8 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
     ]
     forwarded += [item for flag, value in options if value is not None for item in (flag, value)]
     forwarded += [item for override in args.overrides for item in ("--set", override)]
-    forwarded += ["--quiet"] * args.quiet + ["--results", str(args.results)]
+    forwarded += ["--quiet"] * args.quiet + ["--retry-failed"] * args.retry_failed
+    forwarded += ["--results", str(args.results), "--lease", str(args.lease)]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     return [sys.executable, *launcher, "-m", "bench", *map(str, forwarded)]
 
@@ -185,6 +212,7 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
             error = f": {t.error}" if t.error else ""
             print(f"  trial {t.number} {t.cell}: {t.state}{value} ({_duration(t.wall_s)}){error}")
         print(where)
+        _print_held_back(summary, print)
         return
     from rich.console import Console
     from rich.table import Table
@@ -202,3 +230,14 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
     else:
         console.print(head, highlight=False)
     console.print(where, style="dim", highlight=False)
+    _print_held_back(summary, lambda text: console.print(text, style="yellow", highlight=False))
+
+
+def _print_held_back(summary: "RunSummary", say: Callable[[str], object]) -> None:
+    """The failed cells this run left alone, and how to run them again."""
+    if summary.held_back:
+        say(
+            f"{len(summary.held_back)} cell(s) failed in an earlier run and were not retried "
+            f"({', '.join(summary.held_back)}); `bench show {summary.study}` gives the errors, "
+            f"`bench run --study {summary.study} --retry-failed` runs them again"
+        )

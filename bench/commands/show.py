@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     for row in trials.to_dict("records"):
         duration = row.get("duration_s")
         time = f"{duration:.0f}s" if isinstance(duration, float) and math.isfinite(duration) else ""
+        state = f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
         table.add_row(
             str(row["trial"]),
-            row["state"],
+            state,
             row.get("cell", ""),
             time,
             *(_number(row.get(m)) for m in metrics),
@@ -64,4 +65,18 @@ def run(args: argparse.Namespace) -> int:
             style="italic",
         )
     console.print(table)
+    for row in trials.to_dict("records"):
+        if row["state"] == "FAIL":
+            console.print(
+                f"trial {row['trial']} ({row.get('cell', '')}) failed: {row['error']}",
+                style="red",
+                highlight=False,
+                markup=False,
+            )
+    if any(row["failure"] == "error" for row in trials.to_dict("records") if "failure" in row):
+        console.print(
+            f"`bench run --study {args.study} --retry-failed` runs the failed cells again; "
+            "lost and interrupted ones resume by themselves",
+            highlight=False,
+        )
     return 0

@@ -1,0 +1,129 @@
+"""Who runs a trial, and the rule that decides when a RUNNING trial has lost its worker.
+
+A worker that claims a trial records on it (Optuna user attrs, so every storage kind holds them):
+- "owner": {"host", "boot", "pid", "started"}: the machine (host name and boot id) and the
+  process (pid and its start time, which tells a reused pid apart);
+- "heartbeat": the Unix time of its last sign of life, refreshed every HEARTBEAT_INTERVAL_S by
+  a thread while the trial runs (RDB storages also get Optuna's native heartbeat, so Optuna's
+  own tools see the trial alive).
+
+The lease rule, applied by every worker when it joins a study and before each claim:
+1. On the owner's own machine, a trial whose owner process is gone is stale at once (a worker
+   killed with SIGKILL, or a machine that rebooted).
+2. Anywhere, a trial whose last heartbeat (or, before its first, its start) is older than the
+   lease (LEASE_S, `bench run --lease SECONDS`) is stale: its worker is presumed dead or cut
+   off. Workers' clocks must agree to well within the lease (NTP does).
+
+A stale trial is marked FAIL with user attrs failure="lost" and the reason, its MLflow run
+FAILED, and its cell enqueued again; the new trial resumes from the trial folder's checkpoint.
+A worker presumed dead that was only cut off cannot count its cell twice: Optuna refuses to
+finish a trial that is already finished, and the runner then discards the result.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.results import HEARTBEAT_INTERVAL_S
+
+if TYPE_CHECKING:
+    import optuna
+
+# Seconds without a heartbeat after which a RUNNING trial is taken over (rule 2).
+LEASE_S = 300.0
+
+
+def _boot_id() -> str:
+    """This boot of this machine (Linux); '' where the system does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux); None if there is none.
+
+    Elsewhere "" for any live process (the pid alone then identifies it).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # Field 22 (starttime); the command name (field 2) may hold spaces, so count after ')'.
+        return stat.rsplit(")", 1)[1].split()[19]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return ""  # alive, someone else's
+    return ""
+
+
+def this_process() -> dict[str, Any]:
+    """The "owner" attr of the trials this process runs."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "started": _started(pid)}
+
+
+def owner_gone(owner: dict[str, Any]) -> bool:
+    """Whether `owner` (an "owner" attr) is known to be dead: only decidable on its machine."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    if owner.get("boot") != _boot_id():
+        return True  # the machine rebooted since
+    return _started(int(owner["pid"])) != owner.get("started")
+
+
+def stale_reason(trial: "optuna.trial.FrozenTrial", lease_s: float, now: float) -> str | None:
+    """Why the RUNNING `trial` has lost its worker (the rule above), or None if it has not."""
+    owner = trial.user_attrs.get("owner")
+    if isinstance(owner, dict) and owner_gone(owner):
+        return (
+            f"worker lost: process {owner['pid']} on {owner['host']}, which ran trial "
+            f"{trial.number}, is gone (killed or crashed)"
+        )
+    last = trial.user_attrs.get("heartbeat")
+    if last is None and trial.datetime_start is not None:
+        last = trial.datetime_start.timestamp()
+    if last is not None and now - float(last) > lease_s:
+        where = f" (process {owner['pid']} on {owner['host']})" if isinstance(owner, dict) else ""
+        return (
+            f"worker lost: trial {trial.number}'s worker{where} sent no heartbeat for "
+            f"{now - float(last):.0f} s, more than the {lease_s:.0f} s lease"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def held(storage: "optuna.storages.BaseStorage", trial_id: int) -> Iterator[None]:
+    """Own the trial: record this process as its owner and beat its heart while the block runs."""
+    from optuna.storages import RDBStorage
+
+    storage.set_trial_user_attr(trial_id, "owner", this_process())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; the lease is long
+                storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                if isinstance(storage, RDBStorage):
+                    storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_INTERVAL_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
