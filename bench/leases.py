@@ -30,13 +30,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.results import HEARTBEAT_INTERVAL_S
+from bench.results import HEARTBEAT_GRACE_S, HEARTBEAT_INTERVAL_S
 
 if TYPE_CHECKING:
     import optuna
 
-# Seconds without a heartbeat after which a RUNNING trial is taken over (rule 2).
-LEASE_S = 300.0
+# Seconds without a heartbeat after which a RUNNING trial is taken over (rule 2); also the
+# grace period of Optuna's own heartbeat on RDB storages, so both rules agree.
+LEASE_S = float(HEARTBEAT_GRACE_S)
 
 
 def _boot_id() -> str:

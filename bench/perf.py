@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from casdm import distributed
 from casdm.architectures import ARCHITECTURES, build_model, count_parameters
 from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig, TrainConfig
+from casdm.files import atomic_write_text
 from casdm.metrics import build_metric
 from casdm.samplers import ddim
 from casdm.schedule import Schedule
@@ -269,7 +270,7 @@ def _throughput_worker(spec: dict[str, Any], out: Path) -> None:
                 times.append(time.perf_counter() - start)
             row["allreduce_ms"] = 1000 * statistics.median(times[1:])
         if dist.is_main:
-            out.write_text(json.dumps(row))
+            atomic_write_text(out, json.dumps(row))  # the parent never reads half a row
     finally:
         distributed.shutdown()
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 # Seconds a SQLite writer waits for another process's lock before "database is locked".
 SQLITE_TIMEOUT_S = 60
-# Heartbeats let a restarted `bench run` fail (and re-run) trials whose worker was killed.
+# Heartbeats let another `bench run` take over the trials of a lost worker (bench.leases).
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 300
 

@@ -17,13 +17,16 @@ How a grid cell runs exactly once:
 3. Safety net. A cell's canonical trial is its lowest-numbered WAITING/RUNNING/COMPLETE trial.
    A worker that pops any other trial of the same cell marks it PRUNED (user_attr
    "duplicate_of") instead of running it, so a cell enqueued twice still runs once.
-4. Resuming. A joining worker re-enqueues cells that have no WAITING/RUNNING/COMPLETE trial (a
-   failed trial, or a creator that died before enqueueing). RDB storages keep a heartbeat per
-   running trial, so the trial of a killed worker turns FAIL after HEARTBEAT_GRACE_S and is
-   re-run by the next worker that joins; its checkpoint lets training resume where it stopped.
+4. Resuming. When it joins and before each claim, a worker fails the RUNNING trials whose
+   worker is lost (the lease rule of bench.leases: a dead process on this machine at once, any
+   other after LEASE_S without a heartbeat) and enqueues their cells again; so does it for a
+   trial interrupted by Ctrl-C or SIGTERM, and for a creator that died before enqueueing. The
+   new trial resumes from the trial folder's checkpoint. A cell whose trial failed with an
+   error (NaN loss, out of memory, a crash) waits for `--retry-failed`.
 
 A study with [search] ranges uses TPE instead: each worker asks for new trials until the study
-holds n_trials of them (with several workers it may overshoot by up to one per worker).
+holds n_trials of them, lost and interrupted ones not counted (with several workers it may
+overshoot by up to one per worker); a lost search trial is replaced, not resumed.
 Everything that can be checked is checked before any database exists: the study file, the
 pretrained weights every cell needs, the evaluator and its reference statistics.
 """
@@ -233,6 +236,7 @@ class _Storage:
                 sampler=sampler,
                 load_if_exists=False,
             )
+            self.optuna.set_user_attr("creator", leases.this_process())
             return True
         except optuna.exceptions.DuplicatedStudyError:
             if not study.is_grid:
@@ -428,8 +432,9 @@ class _Worker:
         if not store.created:
             deadline = time.monotonic() + ENQUEUE_WAIT_S
             while "cells_enqueued" not in (attrs := store.attrs()):
-                if time.monotonic() > deadline:
-                    break
+                creator = attrs.get("creator")
+                if time.monotonic() > deadline or (creator and leases.owner_gone(creator)):
+                    break  # the creator died (or stalls): enqueue what is missing ourselves
                 time.sleep(0.5)
             if attrs.get("config_sha256", digest) != digest:
                 raise BenchError(
@@ -637,6 +642,8 @@ class _Worker:
             "expired, see bench.leases); its result is discarded, the cell counts once"
         )
         self.progress.log(f"[red]{error}[/red]")
+        if self.run is not None:
+            self.run.fail(error, "FAILED")
         self.progress.end_trial()
         self.summary.trials.append(
             TrialRecord(trial.number, cell, "DISCARDED", None, wall_s, error)

@@ -2,26 +2,30 @@
 
 `run_trial` is the objective of every study; `bench train` and `bench sample` reuse its pieces
 (`train_run`, `sample`, `save_samples`, `load_trained`) so nothing is composed twice.
-A trial's folder holds config.json, checkpoint.pt (resumed from if present), samples.png (a grid
-of the first 64 samples) and samples.npz (every sample, ADM layout: `arr_0`, uint8, NHWC).
+A trial's folder holds config.json, checkpoint.pt (resumed from if present; checkpoint.prev.pt,
+the one before), samples.png (a grid of the first 64 samples), samples.npz (every sample, ADM
+layout: `arr_0`, uint8, NHWC) and samples.json (the checkpoint they came from: a trial stopped
+while scoring reuses them instead of sampling again).
 """
 
 import json
 import math
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import QuietProgress
-from casdm import distributed, faults
+from casdm import distributed, faults, weights
 from casdm.architectures import build_model, count_parameters
 from casdm.checkpoint import CheckpointError, load_checkpoint
 from casdm.config import ConfigError, SampleConfig, from_dict, to_dict
@@ -123,8 +127,14 @@ def train_run(
     data = load_dataset(config.data, "train")
     image_shape = tuple(data.images.shape[1:])  # (C, H, W)
     schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
-    model = build_model(config.architecture, config.model, schedule, image_shape[0], image_shape[1])
-    metric = build_metric(config.metric, image_shape)
+    # The initial weights (and a random LPIPS trunk) come from the run's seed alone, not from
+    # whatever the process drew before, so a trial is reproducible in any process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(
+            config.architecture, config.model, schedule, image_shape[0], image_shape[1]
+        )
+        metric = build_metric(config.metric, image_shape)
     document = config_document(config, image_shape)
     checkpoint = workdir / "checkpoint.pt"
     if distributed.is_main():
@@ -200,6 +210,25 @@ def save_samples(samples: torch.Tensor, grid_png: Path, npz: Path | None) -> Non
     save_grid_png(grid_png, grid, nrow=math.ceil(math.sqrt(grid.shape[0])))
     if npz is not None:
         save_npz(npz, to_uint8(samples))
+
+
+def saved_samples(workdir: Path, checkpoint: Path, count: int) -> torch.Tensor | None:
+    """The uint8 samples [N, C, H, W] a stopped run of this trial saved, or None.
+
+    Only when samples.json vouches that samples.npz holds `count` samples of exactly this
+    checkpoint (its SHA-256), and in a single process (under torchrun every rank resamples).
+    """
+    try:
+        record = json.loads((workdir / "samples.json").read_text())
+        if distributed.world_size() > 1 or record["count"] != count:
+            return None
+        if record["checkpoint_sha256"] != weights.sha256(checkpoint):
+            return None
+        with np.load(workdir / "samples.npz", allow_pickle=False) as npz:
+            images = torch.from_numpy(npz["arr_0"]).permute(0, 3, 1, 2).contiguous()
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None  # absent, or damaged: sample again
+    return images if len(images) == count and images.dtype == torch.uint8 else None
 
 
 class Scorer:
@@ -311,12 +340,23 @@ def run_trial(
     trained, result = train_run(
         config, workdir, progress=progress, on_train=on_train, on_notice=on_notice
     )
-    faults.inject("sample")
-    samples = sample(trained, progress=progress)  # [N, C, H, W] in [-1, 1], on every rank
-    if distributed.is_main():
-        save_samples(samples, workdir / "samples.png", workdir / "samples.npz")
+    checkpoint = workdir / "checkpoint.pt"
+    images = saved_samples(workdir, checkpoint, config.sample.num_samples)
+    if images is not None:
+        (on_notice or progress.log)(
+            f"reusing the {len(images)} samples in samples.npz, drawn from this checkpoint "
+            "before the run was stopped"
+        )
+    else:
+        faults.inject("sample")
+        samples = sample(trained, progress=progress)  # [N, C, H, W] in [-1, 1], on every rank
+        images = to_uint8(samples)
+        if distributed.is_main():
+            save_samples(samples, workdir / "samples.png", workdir / "samples.npz")
+            record = {"checkpoint_sha256": weights.sha256(checkpoint), "count": len(images)}
+            atomic_write_text(workdir / "samples.json", json.dumps(record))
     faults.inject("score")
-    metrics = scorer.score(to_uint8(samples), config, progress)
+    metrics = scorer.score(images, config, progress)
     return TrialOutcome(
         metrics=metrics,
         evaluator=scorer.label(config),

@@ -7,6 +7,7 @@ loading one cannot execute anything and a file from another version fails loudly
 
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from casdm.errors import InputError
 from casdm.files import atomic_write
 
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor)
 
 
@@ -78,18 +80,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         # Where the bytes stop decides the type: EOFError, RuntimeError (zip reader), OSError,
-        # or UnpicklingError; a disallowed class is an UnpicklingError naming the global.
+        # or UnpicklingError; a class or function the file asks for (a pickled object, or a
+        # call such as os.system) is an UnpicklingError naming it after "GLOBAL".
         lines = str(err).splitlines()
-        refused = [
-            line.split("Unsupported global: ", 1)[1].split(" was not", 1)[0]
-            for line in lines
-            if "Unsupported global: " in line
-        ]
+        refused = _REFUSED_GLOBAL.search(str(err))
         if isinstance(err, pickle.UnpicklingError) and refused:
             raise UnsafeCheckpointError(
                 f"checkpoint {path} holds pickled Python objects, which are never loaded "
-                f"(torch.load(weights_only=True) refused {refused[0]}); casdm checkpoints "
-                f"hold only tensors, numbers and strings, so this file is not one: {remedy}"
+                f"(torch.load(weights_only=True) refused {refused[1]}); casdm checkpoints "
+                "hold only tensors, numbers and strings, so this file was not written by "
+                f"casdm-bench: find out where it came from, then delete it (the run is then "
+                "retrained from step 0)"
             ) from None
         detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
         reason = f"truncated or corrupt ({detail})"

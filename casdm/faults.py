@@ -11,9 +11,9 @@ CASDM_FAULTS is a comma-separated list of `ACTION@POINT[=N][/SCOPE]`:
   the step being computed), "write:NAME" (n: the n-th atomic write of a file NAME in this
   process, after its temporary file is written and before it replaces NAME), "sample" and
   "score" (n: 1, the first time each runs in the scope).
-- ACTION: kill (SIGKILL this process: no clean-up runs), interrupt (SIGINT: as Ctrl-C), raise
-  (RuntimeError), oom (torch.OutOfMemoryError), nan (inject returns "nan"; train.loss then
-  poisons the loss).
+- ACTION: kill (SIGKILL this process: no clean-up runs), interrupt (SIGINT: as Ctrl-C),
+  terminate (SIGTERM: as a scheduler's preemption), raise (RuntimeError), oom
+  (torch.OutOfMemoryError), nan (inject returns "nan"; train.loss then poisons the loss).
 - N: fire when n equals N (default 1).
 - SCOPE: fire only inside `scope(SCOPE)` (bench runs each trial in the scope of its folder
   name, e.g. "cas-dm-l2"); without it the fault fires in any scope.
@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 ENV = "CASDM_FAULTS"
-ACTIONS = ("kill", "interrupt", "raise", "oom", "nan")
+ACTIONS = ("kill", "interrupt", "terminate", "raise", "oom", "nan")
+_SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "terminate": signal.SIGTERM}
 
 _scope: list[str] = []
 _hits: Counter[str] = Counter()
@@ -73,7 +74,7 @@ def scope(name: str) -> Iterator[None]:
 def inject(point: str, n: int | None = None) -> str | None:
     """Fire the fault set for `point` at `n` (default: how often `point` was reached here).
 
-    kill, interrupt, raise and oom act at once; "nan" is returned for the caller to apply;
+    Signals, raise and oom act at once; "nan" is returned for the caller to apply;
     None when no fault fires (always, unless CASDM_FAULTS is set).
     """
     text = os.environ.get(ENV)
@@ -86,10 +87,9 @@ def inject(point: str, n: int | None = None) -> str | None:
     for fault in parse(text):
         if fault.point != point or fault.n != n or fault.scope not in (None, current):
             continue
-        if fault.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if fault.action == "interrupt":
-            os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt at the next bytecode
+        if fault.action in _SIGNALS:
+            # Delivered before os.kill returns; Python's handler runs at the next bytecode.
+            os.kill(os.getpid(), _SIGNALS[fault.action])
             return None
         if fault.action == "raise":
             raise RuntimeError(f"injected fault at {point} (n={n}) by {ENV}")

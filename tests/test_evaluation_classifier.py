@@ -49,6 +49,15 @@ def test_classifier_yields_the_three_feature_kinds_and_names_itself(evaluator):
     assert rms == pytest.approx(1.0, rel=1e-4)
 
 
+def test_features_depend_on_pixel_values_not_on_memory_layout(evaluator):
+    images = to_uint8(load_dataset(DIGITS, "test").images[:64])  # [64, 1, 16, 16]
+    stored = images.permute(0, 2, 3, 1).numpy().copy()  # NHWC, as in an ADM .npz
+    nhwc = torch.from_numpy(stored).permute(0, 3, 1, 2)  # strides (256, 1, 16, 1)
+    assert nhwc.stride() != images.stride() and torch.equal(nhwc, images)
+    for ours, theirs in zip(evaluator.features(nhwc), evaluator.features(images), strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_the_cached_classifier_is_reused_not_retrained(evaluator, cache, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("retrained although the cache holds this classifier")

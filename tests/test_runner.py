@@ -129,6 +129,7 @@ def test_trial_folder_holds_config_checkpoint_grid_and_adm_npz(tiny_run):
             "checkpoint.pt",
             "samples.png",
             "samples.npz",
+            "samples.json",
         }
         arr = np.load(workdir / "samples.npz")["arr_0"]
         assert arr.shape == (20, 8, 8, 1) and arr.dtype == np.uint8
@@ -433,3 +434,18 @@ def test_quiet_progress_prints_nothing(capsys):
         progress.log("hidden")
         progress.end_trial()
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_trial_trains_the_same_weights_whatever_the_process_drew_before(tmp_path):
+    import torch
+
+    from bench.trial import train_run
+
+    study = load_study(str(STUDIES / "tiny.toml"), ["metric.name=l2"])
+    config = study.config(study.cells()[-1])  # cas-dm with L2: two networks
+    torch.manual_seed(1)
+    first, _ = train_run(config, tmp_path / "first")
+    torch.rand(1000)  # a process that scored something, or trained another cell, first
+    second, _ = train_run(config, tmp_path / "second")
+    for key, value in first.ema.state_dict().items():
+        assert torch.equal(value, second.ema.state_dict()[key]), key

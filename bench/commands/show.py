@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 style="red",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
     if any(row["failure"] == "error" for row in trials.to_dict("records") if "failure" in row):
         console.print(

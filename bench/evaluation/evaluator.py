@@ -65,8 +65,11 @@ class Evaluator:
     def features(self, images: torch.Tensor) -> Features:
         """Features of a batch of uint8 images [B, C, H, W] in [0, 255]."""
         check_images(images, self.channels, self.label)
+        # Standard strides: a view with other strides (e.g. NHWC from an .npz, permuted) would
+        # take other kernels and change the scores in the last digits.
+        images = images.to(self.device, memory_format=torch.contiguous_format)
         with torch.inference_mode():
-            return self._features(images.to(self.device))
+            return self._features(images)
 
     def _features(self, images: torch.Tensor) -> Features:
         raise NotImplementedError
