@@ -42,7 +42,7 @@ def test_two_gloo_processes_run_each_cell_once_with_one_mlflow_run_each(workspac
 def test_the_relaunch_forwards_every_run_option_but_nproc():
     argv = ["--study", "tiny", "--storage", "sqlite:///x.db", "--tracking-uri", "http://h:5000"]
     argv += ["--n-trials", "3", "--device", "cpu", "--set", "a=1", "--set", "b=x y", "--quiet"]
-    argv += ["--results", "out", "--nproc", "4"]
+    argv += ["--results", "out", "--nproc", "4", "--retry-failed", "--lease", "30"]
     args = _run_parser().parse_args(argv)
     command = run_command.torchrun_command(args)
     assert command[0] == sys.executable
