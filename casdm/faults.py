@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 ENV = "CASDM_FAULTS"
 ACTIONS = ("kill", "interrupt", "terminate", "raise", "oom", "nan")
-_SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "terminate": signal.SIGTERM}
+_SIGNALS = {"kill": "SIGKILL", "interrupt": "SIGINT", "terminate": "SIGTERM"}  # POSIX names
 
 _scope: list[str] = []
 _hits: Counter[str] = Counter()
@@ -89,7 +89,7 @@ def inject(point: str, n: int | None = None) -> str | None:
             continue
         if fault.action in _SIGNALS:
             # Delivered before os.kill returns; Python's handler runs at the next bytecode.
-            os.kill(os.getpid(), _SIGNALS[fault.action])
+            os.kill(os.getpid(), getattr(signal, _SIGNALS[fault.action]))
             return None
         if fault.action == "raise":
             raise RuntimeError(f"injected fault at {point} (n={n}) by {ENV}")

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from bench.cli import main
 from bench.errors import BenchError
 from bench.results import describe_storage, load_results, open_storage, storage_file
 from bench.runner import _encoded, _Storage, config_digest, run_study
@@ -278,7 +279,9 @@ def test_joining_a_study_created_from_another_config_is_refused(workspace):
         run_study(load_study("tiny", [*ONE_CELL, "train.steps=5"]), quiet=True)
 
 
-def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(workspace, monkeypatch):
+def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(
+    workspace, monkeypatch, capsys
+):
     import bench.trial
 
     study = load_study("tiny", ["architecture.name=ddpm"])
@@ -300,6 +303,12 @@ def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(workspace,
     client = MlflowClient(first.tracking_uri)
     run = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "simulated crash" in run.data.tags["error"]
+    capsys.readouterr()
+    assert main(["show", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "FAIL (error)" in shown
+    assert "trial 1 (ddpm l2) failed: RuntimeError: simulated crash" in shown
+    assert "--retry-failed" in shown
 
     assert failed.user_attrs["failure"] == "error"
 
