@@ -16,8 +16,9 @@ The lease rule, applied by every worker when it joins a study and before each cl
 
 A stale trial is marked FAIL with user attrs failure="lost" and the reason, its MLflow run
 FAILED, and its cell enqueued again; the new trial resumes from the trial folder's checkpoint.
-A worker presumed dead that was only cut off cannot count its cell twice: Optuna refuses to
-finish a trial that is already finished, and the runner then discards the result.
+A worker presumed dead that was only cut off cannot count its cell twice: its next heartbeat
+finds the trial finished and training stops at the next log step (TakenOver); had it finished
+first, Optuna refuses to finish a trial that is already finished, and the result is discarded.
 """
 
 import contextlib
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,27 +106,57 @@ def stale_reason(trial: "optuna.trial.FrozenTrial", lease_s: float, now: float) 
     return None
 
 
+class TakenOver(RuntimeError):
+    """This worker's trial was failed by another worker (its lease expired): stop working on it."""
+
+
+@dataclass
+class Lease:
+    """A held trial: `lost` is set once another worker has taken it over."""
+
+    trial_id: int
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        """Raise TakenOver if the trial was taken over (called between training steps)."""
+        if self.lost.is_set():
+            raise TakenOver(
+                f"trial (id {self.trial_id}) was taken over by another worker after this "
+                "worker's heartbeats stopped reaching the storage; it stops here"
+            )
+
+
 @contextlib.contextmanager
-def held(storage: "optuna.storages.BaseStorage", trial_id: int) -> Iterator[None]:
-    """Own the trial: record this process as its owner and beat its heart while the block runs."""
+def held(storage: "optuna.storages.BaseStorage", trial_id: int) -> Iterator[Lease]:
+    """Own the trial: record this process as its owner and beat its heart while the block runs.
+
+    A beat that finds the trial finished by someone else sets `Lease.lost`.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import RDBStorage
 
     storage.set_trial_user_attr(trial_id, "owner", this_process())
+    lease = Lease(trial_id)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            with contextlib.suppress(Exception):  # a missed beat is retried; the lease is long
+            try:
                 storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
                 if isinstance(storage, RDBStorage):
                     storage.record_heartbeat(trial_id)
+            except UpdateFinishedTrialError:
+                lease.lost.set()
+                return
+            except Exception:
+                pass  # a missed beat is retried at the next one; the lease is long
             if stop.wait(HEARTBEAT_INTERVAL_S):
                 return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lease
     finally:
         stop.set()
         thread.join()

@@ -40,7 +40,7 @@ import signal
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -496,7 +496,6 @@ class _Worker:
             # Optuna warns that heartbeats are meant for Study.optimize; bench.leases beats here.
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.store.optuna.ask()
-        trial.set_user_attr("owner", leases.this_process())
         params = dict(cells[trial.number % len(cells)])  # fixed axes (seeds) in turn
         for key, axis in self.study.search.items():
             params[key] = _suggest(trial, key, axis)
@@ -526,8 +525,8 @@ class _Worker:
         self.run = None
         try:
             trial_id = self.store.trial_id(trial.number)
-            with leases.held(self.store.storage, trial_id), faults.scope(slug(cell)):
-                outcome = self._run(trial, params, config, cell, workdir)
+            with leases.held(self.store.storage, trial_id) as lease, faults.scope(slug(cell)):
+                outcome = self._run(trial, params, config, cell, workdir, lease)
             value = outcome.metrics.get(study.objective_metric, math.nan)
             if not math.isfinite(value):
                 trial.set_user_attr("metrics", outcome.metrics)
@@ -536,7 +535,7 @@ class _Worker:
                 )
             self._record(trial, params, cell, outcome, self.run)
             self.store.optuna.tell(trial, value)
-        except UpdateFinishedTrialError:
+        except (UpdateFinishedTrialError, leases.TakenOver):
             self._taken_over(trial, cell, time.perf_counter() - start)
             return
         except Exception as err:
@@ -563,8 +562,13 @@ class _Worker:
         config: RunConfig,
         cell: str,
         workdir: Path,
+        lease: leases.Lease,
     ) -> "TrialOutcome":
-        """The trial's MLflow run (self.run) and its work; notices go to both databases."""
+        """The trial's MLflow run (self.run) and its work; notices go to both databases.
+
+        Training stops at its next log step once the lease is lost (one process only: under
+        torchrun the other ranks could not follow rank 0 out of a collective).
+        """
         from bench.trial import run_trial
         from casdm import distributed
 
@@ -591,12 +595,17 @@ class _Worker:
             trial.set_user_attr("notices", notices)
             run.set_tags({"notices": "\n".join(notices)[:5000]})
 
+        def on_train(record: Mapping[str, float]) -> None:
+            if distributed.world_size() == 1:
+                lease.check()
+            run.log_train(record)
+
         distributed.broadcast_object(("trial", (params, str(workdir))))  # other ranks
         outcome = run_trial(
             config,
             workdir,
             progress=self.progress,
-            on_train=run.log_train,
+            on_train=on_train,
             on_notice=notice,
             scorer=self.scorer,
         )
@@ -639,7 +648,8 @@ class _Worker:
         """Another worker took the trial over (our lease expired): its result is discarded."""
         error = (
             f"trial {trial.number} was taken over by another worker (this worker's lease "
-            "expired, see bench.leases); its result is discarded, the cell counts once"
+            "expired, see bench.leases); its work here stops and is discarded, the cell "
+            "counts once"
         )
         self.progress.log(f"[red]{error}[/red]")
         if self.run is not None:

@@ -9,6 +9,7 @@ from collections import Counter
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from bench import leases
@@ -113,6 +114,28 @@ def test_a_worker_whose_trial_was_taken_over_discards_its_result(workspace, monk
     stored = optuna.load_study(study_name="tiny", storage=storage)
     states = Counter(t.state.name for t in stored.trials)
     assert states == Counter({"FAIL": 1, "COMPLETE": 1})  # the cell counts once
+
+
+def test_a_worker_that_learns_it_was_taken_over_stops_training(workspace, monkeypatch):
+    import bench.trial
+
+    monkeypatch.setattr(leases, "HEARTBEAT_INTERVAL_S", 0.02)
+    study = load_study("tiny", ["architecture.name=ddpm", "metric.name=none"])
+    real = bench.trial.run_trial
+
+    def partitioned(config, workdir, **kwargs):
+        _Storage(workspace.storage, study, seed=0).reap(lease_s=1e-9)  # taken over
+        time.sleep(0.5)  # many heartbeat intervals: the next beat finds the trial finished
+        return real(config, workdir, **kwargs)
+
+    monkeypatch.setattr(bench.trial, "run_trial", partitioned)
+    summary = run_study(study, quiet=True)
+    assert [t.state for t in summary.trials] == ["DISCARDED"]
+    [trial] = optuna.load_study(study_name="tiny", storage=workspace.storage).trials
+    workdir = workspace.root / trial.user_attrs["workdir"]
+    assert not (workdir / "samples.npz").exists()  # stopped in training, before sampling
+    run = MlflowClient(workspace.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "taken over" in run.data.tags["error"]
 
 
 def test_heartbeats_are_recorded_while_a_trial_is_held(workspace, monkeypatch):
