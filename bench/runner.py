@@ -303,8 +303,9 @@ class _Storage:
 
         reaped = []
         with file_lock(self.lock):
-            now = time.time()
-            for trial in self.trials(("RUNNING",)):
+            running = self.trials(("RUNNING",))
+            now = time.time()  # after the read: a heartbeat read is never in the future
+            for trial in running:
                 reason = leases.stale_reason(trial, lease_s, now)
                 if reason is None:
                     continue

@@ -1,11 +1,12 @@
 """`bench run --study NAME`: create or join the study's Optuna study and run its trials."""
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,25 +83,23 @@ def run(args: argparse.Namespace) -> int:
     from bench.study import load_study
 
     study = load_study(args.study, args.overrides)  # checked once, not by each process
-    # A scheduler's SIGTERM (preemption) stops the run like Ctrl-C: the trial is marked
-    # interrupted, and resumes from its checkpoint on the next `bench run`.
-    signal.signal(signal.SIGTERM, _interrupt)
     if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
         _check_nproc(args, study.base.get("device", "auto"))
         if args.nproc > 1:
             return subprocess.run(torchrun_command(args)).returncode
-    summary = run_study(
-        study,
-        storage=args.storage,
-        tracking_uri=args.tracking_uri,
-        n_trials=args.n_trials,
-        device=args.device,
-        quiet=args.quiet,
-        dry_run=args.dry_run,
-        results=args.results,
-        retry_failed=args.retry_failed,
-        lease_s=args.lease,
-    )
+    with _interruptible():
+        summary = run_study(
+            study,
+            storage=args.storage,
+            tracking_uri=args.tracking_uri,
+            n_trials=args.n_trials,
+            device=args.device,
+            quiet=args.quiet,
+            dry_run=args.dry_run,
+            results=args.results,
+            retry_failed=args.retry_failed,
+            lease_s=args.lease,
+        )
     if summary.plan is not None:
         print_plan(summary.plan)
         return 0
@@ -110,8 +109,22 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and a scheduler's SIGTERM (preemption) raise KeyboardInterrupt while `bench run`
+    runs: the trial is marked interrupted, and resumes from its checkpoint next time. SIGINT
+    is set too, as a process started in the background inherits it ignored."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # SIGINT or SIGTERM
 
 
 def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
