@@ -149,7 +149,6 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
                 "duration_s": duration,
                 "failure": failure_kind(trial) if trial.state.name == "FAIL" else "",
                 "error": trial.user_attrs.get("error", ""),
-                "resumed_from": trial.user_attrs.get("resumed_from"),
                 **metrics,
             }
         )

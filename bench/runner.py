@@ -333,8 +333,6 @@ class _Storage:
                     trial_id = self.trial_id(waiting.number)
                     try:
                         if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                            owner = leases.this_process()
-                            self.storage.set_trial_user_attr(trial_id, "owner", owner)
                             popped = waiting
                             break
                     except UpdateFinishedTrialError:

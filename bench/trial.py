@@ -215,17 +215,18 @@ def save_samples(samples: torch.Tensor, grid_png: Path, npz: Path | None) -> Non
 def saved_samples(workdir: Path, checkpoint: Path, count: int) -> torch.Tensor | None:
     """The uint8 samples [N, C, H, W] a stopped run of this trial saved, or None.
 
-    Only when samples.json vouches that samples.npz holds `count` samples of exactly this
-    checkpoint (its SHA-256), and in a single process (under torchrun every rank resamples).
+    Only when samples.json vouches that samples.npz was drawn from exactly this checkpoint
+    (its SHA-256) and holds `count` samples, and in a single process (under torchrun every
+    rank resamples).
     """
+    if distributed.world_size() > 1:
+        return None
     try:
         record = json.loads((workdir / "samples.json").read_text())
-        if distributed.world_size() > 1 or record["count"] != count:
-            return None
         if record["checkpoint_sha256"] != weights.sha256(checkpoint):
             return None
         with np.load(workdir / "samples.npz", allow_pickle=False) as npz:
-            images = torch.from_numpy(npz["arr_0"]).permute(0, 3, 1, 2).contiguous()
+            images = torch.from_numpy(npz["arr_0"]).permute(0, 3, 1, 2)  # NHWC -> NCHW view
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None  # absent, or damaged: sample again
     return images if len(images) == count and images.dtype == torch.uint8 else None
@@ -353,7 +354,7 @@ def run_trial(
         images = to_uint8(samples)
         if distributed.is_main():
             save_samples(samples, workdir / "samples.png", workdir / "samples.npz")
-            record = {"checkpoint_sha256": weights.sha256(checkpoint), "count": len(images)}
+            record = {"checkpoint_sha256": weights.sha256(checkpoint)}
             atomic_write_text(workdir / "samples.json", json.dumps(record))
     faults.inject("score")
     metrics = scorer.score(images, config, progress)

@@ -9,6 +9,8 @@ from typing import BinaryIO
 
 from casdm import faults
 
+_TEMP_PREFIX = "."  # temp files are hidden: `.NAME.<random>.tmp` beside NAME
+
 
 def atomic_write(
     path: Path, write: Callable[[BinaryIO], None], *, keep_previous: Path | None = None
@@ -35,9 +37,6 @@ def atomic_write(
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-
-
-_TEMP_PREFIX = "."
 
 
 def remove_stale_temps(path: Path) -> list[Path]:

@@ -65,16 +65,16 @@ def run(args: argparse.Namespace) -> int:
             style="italic",
         )
     console.print(table)
-    for row in trials.to_dict("records"):
-        if row["state"] == "FAIL":
-            console.print(
-                f"trial {row['trial']} ({row.get('cell', '')}) failed: {row['error']}",
-                style="red",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-    if any(row["failure"] == "error" for row in trials.to_dict("records") if "failure" in row):
+    failed = [row for row in trials.to_dict("records") if row["state"] == "FAIL"]
+    for row in failed:
+        console.print(
+            f"trial {row['trial']} ({row.get('cell', '')}) failed: {row['error']}",
+            style="red",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if any(row["failure"] == "error" for row in failed):
         console.print(
             f"`bench run --study {args.study} --retry-failed` runs the failed cells again; "
             "lost and interrupted ones resume by themselves",
