@@ -31,11 +31,15 @@ class EvalConfig:
     is_splits: int = 10
     # Random feature-network weights: tests and smoke runs only, labelled in every output.
     random_weights: bool = False
+    # Bootstrap resamples of each trial's samples for the sampling uncertainty of FID and IS
+    # (bench.evaluation.bootstrap): 0 none, -1 automatic (100 up to 512 feature dims, else 20).
+    bootstrap: int = -1
 
     def __post_init__(self):
         check(self.reference_images >= 0, "reference_images", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.is_splits >= 1, "is_splits", "must be >= 1")
+        check(self.bootstrap >= -1, "bootstrap", "must be >= 0 (resamples), or -1 (automatic)")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.costs import COSTS, trial_cost
 from bench.errors import BenchError
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ HEARTBEAT_GRACE_S = 300
 
 # Trial user_attrs copied into every row of Results.frame next to the params and the scores.
 TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
+# Results.frame holds each bench.costs.COSTS key as the column "cost.<key>" (None if unknown).
+COST_PREFIX = "cost."
 
 
 def storage_url_for(results: Path) -> str:
@@ -107,9 +110,12 @@ def load_optuna_study(name: str, url: str) -> "optuna.Study":
 class Results:
     """A study's results: COMPLETE trials (one row each), the real-data row, meta, progress."""
 
-    frame: "pandas.DataFrame"  # params, score keys, "cell", "trial" and TRIAL_COLUMNS
+    # params, score keys (and their "bootstrap.*" keys), "cell", "trial", TRIAL_COLUMNS, costs
+    frame: "pandas.DataFrame"
     reference: dict[str, float] | None  # held-out real data scored like the samples
-    meta: dict[str, Any]  # dataset, resolution, evaluator, num_samples, sampler, steps, ...
+    # dataset, resolution, evaluator, num_samples, sampler, steps, eta, random_weights,
+    # lpips_trunk, and optionally "protocols": {score key: protocol label}
+    meta: dict[str, Any]
     total: int  # cells of a grid study, or n_trials of a search
     states: Counter  # trial state name -> count, e.g. {"COMPLETE": 3, "RUNNING": 1}
     trials: "pandas.DataFrame"  # every trial: trial, state, cell, value, duration_s, scores
@@ -158,9 +164,11 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         row.update(_params(trial))
         row.update(metrics)
         row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS})
+        row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)
     score_keys = list(study.table.metrics)
-    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS]
+    cost_columns = [COST_PREFIX + key for key in COSTS]
+    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns]
     frame = pandas.DataFrame(rows)
     for column in columns:
         if column not in frame:

@@ -677,6 +677,7 @@ class _Worker:
             "peak_memory_kind": outcome.peak_memory_kind,
             "num_params": outcome.num_params,
             "evaluator": outcome.evaluator,
+            "cost": outcome.cost(),  # bench.costs
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -688,6 +689,7 @@ class _Worker:
                 "train_images_per_s": outcome.images_per_s,
                 f"peak_memory_{outcome.peak_memory_kind}_mb": outcome.peak_memory_mb,
                 "num_params": outcome.num_params,
+                **{f"cost/{k}": v for k, v in outcome.cost().items() if v is not None},
             }
         )
         run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})

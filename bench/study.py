@@ -29,7 +29,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 TOP_KEYS = ("description", "objective", "base", "grid", "search", "n_trials", "table", "labels")
 OBJECTIVE_KEYS = ("metric", "direction")
-TABLE_KEYS = ("rows", "columns", "metrics")
+TABLE_KEYS = ("rows", "columns", "metrics", "baseline", "cost", "layout")
+LAYOUTS = ("auto", "wide", "long")
 RANGE_KEYS = ("low", "high", "log", "step")
 DIRECTIONS = ("minimize", "maximize")
 DEFAULT_TABLE_METRICS = ("fid", "sfid", "is_mean")
@@ -61,11 +62,19 @@ class Choices:
 
 @dataclass(frozen=True)
 class TableLayout:
-    """Axes (dotted keys) making the row labels and the column groups, and the metrics shown."""
+    """Axes (dotted keys) making the row labels and the column groups, and the metrics shown.
+
+    `baseline` (axis -> value) names the cells every other cell is tested against (the one with
+    the same values on the other axes); `cost` the cost columns shown (bench.costs.COSTS);
+    `layout` "wide", "long" or "auto" (whichever fits the page, bench.tables).
+    """
 
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     metrics: tuple[str, ...]
+    baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cost: tuple[str, ...] = ()
+    layout: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -296,7 +305,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         n_trials=n_trials,
         objective_metric=objective_metric,
         direction=direction,
-        table=_read_table(path, data.get("table"), axes),
+        table=_read_table(path, data.get("table"), axes, file_axes[0]),
         labels=labels,
         overrides=tuple(overrides),
     )
@@ -490,7 +499,7 @@ def _read_objective(path: Path, table: Any) -> tuple[str, Direction]:
     return metric, direction
 
 
-def _read_table(path: Path, table: Any, axes: list[str]) -> TableLayout:
+def _read_table(path: Path, table: Any, axes: list[str], grid: dict[str, list[Any]]) -> TableLayout:
     if table is None:
         rows = tuple(a for a in axes if a != "seed")
         return TableLayout(rows=rows, columns=(), metrics=DEFAULT_TABLE_METRICS)
@@ -527,7 +536,53 @@ def _read_table(path: Path, table: Any, axes: list[str]) -> TableLayout:
         _check_score_key(path, "table.metrics", metric)
     if len(set(metrics)) != len(metrics):
         raise _error(path, "table.metrics", f"got {metrics!r}; a metric is listed twice")
-    return TableLayout(rows=layout["rows"], columns=layout["columns"], metrics=tuple(metrics))
+    return TableLayout(
+        rows=layout["rows"],
+        columns=layout["columns"],
+        metrics=tuple(metrics),
+        baseline=_read_baseline(path, table.get("baseline", {}), grid),
+        cost=_read_cost(path, table.get("cost", [])),
+        layout=_read_layout(path, table.get("layout", "auto")),
+    )
+
+
+def _read_baseline(path: Path, table: Any, grid: dict[str, list[Any]]) -> dict[str, Any]:
+    """{ "metric.weight" = 0 }: grid axes (not seed) and one of each axis's values."""
+    baseline: dict[str, Any] = {}
+    for key, value in _flatten_axes(path, "table.baseline", table, lambda k, v: False).items():
+        where = f"table.baseline.{key}"
+        if key not in grid or key == "seed":
+            axes = ", ".join(k for k in grid if k != "seed")
+            raise _error(path, where, f"not a grid axis; grid axes: {axes or 'none'}")
+        known = {value_text(v): v for v in grid[key]}
+        text = value_text(normalize(key, value))
+        if text not in known:
+            raise _error(
+                path, where, f"{value!r} is not a value of the axis; values: {', '.join(known)}"
+            )
+        baseline[key] = known[text]
+    return baseline
+
+
+def _read_cost(path: Path, keys: Any) -> tuple[str, ...]:
+    from bench.costs import COSTS
+
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _error(path, "table.cost", f"got {keys!r}; expected a list of cost keys")
+    for key in keys:
+        if key not in COSTS:
+            raise _error(
+                path, "table.cost", f"unknown cost {key!r}; valid costs: {', '.join(COSTS)}"
+            )
+    if len(set(keys)) != len(keys):
+        raise _error(path, "table.cost", f"got {keys!r}; a cost is listed twice")
+    return tuple(keys)
+
+
+def _read_layout(path: Path, layout: Any) -> str:
+    if layout not in LAYOUTS:
+        raise _error(path, "table.layout", f"got {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    return layout
 
 
 def _read_labels(

@@ -1,27 +1,31 @@
-"""A study's results as a paper table: LaTeX (booktabs), Markdown (GitHub) and CSV.
+"""A study's results as a paper table: what each cell holds (bench.table_render writes it out).
 
-Rows and column groups come from the study's [table] layout; every cell is the mean ± sample
-standard deviation (ddof = 1) over the seeds that completed, with n shown where it falls short
-of the study's seed count. The best value of each column (each metric within each column group)
-is bold, judged at the displayed precision so that visible ties are all bold. A "Real data
-(held-out)" row scores the dataset's other split against the same reference statistics: the
-floor a perfect model would reach.
+Rows and column groups come from the study's [table] layout. A cell with several seeds shows
+the mean and the half-width of its 95% Student-t confidence interval (bench.analysis), with n
+where it falls short of the study's seed count; a single-seed cell shows its score and ±1.96
+bootstrap standard errors over its generated samples when the trial stored them (sampling
+uncertainty only: bench.evaluation.bootstrap). The best value of each column is bold, judged at
+the displayed precision so that visible ties are all bold.
 
-The CSV is tidy (one line per row x column group x metric, the layout pandas' `pivot_table`
-takes) with unscaled, unrounded values: columns `row`, `column` (display labels), one column
-per row/column axis holding the raw axis value, then `metric` (a score key), `mean`, `std`,
-`n`, `best` and `reference` (true on the real-data lines, whose `std` and axis columns are empty).
+With `[table] baseline = { AXIS = VALUE }` every other cell is tested against the baseline cell
+sharing its other axis values: a paired t-test by seed where both hold the same seeds (same seed:
+same initial weights and data order), Welch's t-test otherwise, two-sided; the p-values of every
+test in the table are Holm-corrected together, and a cell significantly better (worse) than its
+baseline at ALPHA is marked. Costs (bench.costs) are means over the cell's seeds.
+
+A "Real data (held-out)" line scores the dataset's other split against the same reference
+statistics: the floor a perfect model would reach, shown once per metric.
 """
 
-import csv
-import io
 import itertools
-import statistics
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_interval
+from bench.costs import COSTS
 from bench.study import Study, natural_direction, value_text
 
 if TYPE_CHECKING:
@@ -30,7 +34,11 @@ if TYPE_CHECKING:
 Format = Literal["latex", "markdown", "csv"]
 FORMATS: tuple[Format, ...] = ("latex", "markdown", "csv")
 EXTENSIONS: dict[Format, str] = {"latex": "tex", "markdown": "md", "csv": "csv"}
+Layout = Literal["wide", "long"]
+LAYOUTS: tuple[str, ...] = ("auto", "wide", "long")
 REFERENCE_LABEL = "Real data (held-out)"
+BOOTSTRAP_Z = 1.959963984540054  # scipy.stats.norm.ppf(0.975): the bootstrap's normal interval
+BETTER, WORSE = "⁺", "⁻"  # significance markers (LaTeX: \textsuperscript)
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,23 @@ def metric_formats() -> dict[str, MetricFormat]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One table entry: mean and sample std over n seeds (std None when n < 2)."""
+    """One table entry: a metric over the cell's seeds, its uncertainty and its test.
+
+    `half_width` is the ± of the display: the Student-t 95% half-width over seeds (uncertainty
+    "t95"), 1.96 bootstrap standard errors of a single seed's score ("bootstrap95"), or None.
+    """
 
     mean: float | None
-    std: float | None
+    std: float | None  # sample standard deviation over seeds (ddof = 1)
     n: int
+    half_width: float | None = None
+    uncertainty: str = ""  # "t95", "bootstrap95" or ""
+    bootstrap_se: float | None = None
     best: bool = False
+    baseline: bool = False  # this cell is a baseline the others are tested against
+    comparison: Comparison | None = None
+    p_holm: float | None = None
+    marker: str = ""  # BETTER, WORSE or ""
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,7 @@ class Table:
     """A study's table, independent of the output format."""
 
     name: str
-    caption: str
+    caption: str  # everything but the layout-dependent sentences (see `caption_for`)
     partial: bool
     row_header: str
     row_axes: tuple[str, ...]
@@ -88,58 +107,90 @@ class Table:
     cells: dict[tuple[int, int, str], Cell]  # (row index, group index, metric) -> Cell
     reference: dict[str, float] | None  # metric -> real-data value
     seeds: int  # n a complete cell has; fewer is shown as "(n=k)"
+    cost: tuple[str, ...] = ()  # cost keys shown as columns (the CSV has them all)
+    costs: dict[tuple[int, int], dict[str, float | None]] = field(default_factory=dict)
+    axis_values: dict[str, dict[str, str]] = field(default_factory=dict)  # axis -> text -> label
+    axis_titles: dict[str, str] = field(default_factory=dict)
+    flags: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # CSV markers
+    protocols: dict[str, str] = field(default_factory=dict)  # score key -> protocol label
+    layout: str = "auto"  # the study's [table] layout, or --layout
 
 
-def build_table(results: "Results", study: Study) -> Table:
-    """Aggregate COMPLETE trials over seeds into the study's rows x column groups x metrics."""
+def build_table(
+    results: "Results",
+    study: Study,
+    *,
+    metrics: Sequence[str] | None = None,
+    layout: str | None = None,
+) -> Table:
+    """Aggregate COMPLETE trials over seeds into the study's rows x column groups x metrics.
+
+    `metrics` and `layout` override the study's [table] metrics and layout.
+    """
     frame = results.frame
-    layout = study.table
-    rows = _combos(study, frame, layout.rows)
-    groups = _combos(study, frame, layout.columns)
+    spec = study.table
+    metrics = tuple(metrics or spec.metrics)
+    rows = _combos(study, frame, spec.rows)
+    groups = _combos(study, frame, spec.columns)
+    samples: dict[tuple[int, int, str], dict[int, float]] = {}
     cells: dict[tuple[int, int, str], Cell] = {}
+    costs: dict[tuple[int, int], dict[str, float | None]] = {}
     for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
-        selected = frame
-        for key, value in {**row, **group}.items():
-            selected = selected[selected[key].map(value_text) == value_text(value)]
-        for metric in layout.metrics:
-            values = [float(v) for v in selected[metric].dropna()] if metric in selected else []
-            cells[r, g, metric] = _aggregate(values)
+        selected = _select(frame, {**row, **group})
+        for metric in metrics:
+            samples[r, g, metric] = _per_seed(selected, metric)
+            cells[r, g, metric] = _aggregate(selected, metric)
+        costs[r, g] = {key: _mean(selected, "cost." + key) for key in COSTS}
     # Only rows and column groups holding at least one finished trial are shown.
     filled = {(r, g) for (r, g, _), cell in cells.items() if cell.n}
     kept_rows = [r for r in range(len(rows)) if any((r, g) in filled for g in range(len(groups)))]
     kept_groups = [g for g in range(len(groups)) if any((r, g) in filled for r in kept_rows)]
-    cells = {
-        (kept_rows.index(r), kept_groups.index(g), m): cell
-        for (r, g, m), cell in cells.items()
-        if r in kept_rows and g in kept_groups
-    }
-    cells = _mark_best(cells, len(kept_rows), len(kept_groups), layout.metrics)
+
+    def keep(mapping: dict) -> dict:
+        return {
+            (kept_rows.index(k[0]), kept_groups.index(k[1]), *k[2:]): v
+            for k, v in mapping.items()
+            if k[0] in kept_rows and k[1] in kept_groups
+        }
+
+    rows = [rows[r] for r in kept_rows]
+    groups = [groups[g] for g in kept_groups]
+    cells, samples, costs = keep(cells), keep(samples), keep(costs)
+    cells = _mark_best(cells, len(rows), len(groups), metrics)
+    cells, tests = _significance(cells, samples, rows, groups, metrics, spec.baseline)
+    meta = _meta(results, study)
+    axes = (*spec.rows, *spec.columns)
     done = len(frame)
     return Table(
         name=study.name,
-        caption=_caption(results, study, done),
+        caption=_caption(results, study, done, meta, cells, tests, spec.baseline),
         partial=done < results.total,
-        row_header=", ".join(_axis_title(k) for k in layout.rows) or "Model",
-        row_axes=layout.rows,
-        column_axes=layout.columns,
-        rows=tuple(rows[r] for r in kept_rows),
-        groups=tuple(groups[g] for g in kept_groups),
-        metrics=layout.metrics,
+        row_header=", ".join(_axis_title(k) for k in spec.rows) or "Model",
+        row_axes=spec.rows,
+        column_axes=spec.columns,
+        rows=tuple(rows),
+        groups=tuple(groups),
+        metrics=metrics,
         cells=cells,
-        reference=_reference(results.reference, layout.metrics),
+        reference=_reference(results.reference, metrics),
         seeds=len(study.grid.get("seed", [None])),
+        cost=spec.cost,
+        costs=costs,
+        axis_values={a: _value_labels(study, a, [*rows, *groups]) for a in axes},
+        axis_titles={a: _axis_title(a) for a in axes},
+        flags=_flags(study, meta, rows, groups),
+        protocols={k: str(v) for k, v in (meta.get("protocols") or {}).items()},
+        layout=layout or spec.layout,
     )
 
 
 def render(table: Table, fmt: Format) -> str:
-    """The table as LaTeX (a booktabs `table` environment), GitHub Markdown or tidy CSV."""
-    if fmt == "latex":
-        return _latex(table)
-    if fmt == "markdown":
-        return _markdown(table)
-    if fmt == "csv":
-        return _csv(table)
-    raise ValueError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    """The table as LaTeX (a booktabs `table`/`table*` environment), GitHub Markdown or CSV."""
+    from bench import table_render
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return table_render.render(table, fmt)
 
 
 def write_tables(
@@ -147,6 +198,9 @@ def write_tables(
     study: Study,
     out: Path | None = None,
     formats: Sequence[Format] = FORMATS,
+    *,
+    metrics: Sequence[str] | None = None,
+    layout: str | None = None,
 ) -> list[Path]:
     """Write the table atomically in each format; returns the paths written.
 
@@ -155,14 +209,15 @@ def write_tables(
     """
     from casdm.files import atomic_write_text
 
-    table = build_table(results, study)
+    table = build_table(results, study, metrics=metrics, layout=layout)
     out = study.results_dir() if out is None else Path(out)
     if len(formats) == 1 and out.suffix and not out.is_dir():
         paths = {formats[0]: out}
     else:
         paths = {fmt: out / f"table.{EXTENSIONS[fmt]}" for fmt in formats}
+    texts = {fmt: render(table, fmt) for fmt in paths}  # all rendered before anything is written
     for fmt, path in paths.items():
-        atomic_write_text(path, render(table, fmt))
+        atomic_write_text(path, texts[fmt])
     return list(paths.values())
 
 
@@ -186,11 +241,51 @@ def _combos(study: Study, frame: Any, keys: Sequence[str]) -> list[tuple[str, di
     ]
 
 
-def _aggregate(values: list[float]) -> Cell:
+def _select(frame: Any, values: dict[str, Any]) -> Any:
+    selected = frame
+    for key, value in values.items():
+        selected = selected[selected[key].map(value_text) == value_text(value)]
+    return selected
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _per_seed(selected: Any, metric: str) -> dict[int, float]:
+    """seed -> value of the cell's trials (trial order stands in for seeds in a search)."""
+    if metric not in selected:
+        return {}
+    seeds = selected["seed"] if "seed" in selected else range(len(selected))
+    return {
+        int(seed) if _finite(seed) else i: float(value)
+        for i, (seed, value) in enumerate(zip(seeds, selected[metric], strict=True))
+        if _finite(value)
+    }
+
+
+def _mean(selected: Any, column: str) -> float | None:
+    values = [float(v) for v in selected[column]] if column in selected else []
+    values = [v for v in values if math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
+def _aggregate(selected: Any, metric: str) -> Cell:
+    values = list(_per_seed(selected, metric).values())
     if not values:
         return Cell(mean=None, std=None, n=0)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Cell(mean=statistics.fmean(values), std=std, n=len(values))
+    interval = t_interval(values)
+    if interval.half_width is not None:
+        return Cell(interval.mean, interval.std, interval.n, interval.half_width, "t95")
+    se_column = f"bootstrap.{metric}.se"
+    se = _mean(selected, se_column)
+    if se is None:
+        return Cell(interval.mean, None, 1)
+    return Cell(interval.mean, None, 1, BOOTSTRAP_Z * se, "bootstrap95", se)
+
+
+def _replace(cell: Cell, **changes: Any) -> Cell:
+    return Cell(**{**cell.__dict__, **changes})
 
 
 def _mark_best(
@@ -211,9 +306,56 @@ def _mark_best(
         best = (min if direction == "minimize" else max)(shown.values())
         for r, value in shown.items():
             if value == best:
-                cell = cells[r, g, metric]
-                marked[r, g, metric] = Cell(cell.mean, cell.std, cell.n, best=True)
+                marked[r, g, metric] = _replace(cells[r, g, metric], best=True)
     return marked
+
+
+def _significance(
+    cells: dict[tuple[int, int, str], Cell],
+    samples: dict[tuple[int, int, str], dict[int, float]],
+    rows: list[tuple[str, dict[str, Any]]],
+    groups: list[tuple[str, dict[str, Any]]],
+    metrics: Sequence[str],
+    baseline: dict[str, Any],
+) -> tuple[dict[tuple[int, int, str], Cell], int]:
+    """Each cell against its baseline cell, Holm-corrected over every test in the table.
+
+    Returns the cells (baseline flags, comparisons, markers) and the number of tests.
+    """
+    if not baseline:
+        return cells, 0
+    where = {
+        tuple(sorted((k, value_text(v)) for k, v in {**row, **group}.items())): (r, g)
+        for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups))
+    }
+    marked = dict(cells)
+    tests: dict[tuple[int, int, str], Comparison] = {}
+    for (r, g), (_, row), (_, group) in (
+        ((r, g), rows[r], groups[g])
+        for r, g in itertools.product(range(len(rows)), range(len(groups)))
+    ):
+        values = {**row, **group}
+        if all(value_text(values[k]) == value_text(v) for k, v in baseline.items()):
+            for metric in metrics:
+                marked[r, g, metric] = _replace(marked[r, g, metric], baseline=True)
+            continue
+        key = tuple(sorted((k, value_text({**values, **baseline}[k])) for k in values))
+        if key not in where:
+            continue
+        b = where[key]
+        for metric in metrics:
+            comparison = compare(samples[r, g, metric], samples[(*b, metric)])
+            if comparison is not None:
+                tests[r, g, metric] = comparison
+    adjusted = holm([c.p_value for c in tests.values()])
+    for (key, comparison), p in zip(tests.items(), adjusted, strict=True):
+        direction = natural_direction(key[2])
+        marker = ""
+        if p <= ALPHA and direction is not None and comparison.difference != 0:
+            lower = comparison.difference < 0
+            marker = BETTER if lower == (direction == "minimize") else WORSE
+        marked[key] = _replace(marked[key], comparison=comparison, p_holm=p, marker=marker)
+    return marked, len(tests)
 
 
 def _reference(
@@ -221,7 +363,8 @@ def _reference(
 ) -> dict[str, float] | None:
     if not reference:
         return None
-    return {m: float(reference[m]) for m in metrics if reference.get(m) is not None}
+    shown = {m: float(reference[m]) for m in metrics if _finite(reference.get(m))}
+    return shown or None
 
 
 def _axis_title(key: str) -> str:
@@ -231,10 +374,22 @@ def _axis_title(key: str) -> str:
     return word.replace("_", " ").capitalize()
 
 
-def _caption(results: "Results", study: Study, done: int) -> str:
-    """Dataset, evaluator, samples, sampler and steps: as run (the runner's meta) or configured."""
+def _value_labels(
+    study: Study, axis: str, combos: list[tuple[str, dict[str, Any]]]
+) -> dict[str, str]:
+    """Value text -> the label in an axis column: the study's [labels] entry, else the value."""
+    labels = {}
+    for _, values in combos:
+        if axis in values:
+            text = value_text(values[axis])
+            labels[text] = study.labels.get(axis, {}).get(text, text)
+    return labels
+
+
+def _meta(results: "Results", study: Study) -> dict[str, Any]:
+    """Dataset, evaluator, samples, sampler, steps: as run (the runner's meta) or configured."""
     config = study.config(study.cells()[0])
-    meta = {
+    return {
         "dataset": config.data.dataset,
         "resolution": config.data.resolution,
         "evaluator": config.eval.evaluator
@@ -243,21 +398,97 @@ def _caption(results: "Results", study: Study, done: int) -> str:
         "sampler": config.sample.sampler,
         "steps": config.sample.steps,
         "eta": config.sample.eta,
+        "random_weights": config.eval.random_weights,
+        "reference_split": config.eval.reference_split,
         **{k: v for k, v in (results.meta or {}).items() if v is not None},
     }
+
+
+def _flags(
+    study: Study,
+    meta: dict[str, Any],
+    rows: list[tuple[str, dict[str, Any]]],
+    groups: list[tuple[str, dict[str, Any]]],
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Per cell: whether LPIPS used a random trunk, the evaluator random weights (CSV)."""
+    flags = {}
+    for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
+        params = {**row, **group}
+        try:
+            config = study.config({**study.cells()[0], **params})
+            trunk = config.metric.name == "lpips" and config.metric.trunk == "random"
+            weights = bool(config.eval.random_weights or meta.get("random_weights"))
+        except Exception:  # a search value outside the file's axes: fall back on the meta
+            trunk = meta.get("lpips_trunk") == "random"
+            weights = bool(meta.get("random_weights"))
+        flags[r, g] = {"random_trunk": trunk, "random_weights": weights}
+    return flags
+
+
+def _caption(
+    results: "Results",
+    study: Study,
+    done: int,
+    meta: dict[str, Any],
+    cells: dict[tuple[int, int, str], Cell],
+    tests: int,
+    baseline: dict[str, Any],
+) -> str:
+    """Setup, what ± means, bold, markers, protocols, smoke-test labels, progress."""
     eta = f", η = {value_text(float(meta['eta']))}" if meta["sampler"] == "ddim" else ""
     seeds = len(study.grid.get("seed", [None]))
-    held_out = "test" if config.eval.reference_split == "train" else "train"
     parts = [
         f"{meta['dataset']} {meta['resolution']}×{meta['resolution']}, "
         f"{meta['evaluator']} evaluator, {int(meta['num_samples']):,} samples per model, "
-        f"{meta['sampler'].upper()} sampler with {meta['steps']} steps{eta}.",
-        f"Mean ± std over {seeds} seeds; best per column in bold."
-        if seeds > 1
-        else "One seed per cell; best per column in bold.",
-        f"{REFERENCE_LABEL}: the {held_out} split, scored against the {config.eval.reference_split}"
-        "-split reference like the samples.",
+        f"{meta['sampler'].upper()} sampler with {meta['steps']} steps{eta}."
     ]
+    kinds = {cell.uncertainty for cell in cells.values()}
+    level = f"{CONFIDENCE:.0%}"
+    if "t95" in kinds:
+        parts.append(
+            f"Mean ± half-width of the {level} confidence interval over {seeds} seeds "
+            "(Student t); (n=k): a cell with k seeds."
+        )
+    elif seeds > 1:
+        parts.append(f"Mean over up to {seeds} seeds.")
+    if "bootstrap95" in kinds:
+        resamples = _mean(results.frame, "bootstrap.resamples")
+        count = f"{int(resamples)} resamples" if resamples else "resamples"
+        lead = "Single-seed cells" if seeds > 1 else "One seed per cell;"
+        parts.append(
+            f"{lead} ± is 1.96 bootstrap standard errors over the generated samples ({count}): "
+            "the sampling uncertainty of the score, not the variation between training runs."
+        )
+    elif seeds == 1:
+        parts.append("One seed per cell, no uncertainty shown.")
+    parts.append("Best per column in bold.")
+    if baseline:
+        named = ", ".join(
+            f"{_axis_title(k)} = {study.labels.get(k, {}).get(value_text(v), value_text(v))}"
+            for k, v in baseline.items()
+        )
+        if tests:
+            parts.append(
+                f"{BETTER}/{WORSE}: significantly better/worse than the baseline ({named}) with "
+                "the same other settings, two-sided t-test (paired by seed where the seeds "
+                f"match, Welch's otherwise), Holm-corrected over the {tests} tests in the table, "
+                f"α = {ALPHA}."
+            )
+        else:
+            parts.append(
+                f"Baseline: {named}; no test is possible with fewer than 2 seeds per cell."
+            )
+    held_out = "test" if meta.get("reference_split", "train") == "train" else "train"
+    parts.append(
+        f"{REFERENCE_LABEL}: the {held_out} split, scored against the "
+        f"{meta.get('reference_split', 'train')}-split reference like the samples."
+    )
+    protocols = meta.get("protocols") or {}
+    if protocols:
+        from bench.evaluation.evaluator import METRIC_NAMES
+
+        shown = "; ".join(f"{METRIC_NAMES.get(k, k)}: {v}" for k, v in protocols.items())
+        parts.append(f"Protocols: {shown}.")
     if meta.get("lpips_trunk") == "random":
         parts.append("LPIPS used a random (untrained) trunk: a smoke test, not a result.")
     if done < results.total:
@@ -265,174 +496,3 @@ def _caption(results: "Results", study: Study, done: int) -> str:
         note = f"; {failed} failed" if failed else ""
         parts.append(f"Partial: {done} of {results.total} cells done{note}.")
     return " ".join(parts)
-
-
-# --- rendering ----------------------------------------------------------------------------
-
-
-def _number(value: float, metric: str) -> str:
-    fmt = metric_formats()[metric]
-    return f"{value * fmt.scale:.{fmt.decimals}f}"
-
-
-def _arrow(metric: str, up: str, down: str) -> str:
-    direction = natural_direction(metric)
-    return {"minimize": f" {down}", "maximize": f" {up}"}.get(direction or "", "")
-
-
-def _entry(table: Table, cell: Cell, metric: str, latex: bool) -> str:
-    """ "12.31 ± 0.40", bold if best, with "(n=2)" when seeds are missing; a dash if empty."""
-    if cell.mean is None:
-        return "--" if latex else "—"
-    pm = r" \pm " if latex else " ± "
-    text = _number(cell.mean, metric) + (
-        pm + _number(cell.std, metric) if cell.std is not None else ""
-    )
-    if latex:
-        text = rf"$\mathbf{{{text}}}$" if cell.best else f"${text}$"
-    elif cell.best:
-        text = f"**{text}**"
-    if cell.n < table.seeds:
-        text += r" {\scriptsize(n=" + str(cell.n) + ")}" if latex else f" (n={cell.n})"
-    return text
-
-
-def _columns(table: Table) -> list[tuple[int, str]]:
-    return list(itertools.product(range(len(table.groups)), table.metrics))
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "×": r"$\times$",
-    "η": r"$\eta$",
-    "λ": r"$\lambda$",
-    "ε": r"$\epsilon$",
-    "↓": r"$\downarrow$",
-    "↑": r"$\uparrow$",
-    "—": "---",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Text safe in LaTeX: special characters escaped, a few symbols as math."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def _latex_header(metric: str) -> str:
-    fmt = metric_formats()[metric]
-    scale = r" ($\times 10^3$)" if fmt.scale == 1000 else ""
-    return latex_escape(fmt.name) + scale + _arrow(metric, r"$\uparrow$", r"$\downarrow$")
-
-
-def _latex(table: Table) -> str:
-    columns = _columns(table)
-    lines = [
-        f"% Generated by `bench table {table.name}`; needs \\usepackage{{booktabs}}.",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(table.caption)}}}",
-        rf"\label{{tab:{table.name}}}",
-        r"\begin{tabular}{l" + "c" * len(columns) + "}",
-        r"\toprule",
-    ]
-    width = len(table.metrics)
-    if table.column_axes:
-        spans = [
-            rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(label)}}}" for label, _ in table.groups
-        ]
-        rules = [
-            rf"\cmidrule(lr){{{2 + g * width}-{1 + (g + 1) * width}}}"
-            for g in range(len(table.groups))
-        ]
-        lines += [" & ".join(["", *spans]) + r" \\", " ".join(rules)]
-    header = [latex_escape(table.row_header), *(_latex_header(m) for _, m in columns)]
-    lines += [" & ".join(header) + r" \\", r"\midrule"]
-    for r, (label, _) in enumerate(table.rows):
-        entries = [_entry(table, table.cells[r, g, m], m, latex=True) for g, m in columns]
-        lines.append(" & ".join([latex_escape(label), *entries]) + r" \\")
-    if table.reference:
-        entries = [
-            f"${_number(table.reference[m], m)}$" if m in table.reference else "--"
-            for _, m in columns
-        ]
-        lines += [r"\midrule", " & ".join([latex_escape(REFERENCE_LABEL), *entries]) + r" \\"]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def _md_escape(text: str) -> str:
-    for ch in "\\|*_`":
-        text = text.replace(ch, "\\" + ch)
-    return text
-
-
-def _markdown(table: Table) -> str:
-    columns = _columns(table)
-    formats = metric_formats()
-    header = [_md_escape(table.row_header)]
-    for g, metric in columns:
-        fmt = formats[metric]
-        name = fmt.name + (" ×10³" if fmt.scale == 1000 else "") + _arrow(metric, "↑", "↓")
-        group = table.groups[g][0]
-        header.append(_md_escape(f"{group}: {name}" if table.column_axes else name))
-    title = f"{table.name}, partial" if table.partial else table.name
-    lines = [
-        f"**Table ({_md_escape(title)}).** {_md_escape(table.caption)}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "| :-- |" + " --: |" * len(columns),
-    ]
-    for r, (label, _) in enumerate(table.rows):
-        entries = [_entry(table, table.cells[r, g, m], m, latex=False) for g, m in columns]
-        lines.append("| " + " | ".join([_md_escape(label), *entries]) + " |")
-    if table.reference:
-        entries = [
-            _number(table.reference[m], m) if m in table.reference else "—" for _, m in columns
-        ]
-        lines.append("| " + " | ".join([f"*{REFERENCE_LABEL}*", *entries]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _csv(table: Table) -> str:
-    axes = [*table.row_axes, *table.column_axes]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "column", *axes, "metric", "mean", "std", "n", "best", "reference"])
-    for (r, (row, row_values)), (g, (group, group_values)) in itertools.product(
-        enumerate(table.rows), enumerate(table.groups)
-    ):
-        values = {**row_values, **group_values}
-        for metric in table.metrics:
-            cell = table.cells[r, g, metric]
-            writer.writerow(
-                [
-                    row,
-                    group,
-                    *(value_text(values[a]) for a in axes),
-                    metric,
-                    _raw(cell.mean),
-                    _raw(cell.std),
-                    cell.n,
-                    str(cell.best).lower(),
-                    "false",
-                ]
-            )
-    for metric, value in (table.reference or {}).items():
-        writer.writerow(
-            [REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", "", "false", "true"]
-        )
-    return out.getvalue()
-
-
-def _raw(value: float | None) -> str:
-    return "" if value is None else repr(float(value))

@@ -284,6 +284,7 @@ class Scorer:
             is_splits=config.eval.is_splits,
             batch_size=config.eval.batch_size,
             progress=progress.task("features"),
+            bootstrap=config.eval.bootstrap,
         )
 
     def score_real_data(
@@ -317,6 +318,25 @@ class TrialOutcome:
     checkpoint: Path
     grid_png: Path
     samples_npz: Path
+    sample_s: float | None = None  # sampling wall-clock; None when saved samples were reused
+    num_samples: int = 0
+    nfe: int = 0  # network evaluations per sample
+    processes: int = 1  # torchrun ranks, one device each
+
+    def cost(self) -> dict[str, float | None]:
+        """The trial's bench.costs.COSTS entries (stored as the "cost" user attr)."""
+        per_1k = None
+        if self.sample_s is not None and self.num_samples:
+            per_1k = self.sample_s * 1000 / self.num_samples
+        return {
+            "params_m": self.num_params / 1e6,
+            "train_images_per_s": self.images_per_s,
+            "train_hours": self.train_wall_s / 3600,
+            "device_hours": self.train_wall_s / 3600 * self.processes,
+            "sample_s_per_1k": per_1k,
+            "nfe": self.nfe,
+            "peak_memory_mb": self.peak_memory_mb,
+        }
 
 
 def run_trial(
@@ -343,6 +363,7 @@ def run_trial(
     )
     checkpoint = workdir / "checkpoint.pt"
     images = saved_samples(workdir, checkpoint, config.sample.num_samples)
+    sample_s = None
     if images is not None:
         (on_notice or progress.log)(
             f"reusing the {len(images)} samples in samples.npz, drawn from this checkpoint "
@@ -350,7 +371,9 @@ def run_trial(
         )
     else:
         faults.inject("sample")
+        sample_start = time.perf_counter()
         samples = sample(trained, progress=progress)  # [N, C, H, W] in [-1, 1], on every rank
+        sample_s = time.perf_counter() - sample_start
         images = to_uint8(samples)
         if distributed.is_main():
             save_samples(samples, workdir / "samples.png", workdir / "samples.npz")
@@ -373,4 +396,8 @@ def run_trial(
         checkpoint=workdir / "checkpoint.pt",
         grid_png=workdir / "samples.png",
         samples_npz=workdir / "samples.npz",
+        sample_s=sample_s,
+        num_samples=config.sample.num_samples,
+        nfe=config.sample.steps,  # both samplers evaluate the network once per step
+        processes=distributed.world_size(),
     )

@@ -14,7 +14,8 @@ import pytest
 from bench.cli import main
 from bench.results import Results
 from bench.study import load_study
-from bench.tables import build_table, latex_escape, render, write_tables
+from bench.table_render import latex_escape
+from bench.tables import build_table, render, write_tables
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]

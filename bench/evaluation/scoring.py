@@ -5,6 +5,8 @@ from collections.abc import Iterable
 import torch
 
 from bench.errors import BenchError
+from bench.evaluation.bootstrap import bootstrap as bootstrap_errors
+from bench.evaluation.bootstrap import resample_count
 from bench.evaluation.evaluator import Evaluator, check_images
 from bench.evaluation.metrics import (
     PR_NEIGHBOURS,
@@ -26,12 +28,14 @@ def score(
     is_splits: int = 10,
     batch_size: int = 100,
     progress: Progress | None = None,
+    bootstrap: int = 0,
 ) -> dict[str, float]:
     """FID, sFID, IS (mean, std), KID, precision, recall of uint8 images [N, C, H, W].
 
     `images` is one tensor or an iterable of uint8 batches (e.g. straight from a sampler);
     only features are kept. KID, precision and recall are NaN when the reference holds no
-    features (an ADM batch with statistics only).
+    features (an ADM batch with statistics only). `bootstrap` (eval.bootstrap: resamples, 0
+    none, -1 automatic) adds the bootstrap standard errors (bench.evaluation.bootstrap).
 
     Under torchrun `images` is the whole set, the same tensor on every rank: each rank
     extracts the features of its shard, rank 0 computes the metrics from all N images'
@@ -57,7 +61,9 @@ def score(
             keep_logits=True,
             progress=progress,
         )
-        return distributed.main_only(lambda: _metrics(stats, evaluator, reference, is_splits))
+        return distributed.main_only(
+            lambda: _metrics(stats, evaluator, reference, is_splits, bootstrap)
+        )
     chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
     if 0 < total < needed:
         raise _too_few(total, needed, is_splits)
@@ -66,11 +72,15 @@ def score(
     )
     if stats.n < needed:
         raise _too_few(stats.n, needed, is_splits)
-    return _metrics(stats, evaluator, reference, is_splits)
+    return _metrics(stats, evaluator, reference, is_splits, bootstrap)
 
 
 def _metrics(
-    stats: FeatureStats, evaluator: Evaluator, reference: Reference, is_splits: int
+    stats: FeatureStats,
+    evaluator: Evaluator,
+    reference: Reference,
+    is_splits: int,
+    bootstrap: int = 0,
 ) -> dict[str, float]:
     """Every metric from the samples' feature statistics and the reference's."""
     label = evaluator.label
@@ -94,6 +104,13 @@ def _metrics(
         metrics["kid"] = kernel_inception_distance(samples, reference.features)
         metrics["precision"], metrics["recall"] = precision_recall(
             reference.features, samples, evaluator.device, reference.radii
+        )
+    resamples = resample_count(bootstrap, evaluator.dims[0])
+    if resamples:
+        metrics.update(
+            bootstrap_errors(
+                stats, reference, is_splits=is_splits, resamples=resamples, device=evaluator.device
+            )
         )
     return metrics
 

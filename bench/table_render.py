@@ -1,0 +1,471 @@
+"""Writing a bench.tables.Table out: LaTeX (booktabs), GitHub Markdown and a tidy CSV.
+
+Two layouts: `wide` (one row per row label, a column group per column label, the metrics inside
+each group) and `long` (one row per cell, the swept axes as leading columns, then the metrics).
+`auto` takes the first that fits a standard two-column paper (\\documentclass[twocolumn]{article},
+10 pt): wide in one column, long in one column, wide across both (`table*`), long across both,
+then the same in \\small and \\footnotesize. Widths are estimated from Computer Modern's glyph
+widths (a conservative estimate: tests/test_tables.py measures the real box with pdflatex).
+
+The CSV is tidy (one line per row x column group x metric, the layout pandas' `pivot_table`
+takes) with unscaled, unrounded values, whatever the layout: columns `row`, `column` (display
+labels), one column per row/column axis holding the raw axis value, then `metric` (a score key),
+`mean`, `std` (over seeds), `n`, `ci_low`, `ci_high` (the ± of the display), `uncertainty`
+("t95": Student t over seeds; "bootstrap95": 1.96 bootstrap standard errors of one seed's
+score), `bootstrap_se`, `best`, `reference` (true on the real-data lines), `baseline` (the cell
+is a baseline), `test` ("paired t" or "Welch t"), `difference` (cell - baseline), `effect_size`
+(paired: mean/sd of the differences; Welch: Cohen's d), `p_value`, `p_holm`, `significant`
+("better", "worse" or empty), `protocol` (the score's protocol label, if the run stored one),
+`random_trunk`, `random_weights`, and every cost (`cost.<key>`, bench.costs; empty if unknown).
+"""
+
+import csv
+import io
+import itertools
+from dataclasses import dataclass
+
+from bench.costs import COSTS
+from bench.study import natural_direction, value_text
+from bench.tables import BETTER, REFERENCE_LABEL, WORSE, Cell, Format, Table, metric_formats
+
+COLUMN_WIDTH_PT = 229.5  # \columnwidth of \documentclass[twocolumn]{article} at 10 pt
+TEXT_WIDTH_PT = 469.0  # its \textwidth
+TABCOLSEP_PT = 6.0
+SIZES = {"normalsize": 1.0, "small": 0.9, "footnotesize": 0.8}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How the LaTeX table is set: layout, environment (table or table*), font size, width."""
+
+    layout: str
+    environment: str
+    size: str
+    width_pt: float  # the estimated width of the tabular at that size
+
+
+def render(table: Table, fmt: Format) -> str:
+    fit = choose_fit(table)
+    if fmt == "latex":
+        return _latex(table, fit)
+    if fmt == "markdown":
+        return _markdown(table, fit.layout)
+    return _csv(table)
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+def _value_columns(table: Table, layout: str) -> list[tuple[int | None, str]]:
+    """(group index, key) of each value column; keys are metrics or "cost.<key>"."""
+    keys = [*table.metrics, *("cost." + k for k in table.cost)]
+    if layout == "long":
+        return [(None, key) for key in keys]
+    return list(itertools.product(range(len(table.groups)), keys))
+
+
+def _lead_headers(table: Table, layout: str) -> list[str]:
+    if layout == "long":
+        return [table.axis_titles[a] for a in (*table.row_axes, *table.column_axes)] or ["Model"]
+    return [table.row_header]
+
+
+def _body(table: Table, layout: str) -> list[tuple[list[str], int, int | None]]:
+    """(leading texts, row index, group index or None) of each body row."""
+    if layout == "wide":
+        return [([label], r, None) for r, (label, _) in enumerate(table.rows)]
+    body = []
+    for (r, (label, row)), (g, (_, group)) in itertools.product(
+        enumerate(table.rows), enumerate(table.groups)
+    ):
+        if not any(table.cells[r, g, m].n for m in table.metrics):
+            continue
+        values = {**row, **group}
+        axes = (*table.row_axes, *table.column_axes)
+        texts = [table.axis_values[a][value_text(values[a])] for a in axes] or [label]
+        body.append((texts, r, g))
+    return body
+
+
+def _reference_in_caption(table: Table, layout: str) -> bool:
+    """Wide with several column groups would repeat the real-data values per group."""
+    return bool(table.reference) and layout == "wide" and len(table.groups) > 1
+
+
+def caption(table: Table, layout: str) -> str:
+    if not _reference_in_caption(table, layout):
+        return table.caption
+    values = ", ".join(
+        f"{_metric_name(m)} {_number(v, m)}" for m, v in (table.reference or {}).items()
+    )
+    return f"{table.caption} {REFERENCE_LABEL}: {values}."
+
+
+# Computer Modern Roman 10 pt advance widths (pt), rounded up; other characters: DEFAULT_PT.
+_GLYPH_PT = {
+    **dict.fromkeys("0123456789", 5.0),
+    **dict.fromkeys(".,:;!'", 2.78),
+    **dict.fromkeys("ijl", 2.78),
+    **dict.fromkeys("()[]", 3.89),
+    " ": 3.34,
+    "-": 3.34,
+    "f": 3.06,
+    "t": 3.89,
+    "r": 3.92,
+    "s": 3.95,
+    "m": 8.34,
+    "w": 7.23,
+    "I": 3.62,
+    "M": 9.17,
+    "W": 10.28,
+    "=": 7.78,
+    "/": 5.0,
+    "%": 8.34,
+    "±": 12.23,  # \pm with its binary-operator spaces
+    "↓": 5.0,
+    "↑": 5.0,
+    "×": 12.23,
+}
+_LOWER_PT, _UPPER_PT, DEFAULT_PT = 5.56, 7.5, 7.5
+
+
+def text_width(text: str, bold: bool = False) -> float:
+    """Estimated width in pt of `text` set in Computer Modern 10 pt (bold: 15% wider)."""
+    width = 0.0
+    for ch in text:
+        if ch in _GLYPH_PT:
+            width += _GLYPH_PT[ch]
+        elif ch.islower():
+            width += _LOWER_PT
+        elif ch.isupper():
+            width += _UPPER_PT
+        else:
+            width += DEFAULT_PT
+    return width * (1.15 if bold else 1.0)
+
+
+def _entry_width(table: Table, r: int, g: int, key: str) -> float:
+    if key.startswith("cost."):
+        return text_width(_cost(table, r, g, key) or "")
+    cell = table.cells[r, g, key]
+    if cell.mean is None:
+        return text_width("--")
+    width = text_width(_value_text(cell, key), bold=cell.best)
+    if cell.n < table.seeds:
+        width += 0.7 * text_width(f" (n={cell.n})")  # \scriptsize
+    return width  # the significance marker hangs into the column gap (\rlap)
+
+
+def estimate_width(table: Table, layout: str) -> float:
+    """Estimated width (pt, 10 pt type) of the LaTeX tabular in `layout`."""
+    columns = _value_columns(table, layout)
+    body = _body(table, layout)
+    lead = _lead_headers(table, layout)
+    widths = [text_width(h) for h in lead]
+    for texts, _, _ in body:
+        widths = [max(w, text_width(t)) for w, t in zip(widths, texts, strict=True)]
+    reference_row = bool(table.reference) and not _reference_in_caption(table, layout)
+    if reference_row and len(lead) == 1:
+        widths[0] = max(widths[0], text_width(REFERENCE_LABEL))
+    value_widths = []
+    for g, key in columns:
+        width = text_width(_header_text(key))
+        for _, r, body_g in body:
+            width = max(width, _entry_width(table, r, g if g is not None else body_g, key))
+        if reference_row and key in (table.reference or {}):
+            width = max(width, text_width(_number(table.reference[key], key)))
+        value_widths.append(width)
+    total = sum(widths) + sum(value_widths) + 2 * TABCOLSEP_PT * (len(widths) + len(columns))
+    if reference_row and len(lead) > 1:
+        span = sum(widths) + 2 * TABCOLSEP_PT * (len(lead) - 1)
+        total += max(0.0, text_width(REFERENCE_LABEL) - span)
+    if layout == "wide" and table.column_axes:  # a group label wider than its columns widens it
+        per_group = len(columns) // max(1, len(table.groups))
+        for g, (label, _) in enumerate(table.groups):
+            span = sum(value_widths[g * per_group : (g + 1) * per_group])
+            span += 2 * TABCOLSEP_PT * (per_group - 1)
+            total += max(0.0, text_width(label) - span)
+    return total
+
+
+def choose_fit(table: Table) -> Fit:
+    """The first layout/environment/size that fits (see the module doc); forced layouts keep
+    their layout and take the first environment and size that fit it."""
+    layouts = ("wide", "long") if table.layout == "auto" else (table.layout,)
+    widths = {layout: estimate_width(table, layout) for layout in layouts}
+    candidates = [
+        (layout, env, size, limit)
+        for size in SIZES
+        for env, limit in (("table", COLUMN_WIDTH_PT), ("table*", TEXT_WIDTH_PT))
+        for layout in layouts
+    ]
+    for layout, env, size, limit in candidates:
+        if env == "table" and size != "normalsize":
+            continue  # a table narrower in small type still goes in one column
+        width = widths[layout] * SIZES[size]
+        if width <= limit:
+            return Fit(layout, env, size, width)
+    last = layouts[-1]
+    return Fit(last, "table*", "footnotesize", widths[last] * SIZES["footnotesize"])
+
+
+# --- text of entries ----------------------------------------------------------------------
+
+
+def _metric_name(metric: str) -> str:
+    fmt = metric_formats()[metric]
+    return fmt.name + (" ×10³" if fmt.scale == 1000 else "")
+
+
+def _number(value: float, metric: str) -> str:
+    fmt = metric_formats()[metric]
+    return f"{value * fmt.scale:.{fmt.decimals}f}"
+
+
+def _arrow(metric: str, up: str, down: str) -> str:
+    direction = natural_direction(metric)
+    return {"minimize": f" {down}", "maximize": f" {up}"}.get(direction or "", "")
+
+
+def _header_text(key: str) -> str:
+    if key.startswith("cost."):
+        return COSTS[key.removeprefix("cost.")].name
+    return _metric_name(key) + _arrow(key, "↑", "↓")
+
+
+def _value_text(cell: Cell, metric: str) -> str:
+    """ "12.31 ± 0.40" or "12.31" (plain text)."""
+    text = _number(cell.mean, metric)
+    if cell.half_width is not None:
+        text += " ± " + _number(cell.half_width, metric)
+    return text
+
+
+def _cost(table: Table, r: int, g: int, key: str) -> str:
+    value = table.costs.get((r, g), {}).get(key.removeprefix("cost."))
+    if value is None:
+        return ""
+    return f"{value:,.{COSTS[key.removeprefix('cost.')].decimals}f}"
+
+
+def _entry(table: Table, r: int, g: int, key: str, latex: bool) -> str:
+    """An entry: bold if best, a significance marker, "(n=2)" when seeds are missing."""
+    if key.startswith("cost."):
+        return _cost(table, r, g, key)
+    cell = table.cells[r, g, key]
+    if cell.mean is None:
+        return "--" if latex else "—"
+    if latex:
+        text = _value_text(cell, key).replace(" ± ", r" \pm ")
+        text = rf"$\mathbf{{{text}}}$" if cell.best else f"${text}$"
+        if cell.marker:
+            sign = "+" if cell.marker == BETTER else "$-$"
+            text += rf"\rlap{{\textsuperscript{{{sign}}}}}"
+        if cell.n < table.seeds:
+            text += r" {\scriptsize(n=" + str(cell.n) + ")}"
+        return text
+    text = _value_text(cell, key)
+    text = (f"**{text}**" if cell.best else text) + cell.marker
+    return text + (f" (n={cell.n})" if cell.n < table.seeds else "")
+
+
+# --- LaTeX --------------------------------------------------------------------------------
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "³": r"$^3$",
+    "η": r"$\eta$",
+    "λ": r"$\lambda$",
+    "ε": r"$\epsilon$",
+    "α": r"$\alpha$",
+    "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$",
+    "—": "---",
+    "−": "$-$",
+    BETTER: r"\textsuperscript{+}",
+    WORSE: r"\textsuperscript{$-$}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe in LaTeX: special characters escaped, a few symbols as math."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex_header(key: str) -> str:
+    if key.startswith("cost."):
+        return latex_escape(COSTS[key.removeprefix("cost.")].name)
+    fmt = metric_formats()[key]
+    scale = r" ($\times 10^3$)" if fmt.scale == 1000 else ""
+    return latex_escape(fmt.name) + scale + _arrow(key, r"$\uparrow$", r"$\downarrow$")
+
+
+def _latex(table: Table, fit: Fit) -> str:
+    layout = fit.layout
+    columns = _value_columns(table, layout)
+    lead = _lead_headers(table, layout)
+    env = fit.environment
+    lines = [
+        f"% Generated by `bench table {table.name}` ({layout} layout, estimated "
+        f"{fit.width_pt:.0f} pt wide); needs \\usepackage{{booktabs}}.",
+        rf"\begin{{{env}}}[t]",
+        r"\centering",
+        *([rf"\{fit.size}"] if fit.size != "normalsize" else []),
+        rf"\caption{{{latex_escape(caption(table, layout))}}}",
+        rf"\label{{tab:{table.name}}}",
+        r"\begin{tabular}{" + "l" * len(lead) + "r" * len(columns) + "}",
+        r"\toprule",
+    ]
+    if layout == "wide" and table.column_axes:
+        width = len(columns) // len(table.groups)
+        spans = [
+            rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(label)}}}" for label, _ in table.groups
+        ]
+        rules = [
+            rf"\cmidrule(lr){{{2 + g * width}-{1 + (g + 1) * width}}}"
+            for g in range(len(table.groups))
+        ]
+        lines += [" & ".join(["", *spans]) + r" \\", " ".join(rules)]
+    header = [*(latex_escape(h) for h in lead), *(_latex_header(k) for _, k in columns)]
+    lines += [" & ".join(header) + r" \\", r"\midrule"]
+    for texts, r, body_g in _body(table, layout):
+        entries = [
+            _entry(table, r, g if g is not None else body_g, key, latex=True) for g, key in columns
+        ]
+        lines.append(" & ".join([*(latex_escape(t) for t in texts), *entries]) + r" \\")
+    if table.reference and not _reference_in_caption(table, layout):
+        entries = [
+            f"${_number(table.reference[k], k)}$" if k in table.reference else ""
+            for _, k in columns
+        ]
+        label = latex_escape(REFERENCE_LABEL)
+        if len(lead) > 1:
+            label = rf"\multicolumn{{{len(lead)}}}{{l}}{{{label}}}"
+        lines += [r"\midrule", " & ".join([label, *entries]) + r" \\"]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\end{{{env}}}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- Markdown -----------------------------------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    for ch in "\\|*_`":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _markdown(table: Table, layout: str) -> str:
+    columns = _value_columns(table, layout)
+    lead = _lead_headers(table, layout)
+    header = [_md_escape(h) for h in lead]
+    for g, key in columns:
+        name = _header_text(key)
+        group = f"{table.groups[g][0]}: " if g is not None and table.column_axes else ""
+        header.append(_md_escape(group + name))
+    title = f"{table.name}, partial" if table.partial else table.name
+    lines = [
+        f"**Table ({_md_escape(title)}).** {_md_escape(caption(table, layout))}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " :-- |" * len(lead) + " --: |" * len(columns),
+    ]
+    for texts, r, body_g in _body(table, layout):
+        entries = [
+            _entry(table, r, g if g is not None else body_g, key, latex=False) for g, key in columns
+        ]
+        lines.append("| " + " | ".join([*(_md_escape(t) for t in texts), *entries]) + " |")
+    if table.reference and not _reference_in_caption(table, layout):
+        entries = [
+            _number(table.reference[k], k) if k in table.reference else "" for _, k in columns
+        ]
+        label = [f"*{REFERENCE_LABEL}*", *[""] * (len(lead) - 1)]
+        lines.append("| " + " | ".join([*label, *entries]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+CSV_STATS = (
+    "mean", "std", "n", "ci_low", "ci_high", "uncertainty", "bootstrap_se", "best", "reference",
+    "baseline", "test", "difference", "effect_size", "p_value", "p_holm", "significant",
+    "protocol", "random_trunk", "random_weights",
+)  # fmt: skip
+
+
+def _csv(table: Table) -> str:
+    axes = [*table.row_axes, *table.column_axes]
+    costs = ["cost." + key for key in COSTS]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "column", *axes, "metric", *CSV_STATS, *costs])
+    for (r, (row, row_values)), (g, (group, group_values)) in itertools.product(
+        enumerate(table.rows), enumerate(table.groups)
+    ):
+        values = {**row_values, **group_values}
+        flags = table.flags.get((r, g), {})
+        cost = [_raw(table.costs.get((r, g), {}).get(key)) for key in COSTS]
+        for metric in table.metrics:
+            cell = table.cells[r, g, metric]
+            test = cell.comparison
+            half = cell.half_width
+            low = _raw(None if half is None else cell.mean - half)
+            high = _raw(None if half is None else cell.mean + half)
+            significant = {BETTER: "better", WORSE: "worse"}.get(cell.marker, "")
+            writer.writerow(
+                [
+                    row,
+                    group,
+                    *(value_text(values[a]) for a in axes),
+                    metric,
+                    _raw(cell.mean),
+                    _raw(cell.std),
+                    cell.n,
+                    low,
+                    high,
+                    cell.uncertainty,
+                    _raw(cell.bootstrap_se),
+                    _bool(cell.best),
+                    "false",
+                    _bool(cell.baseline),
+                    test.test if test else "",
+                    _raw(test.difference if test else None),
+                    _raw(test.effect_size if test else None),
+                    _raw(test.p_value if test else None),
+                    _raw(cell.p_holm),
+                    significant,
+                    table.protocols.get(metric, ""),
+                    _bool(flags.get("random_trunk", False)),
+                    _bool(flags.get("random_weights", False)),
+                    *cost,
+                ]
+            )
+    blank = [""] * 6  # test .. significant
+    for metric, value in (table.reference or {}).items():
+        writer.writerow(
+            [REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", "", "", "", "",
+             "", "false", "true", "false", *blank, table.protocols.get(metric, ""), "false",
+             _bool(any(f.get("random_weights") for f in table.flags.values())),
+             *([""] * len(costs))]
+        )  # fmt: skip
+    return out.getvalue()
+
+
+def _bool(value: bool) -> str:
+    return str(bool(value)).lower()
+
+
+def _raw(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
