@@ -163,6 +163,7 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         row = {"trial": trial.number, "cell": trial.user_attrs.get("cell", "")}
         row.update(_params(trial))
         row.update(metrics)
+        row.update(trial.user_attrs.get("bootstrap", {}))  # "bootstrap.<score>.se", resamples
         row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS})
         row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)

@@ -678,6 +678,7 @@ class _Worker:
             "num_params": outcome.num_params,
             "evaluator": outcome.evaluator,
             "cost": outcome.cost(),  # bench.costs
+            "bootstrap": outcome.bootstrap,  # bench.evaluation.bootstrap
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -690,6 +691,7 @@ class _Worker:
                 f"peak_memory_{outcome.peak_memory_kind}_mb": outcome.peak_memory_mb,
                 "num_params": outcome.num_params,
                 **{f"cost/{k}": v for k, v in outcome.cost().items() if v is not None},
+                **outcome.bootstrap,
             }
         )
         run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})

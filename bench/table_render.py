@@ -31,7 +31,10 @@ from bench.tables import BETTER, REFERENCE_LABEL, WORSE, Cell, Format, Table, me
 COLUMN_WIDTH_PT = 229.5  # \columnwidth of \documentclass[twocolumn]{article} at 10 pt
 TEXT_WIDTH_PT = 469.0  # its \textwidth
 TABCOLSEP_PT = 6.0
-SIZES = {"normalsize": 1.0, "small": 0.9, "footnotesize": 0.8}
+# Type sizes and how wide their glyphs are relative to 10 pt (Computer Modern's 9 pt and 8 pt
+# designs are relatively wider than scaled 10 pt; rounded up). The column gaps do not shrink.
+SIZES = {"normalsize": 1.0, "small": 0.93, "footnotesize": 0.86}
+MARGIN = 1.03  # the glyph-width estimate is padded by 3% on top
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,14 @@ def _entry_width(table: Table, r: int, g: int, key: str) -> float:
     return width  # the significance marker hangs into the column gap (\rlap)
 
 
-def estimate_width(table: Table, layout: str) -> float:
-    """Estimated width (pt, 10 pt type) of the LaTeX tabular in `layout`."""
+def estimate_width(table: Table, layout: str, size: str = "normalsize") -> float:
+    """Estimated width (pt) of the LaTeX tabular in `layout` set in `size` type."""
+    text, columns = _text_width(table, layout)
+    return text * SIZES[size] * MARGIN + 2 * TABCOLSEP_PT * columns
+
+
+def _text_width(table: Table, layout: str) -> tuple[float, int]:
+    """The text width (pt, 10 pt type) of the tabular's columns, and how many columns."""
     columns = _value_columns(table, layout)
     body = _body(table, layout)
     lead = _lead_headers(table, layout)
@@ -175,7 +184,7 @@ def estimate_width(table: Table, layout: str) -> float:
         if reference_row and key in (table.reference or {}):
             width = max(width, text_width(_number(table.reference[key], key)))
         value_widths.append(width)
-    total = sum(widths) + sum(value_widths) + 2 * TABCOLSEP_PT * (len(widths) + len(columns))
+    total = sum(widths) + sum(value_widths)
     if reference_row and len(lead) > 1:
         span = sum(widths) + 2 * TABCOLSEP_PT * (len(lead) - 1)
         total += max(0.0, text_width(REFERENCE_LABEL) - span)
@@ -185,14 +194,13 @@ def estimate_width(table: Table, layout: str) -> float:
             span = sum(value_widths[g * per_group : (g + 1) * per_group])
             span += 2 * TABCOLSEP_PT * (per_group - 1)
             total += max(0.0, text_width(label) - span)
-    return total
+    return total, len(widths) + len(columns)
 
 
 def choose_fit(table: Table) -> Fit:
     """The first layout/environment/size that fits (see the module doc); forced layouts keep
     their layout and take the first environment and size that fit it."""
     layouts = ("wide", "long") if table.layout == "auto" else (table.layout,)
-    widths = {layout: estimate_width(table, layout) for layout in layouts}
     candidates = [
         (layout, env, size, limit)
         for size in SIZES
@@ -202,11 +210,11 @@ def choose_fit(table: Table) -> Fit:
     for layout, env, size, limit in candidates:
         if env == "table" and size != "normalsize":
             continue  # a table narrower in small type still goes in one column
-        width = widths[layout] * SIZES[size]
+        width = estimate_width(table, layout, size)
         if width <= limit:
             return Fit(layout, env, size, width)
     last = layouts[-1]
-    return Fit(last, "table*", "footnotesize", widths[last] * SIZES["footnotesize"])
+    return Fit(last, "table*", "footnotesize", estimate_width(table, last, "footnotesize"))
 
 
 # --- text of entries ----------------------------------------------------------------------

@@ -265,8 +265,7 @@ def _per_seed(selected: Any, metric: str) -> dict[int, float]:
 
 
 def _mean(selected: Any, column: str) -> float | None:
-    values = [float(v) for v in selected[column]] if column in selected else []
-    values = [v for v in values if math.isfinite(v)]
+    values = [float(v) for v in selected[column] if _finite(v)] if column in selected else []
     return sum(values) / len(values) if values else None
 
 

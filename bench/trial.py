@@ -8,6 +8,7 @@ layout: `arr_0`, uint8, NHWC) and samples.json (the checkpoint they came from: a
 while scoring reuses them instead of sampling again).
 """
 
+import dataclasses
 import json
 import math
 import sys
@@ -270,9 +271,15 @@ class Scorer:
         return self.prepare(config)[0].label
 
     def score(
-        self, images: torch.Tensor, config: RunConfig, progress: QuietProgress | None = None
+        self,
+        images: torch.Tensor,
+        config: RunConfig,
+        progress: QuietProgress | None = None,
+        *,
+        bootstrap: bool = False,
     ) -> dict[str, float]:
-        """FID, sFID, IS, KID, precision, recall of uint8 images [N, C, H, W]."""
+        """FID, sFID, IS, KID, precision, recall of uint8 images [N, C, H, W]; with `bootstrap`
+        also the "bootstrap.*" standard errors (eval.bootstrap resamples)."""
         from bench.evaluation import score
 
         progress = progress or QuietProgress()
@@ -284,7 +291,7 @@ class Scorer:
             is_splits=config.eval.is_splits,
             batch_size=config.eval.batch_size,
             progress=progress.task("features"),
-            bootstrap=config.eval.bootstrap,
+            bootstrap=config.eval.bootstrap if bootstrap else 0,
         )
 
     def score_real_data(
@@ -318,6 +325,8 @@ class TrialOutcome:
     checkpoint: Path
     grid_png: Path
     samples_npz: Path
+    # bench.evaluation.bootstrap's standard errors, e.g. {"bootstrap.fid.se": 0.31, ...}
+    bootstrap: dict[str, float] = dataclasses.field(default_factory=dict)
     sample_s: float | None = None  # sampling wall-clock; None when saved samples were reused
     num_samples: int = 0
     nfe: int = 0  # network evaluations per sample
@@ -380,7 +389,9 @@ def run_trial(
             record = {"checkpoint_sha256": weights.sha256(checkpoint)}
             atomic_write_text(workdir / "samples.json", json.dumps(record))
     faults.inject("score")
-    metrics = scorer.score(images, config, progress)
+    metrics = scorer.score(images, config, progress, bootstrap=True)
+    # The sampling uncertainty is stored apart from the scores (user attr "bootstrap").
+    bootstrap = {k: metrics.pop(k) for k in list(metrics) if k.startswith("bootstrap.")}
     return TrialOutcome(
         metrics=metrics,
         evaluator=scorer.label(config),
@@ -396,6 +407,7 @@ def run_trial(
         checkpoint=workdir / "checkpoint.pt",
         grid_png=workdir / "samples.png",
         samples_npz=workdir / "samples.npz",
+        bootstrap=bootstrap,
         sample_s=sample_s,
         num_samples=config.sample.num_samples,
         nfe=config.sample.steps,  # both samplers evaluate the network once per step

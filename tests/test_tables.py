@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bench.cli import main
 from bench.results import Results
 from bench.study import load_study
-from bench.table_render import latex_escape
+from bench.table_render import COLUMN_WIDTH_PT, TEXT_WIDTH_PT, choose_fit, latex_escape
 from bench.tables import build_table, render, write_tables
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -132,6 +134,12 @@ def test_cells_are_mean_and_sample_std_over_seeds(study):
                 assert cell.n == len(values)
                 assert cell.mean == pytest.approx(np.mean(values))
                 assert cell.std == pytest.approx(np.std(values, ddof=1))
+                low, high = stats.t.interval(
+                    0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+                )
+                assert cell.mean - cell.half_width == pytest.approx(low)
+                assert cell.mean + cell.half_width == pytest.approx(high)
+                assert cell.uncertainty == "t95"
     assert table.seeds == 3 and table.partial
 
 
@@ -153,7 +161,7 @@ def test_missing_seeds_show_n_and_partial_is_marked(study):
     markdown = render(table, "markdown")
     assert "**Table (golden, partial).**" in markdown
     assert "Partial: 11 of 12 cells done." in markdown
-    assert "**7.25 ± 0.35** (n=2)" in markdown  # Cas-DM + LPIPS FID over seeds 0 and 1
+    assert "**7.25 ± 3.18** (n=2)" in markdown  # Cas-DM + LPIPS FID over seeds 0 and 1
     assert "(n=3)" not in markdown
 
 
@@ -164,6 +172,7 @@ def test_a_single_seed_cell_has_no_std(tmp_path):
     table = build_table(make_results(scores, total=4), load_study(str(path)))
     cell = table.cells[0, 0, "fid"]
     assert (cell.mean, cell.std, cell.n, cell.best) == (10.0, None, 1, False)
+    assert cell.half_width is None  # no bootstrap stored with this trial
     assert "| DDPM (eps) | 10.00 | 2.00 | 4.00 | 0.600 |" in render(table, "markdown")
     assert "One seed per cell" in table.caption
 
@@ -195,7 +204,7 @@ def test_caption_names_dataset_evaluator_samples_sampler_and_steps(study):
     caption = build_table(make_results(), study).caption
     assert "digits 16×16, classifier:digits evaluator, 500 samples per model" in caption
     assert "DDIM sampler with 20 steps, η = 0" in caption
-    assert "Mean ± std over 3 seeds" in caption
+    assert "Mean ± half-width of the 95% confidence interval over 3 seeds (Student t)" in caption
 
 
 def test_caption_labels_random_weights(study):
@@ -228,8 +237,12 @@ def test_golden_output(study, fmt, name):
 def test_csv_is_tidy_and_pivots_back_to_the_table(study):
     frame = pd.read_csv(io.StringIO(render(build_table(make_results(), study), "csv")))
     assert list(frame.columns) == [
-        "row", "column", "architecture.name", "metric.name",
-        "metric", "mean", "std", "n", "best", "reference",
+        "row", "column", "architecture.name", "metric.name", "metric", "mean", "std", "n",
+        "ci_low", "ci_high", "uncertainty", "bootstrap_se", "best", "reference", "baseline",
+        "test", "difference", "effect_size", "p_value", "p_holm", "significant", "protocol",
+        "random_trunk", "random_weights", "cost.params_m", "cost.train_images_per_s",
+        "cost.train_hours", "cost.device_hours", "cost.sample_s_per_1k", "cost.nfe",
+        "cost.peak_memory_mb",
     ]  # fmt: skip
     models = frame[~frame["reference"]]
     fid = models[models["metric"] == "fid"].pivot_table(
@@ -259,9 +272,15 @@ def test_markdown_escapes_pipes_in_labels(study, tmp_path):
 
 
 def _compile(tmp_path: Path, table: str) -> subprocess.CompletedProcess:
+    """pdflatex on a standard two-column paper holding `table`, which also reports (as
+    WIDTH=...pt) the width of the table's tabular set in the table's type size."""
+    tabular = table[table.index(r"\begin{tabular}") : table.index(r"\end{tabular}") + 13]
+    size = re.search(r"^\\(small|footnotesize)$", table, re.M)
+    measure = ("\\" + size.group(1) if size else "") + tabular
     document = (
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-        f"{table}\\end{{document}}\n"
+        "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"{table}\\setbox0\\hbox{{{measure}}}\\typeout{{WIDTH=\\the\\wd0}}\n"
+        "\\typeout{LIMITS=\\the\\columnwidth,\\the\\textwidth}\n\\end{document}\n"
     )
     (tmp_path / "doc.tex").write_text(document)
     return subprocess.run(
@@ -273,7 +292,29 @@ def _compile(tmp_path: Path, table: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+needs_pdflatex = pytest.mark.skipif(
+    shutil.which("pdflatex") is None and not os.environ.get("BENCH_REQUIRE_PDFLATEX"),
+    reason="pdflatex is not installed (CI installs it and sets BENCH_REQUIRE_PDFLATEX)",
+)
+
+
+def _check_fits(tmp_path: Path, latex: str) -> float:
+    """Compile `latex`; no error, no overfull box; returns the measured tabular width (pt)."""
+    result = _compile(tmp_path, latex)
+    assert result.returncode == 0, result.stdout[-3000:]
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, log[log.index("Overfull") :][:500]
+    width = float(re.search(r"WIDTH=([\d.]+)pt", result.stdout).group(1))
+    column, text = map(float, re.search(r"LIMITS=([\d.]+)pt,([\d.]+)pt", result.stdout).groups())
+    assert (column, text) == (COLUMN_WIDTH_PT, TEXT_WIDTH_PT)
+    estimated = float(re.search(r"estimated (\d+) pt wide", latex).group(1))
+    assert width <= estimated + 0.5  # the estimate is conservative ...
+    limit = column if "\\begin{table}" in latex else text
+    assert width <= limit  # ... and what was chosen fits
+    return width
+
+
+@needs_pdflatex
 def test_latex_compiles_with_pdflatex(study, tmp_path):
     text = STUDY.replace('"Cas-DM"', '"Cas_DM & 100% #1 {x} ~ ^"')
     path = tmp_path / "specials.toml"
@@ -282,6 +323,41 @@ def test_latex_compiles_with_pdflatex(study, tmp_path):
     result = _compile(tmp_path, latex)
     assert result.returncode == 0, result.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+COSTLY = (
+    'cost = ["params_m", "train_hours", "sample_s_per_1k"]\nbaseline = { "metric.name" = "none" }'
+)
+
+
+@needs_pdflatex
+@pytest.mark.parametrize(
+    ("extra", "metrics", "chosen"),
+    [
+        ("", None, ("long", "table*", "footnotesize")),
+        ("", ("fid", "precision"), ("wide", "table*", "normalsize")),
+        ("", ("fid",), ("long", "table", "normalsize")),
+        (COSTLY, ("fid", "is_mean"), ("long", "table*", "footnotesize")),
+    ],
+)
+def test_auto_layout_fits_a_two_column_paper(tmp_path, extra, metrics, chosen):
+    path = tmp_path / "costly.toml"
+    path.write_text(STUDY.replace("[labels]", f"{extra}\n\n[labels]"))
+    table = build_table(make_results(), load_study(str(path)), metrics=metrics)
+    fit = choose_fit(table)
+    assert (fit.layout, fit.environment, fit.size) == chosen
+    _check_fits(tmp_path, render(table, "latex"))
+
+
+@needs_pdflatex
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_a_forced_layout_compiles_and_its_width_estimate_is_conservative(study, tmp_path, layout):
+    latex = render(build_table(make_results(), study, layout=layout), "latex")
+    result = _compile(tmp_path, latex)
+    assert result.returncode == 0, result.stdout[-3000:]
+    width = float(re.search(r"WIDTH=([\d.]+)pt", result.stdout).group(1))
+    estimated = float(re.search(r"estimated (\d+) pt wide", latex).group(1))
+    assert 0.8 * estimated <= width <= estimated + 0.5
 
 
 def test_write_tables_writes_all_formats_atomically(study, tmp_path, monkeypatch):

@@ -19,6 +19,30 @@ def _number(value: object) -> str:
     return "" if not math.isfinite(value) else f"{value:.4g}"
 
 
+# Columns besides the metrics, with the widths they need (text + rich's padding and border).
+FIXED_WIDTH = 6 + 7 + 4  # trial, time, the table's outer border (state: its longest entry + 3)
+CELL_MIN_WIDTH = 18  # the cell name column folds long names at this width
+
+
+def shown_metrics(
+    available: list[str], preferred: tuple[str, ...], width: int, state_width: int = 8
+) -> list[str]:
+    """The metric columns that fit `width` terminal columns: the study's table metrics first."""
+    from bench.evaluation.evaluator import METRIC_NAMES
+
+    order = [m for m in preferred if m in available]
+    order += [m for m in SHOWN_METRICS if m in available and m not in order]
+    budget = width - FIXED_WIDTH - CELL_MIN_WIDTH - state_width - 3
+    shown = []
+    for metric in order:
+        need = max(len(METRIC_NAMES[metric]), 7) + 3
+        if need > budget:
+            break
+        shown.append(metric)
+        budget -= need
+    return shown
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -37,16 +61,27 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"  {key}: {value}", highlight=False)
 
     trials = results.trials
-    metrics = [m for m in SHOWN_METRICS if m in trials.columns]
+    available = [m for m in SHOWN_METRICS if m in trials.columns]
+    shown_states = [
+        f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
+        for row in trials.to_dict("records")
+    ]
+    state_width = max([len("state"), *map(len, shown_states)])
+    metrics = shown_metrics(available, study.table.metrics, console.width, state_width)
     table = Table(title=f"objective: {study.direction} {study.objective_metric}")
     for column in ("trial", "state", "cell", "time", *(METRIC_NAMES[m] for m in metrics)):
         left = column in ("state", "cell")
-        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+        table.add_column(
+            column,
+            justify="left" if left else "right",
+            no_wrap=column != "cell",
+            overflow="fold" if column == "cell" else "ellipsis",
+            min_width=CELL_MIN_WIDTH - 3 if column == "cell" else None,
+        )
     styles = {"COMPLETE": "", "RUNNING": "yellow", "WAITING": "dim", "FAIL": "red"}
-    for row in trials.to_dict("records"):
+    for row, state in zip(trials.to_dict("records"), shown_states, strict=True):
         duration = row.get("duration_s")
         time = f"{duration:.0f}s" if isinstance(duration, float) and math.isfinite(duration) else ""
-        state = f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
         table.add_row(
             str(row["trial"]),
             state,
@@ -65,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
             style="italic",
         )
     console.print(table)
+    hidden = [METRIC_NAMES[m] for m in available if m not in metrics]
+    if hidden:
+        console.print(
+            f"not shown at {console.width} columns: {', '.join(hidden)} (widen the terminal, "
+            f"or see `bench table {args.study}`)",
+            highlight=False,
+            style="dim",
+        )
     failed = [row for row in trials.to_dict("records") if row["state"] == "FAIL"]
     for row in failed:
         console.print(

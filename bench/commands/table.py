@@ -19,7 +19,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder for table.{tex,md,csv} (default: RESULTS/STUDY), or with --format a file",
     )
+    parser.add_argument(
+        "--layout",
+        choices=("auto", "wide", "long"),
+        help="wide: a column group per column label; long: one row per cell, the axes as "
+        "leading columns; auto: whichever fits a two-column paper (default: the study's "
+        "[table] layout, else auto)",
+    )
+    parser.add_argument(
+        "--metrics",
+        help="comma-separated score keys or names shown instead of the study's [table] "
+        "metrics, e.g. fid,sfid,is",
+    )
     add_study_storage(parser, "the default storage and tables")
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """ "fid,sFID,is" -> ("fid", "sfid", "is_mean"): score keys or display names, any case."""
+    from bench.errors import BenchError
+    from bench.evaluation.evaluator import METRIC_NAMES
+
+    names = {key: key for key in METRIC_NAMES}
+    names.update({name.lower(): key for key, name in METRIC_NAMES.items()})
+    metrics = []
+    for word in (w.strip() for w in text.split(",")):
+        key = names.get(word.lower())
+        if key is None:
+            raise BenchError(
+                f"--metrics: unknown metric {word!r}; valid: {', '.join(METRIC_NAMES)} "
+                f"(or their names: {', '.join(METRIC_NAMES.values())})"
+            )
+        if key in metrics:
+            raise BenchError(f"--metrics: {word!r} is listed twice")
+        metrics.append(key)
+    return tuple(metrics)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.tables import FORMATS, build_table, render, write_tables
 
     study = load_study(args.study)
+    metrics = parse_metrics(args.metrics) if args.metrics else None
     storage = args.storage or storage_url_for(args.results)
     results = load_results(study, storage)
     if results.frame.empty:
@@ -39,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         )
     formats = (args.format,) if args.format else FORMATS
     out = args.out if args.out is not None else study.results_dir(args.results)
-    paths = write_tables(results, study, out, formats)
-    print(render(build_table(results, study), args.format or "markdown"), end="")
+    paths = write_tables(results, study, out, formats, metrics=metrics, layout=args.layout)
+    table = build_table(results, study, metrics=metrics, layout=args.layout)
+    print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0

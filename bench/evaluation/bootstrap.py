@@ -6,8 +6,9 @@ standard error of the score due to drawing N samples, NOT the variation between 
 (seeds). Resampling duplicates points, which biases bootstrap FIDs upward, so only their spread
 is used: the tables show ±1.96 SE (a normal 95% interval) around the score itself.
 
-Stored keys (next to the scores: Optuna user attr "metrics", MLflow metrics):
-`bootstrap.fid.se`, `bootstrap.is_mean.se` and `bootstrap.resamples`.
+Keys returned by `score(..., bootstrap=...)` and stored with the trial (Optuna user attr
+"bootstrap", MLflow metrics of the same names): `bootstrap.fid.se`, `bootstrap.is_mean.se`,
+`bootstrap.resamples`.
 
 Cost: FID's trace term Tr (S1 S2)^1/2 equals the sum of the square roots of the eigenvalues of
 R S1 R, where R = S2^1/2 is the reference's symmetric square root (computed once), since S1 S2
