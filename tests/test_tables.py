@@ -479,3 +479,203 @@ def test_cli_list_marks_a_broken_study_without_hiding_the_others(tmp_path, monke
     out = capsys.readouterr().out
     assert "invalid: studies/broken.toml: TOML syntax error" in out
     assert "12 cells" in out
+
+
+# --- significance, bootstrap and costs ----------------------------------------------------
+
+EFFECTS = """\
+description = "metric loss none / lpips / l2 at one architecture, 3 seeds"
+objective = { metric = "fid" }
+
+[base.data]
+dataset = "digits"
+resolution = 16
+
+[base.model]
+channel_mults = [1, 2]
+attention_resolutions = []
+
+[grid]
+"metric.name" = ["none", "lpips", "l2"]
+seed = [0, 1, 2]
+
+[table]
+rows = ["metric.name"]
+metrics = ["fid", "is_mean"]
+baseline = { "metric.name" = "none" }
+"""
+
+# Known truth: LPIPS lowers FID by 3 (a real effect, seed noise shared with the baseline), L2
+# changes nothing (its differences are pure noise); IS is unaffected by either.
+BASE_FID, BASE_IS = (10.0, 10.6, 9.5), (2.0, 2.3, 2.1)
+EFFECT_SCORES = {
+    ("none", s): (BASE_FID[s], BASE_IS[s]) for s in range(3)
+} | {
+    ("lpips", s): (BASE_FID[s] - 3 + (0.1, -0.05, 0.02)[s], BASE_IS[s] + (0.1, -0.1, 0.05)[s])
+    for s in range(3)
+} | {
+    ("l2", s): (BASE_FID[s] + (0.3, -0.4, 0.2)[s], BASE_IS[s] + (-0.1, 0.05, 0.1)[s])
+    for s in range(3)
+}  # fmt: skip
+
+
+def _effects_results(scores=EFFECT_SCORES, extra=None) -> Results:
+    rows = [
+        {"trial": i, "metric.name": m, "seed": s, "fid": v[0], "is_mean": v[1], **(extra or {})}
+        for i, ((m, s), v) in enumerate(scores.items())
+    ]
+    return Results(pd.DataFrame(rows), None, META, len(rows), Counter(COMPLETE=len(rows)),
+                   pd.DataFrame(rows))  # fmt: skip
+
+
+def test_known_effects_get_scipy_p_values_holm_correction_and_markers(tmp_path):
+    path = tmp_path / "effects.toml"
+    path.write_text(EFFECTS)
+    table = build_table(_effects_results(), load_study(str(path)))
+    assert [label for label, _ in table.rows] == ["none", "lpips", "l2"]
+    assert all(table.cells[0, 0, m].baseline for m in ("fid", "is_mean"))
+    # Independently: paired t-tests by seed against "none", then Holm over the 4 tests.
+    raw = {}
+    for r, name in ((1, "lpips"), (2, "l2")):
+        for k, metric in enumerate(("fid", "is_mean")):
+            a = [EFFECT_SCORES[name, s][k] for s in range(3)]
+            b = [EFFECT_SCORES["none", s][k] for s in range(3)]
+            raw[r, metric] = stats.ttest_rel(a, b).pvalue
+            cell = table.cells[r, 0, metric]
+            assert cell.comparison.test == "paired t"
+            assert cell.comparison.p_value == pytest.approx(raw[r, metric])
+            d = np.subtract(a, b)
+            assert cell.comparison.difference == pytest.approx(d.mean())
+            assert cell.comparison.effect_size == pytest.approx(d.mean() / d.std(ddof=1))
+    ordered = sorted(raw, key=raw.get)
+    running = 0.0
+    for i, key in enumerate(ordered):  # Holm: max over the steps so far of (m - i) p_(i)
+        running = max(running, min(1.0, (4 - i) * raw[key]))
+        assert table.cells[key[0], 0, key[1]].p_holm == pytest.approx(running)
+    assert table.cells[1, 0, "fid"].marker == "⁺"  # the real effect
+    assert [table.cells[r, 0, m].marker for r, m in raw if (r, m) != (1, "fid")] == [""] * 3
+    markdown = render(table, "markdown")
+    assert (
+        "7.06 ± " in markdown and "⁺" in markdown and "Holm-corrected over the 4 tests" in markdown
+    )
+    frame = pd.read_csv(io.StringIO(render(table, "csv")))
+    lpips = frame[(frame["metric.name"] == "lpips") & (frame["metric"] == "fid")].iloc[0]
+    assert lpips["significant"] == "better" and lpips["test"] == "paired t"
+    assert lpips["p_value"] == pytest.approx(raw[1, "fid"])
+    assert bool(frame[frame["metric.name"] == "none"]["baseline"].all())
+
+
+def test_unshared_seeds_use_welch():
+    from bench.analysis import compare
+
+    cell, baseline = {0: 7.0, 1: 7.5, 3: 7.2}, {0: 10.0, 1: 11.0, 2: 10.5}
+    result = compare(cell, baseline)
+    expected = stats.ttest_ind(list(cell.values()), list(baseline.values()), equal_var=False)
+    assert result.test == "Welch t" and result.p_value == pytest.approx(expected.pvalue)
+
+
+def test_holm_matches_a_worked_example():
+    from bench.analysis import holm
+
+    # p = (0.01, 0.04, 0.03): sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_single_seed_cells_show_the_bootstrap_interval(tmp_path):
+    path = tmp_path / "one.toml"
+    path.write_text(EFFECTS.replace("seed = [0, 1, 2]", "seed = [0]"))
+    scores = {k: v for k, v in EFFECT_SCORES.items() if k[1] == 0}
+    extra = {"bootstrap.fid.se": 0.5, "bootstrap.is_mean.se": 0.02, "bootstrap.resamples": 100}
+    table = build_table(_effects_results(scores, extra), load_study(str(path)))
+    cell = table.cells[1, 0, "fid"]
+    assert cell.uncertainty == "bootstrap95" and cell.bootstrap_se == 0.5
+    assert cell.half_width == pytest.approx(stats.norm.ppf(0.975) * 0.5)
+    assert "7.10 ± 0.98" in render(table, "markdown")
+    assert "1.96 bootstrap standard errors over the generated samples (100 resamples)" in (
+        table.caption
+    )
+    assert "no test is possible with fewer than 2 seeds" in table.caption
+    frame = pd.read_csv(io.StringIO(render(table, "csv")))
+    assert set(frame["uncertainty"]) == {"bootstrap95"}
+
+
+def test_costs_are_columns_when_asked_and_always_in_the_csv(tmp_path):
+    path = tmp_path / "costs.toml"
+    path.write_text(EFFECTS.replace("baseline =", 'cost = ["params_m", "nfe"]\nbaseline ='))
+    extra = {"cost.params_m": 1.234, "cost.nfe": 10.0, "cost.train_hours": 0.5}
+    table = build_table(_effects_results(extra=extra), load_study(str(path)))
+    markdown = render(table, "markdown")
+    assert "| Params (M) | NFE |" in markdown and "| 1.23 | 10 |" in markdown
+    frame = pd.read_csv(io.StringIO(render(table, "csv")))
+    assert frame["cost.train_hours"].eq(0.5).all() and frame["cost.device_hours"].isna().all()
+
+
+def test_protocol_labels_and_random_markers_reach_the_csv(study):
+    meta = {**META, "protocols": {"is_mean": "ADM: chunks of 5,000"}, "random_weights": True}
+    table = build_table(make_results(meta=meta), study)
+    assert "Protocols: IS: ADM: chunks of 5,000." in table.caption
+    frame = pd.read_csv(io.StringIO(render(table, "csv")), keep_default_na=False)
+    assert set(frame[frame["metric"] == "is_mean"]["protocol"]) == {"ADM: chunks of 5,000"}
+    assert set(frame[frame["metric"] == "fid"]["protocol"]) == {""}
+    assert set(frame["random_weights"]) == {True}
+
+
+def test_random_trunk_is_marked_per_cell_in_the_csv(study, tmp_path):
+    path = tmp_path / "random.toml"
+    path.write_text(STUDY.replace("[grid]", '[base.metric]\ntrunk = "random"\n\n[grid]'))
+    frame = pd.read_csv(io.StringIO(render(build_table(make_results(), load_study(str(path))),
+                                           "csv")))  # fmt: skip
+    models = frame[~frame["reference"]]
+    assert (models["random_trunk"] == (models["metric.name"] == "lpips")).all()
+
+
+def test_cli_table_layout_and_metrics(study, tmp_path, capsys):
+    url = _storage(tmp_path, study)
+    assert (
+        main(
+            [
+                "table",
+                str(study.path),
+                "--storage",
+                url,
+                "--format",
+                "markdown",
+                "--out",
+                str(tmp_path / "t.md"),
+                "--layout",
+                "wide",
+                "--metrics",
+                "FID,is",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out  # fmt: skip
+    assert (
+        "| Architecture | no metric: FID ↓ | no metric: IS ↑ | LPIPS: FID ↓ | LPIPS: IS ↑ |" in out
+    )
+    assert "Real data (held-out): FID 0.52, IS 9.87." in out  # once per metric, in the caption
+    assert main(["table", str(study.path), "--storage", url, "--metrics", "fid,bogus"]) == 2
+    assert "--metrics: unknown metric 'bogus'" in capsys.readouterr().err
+
+
+def test_old_trials_without_costs_load_and_render_blank(study, tmp_path):
+    from bench.results import load_results
+
+    results = load_results(study, _storage(tmp_path, study))  # no "cost" attrs stored
+    assert results.frame["cost.params_m"].isna().all()
+    frame = pd.read_csv(io.StringIO(render(build_table(results, study), "csv")))
+    assert frame["cost.nfe"].isna().all() and len(frame) == 4 * 4 + 4
+
+
+def test_cli_show_is_readable_at_80_columns(study, tmp_path, monkeypatch, capsys):
+    url = _storage(tmp_path, study)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["show", str(study.path), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for value in ("11", "9.5", "0.0035", "2.4"):  # whole numbers, never cut to "1…"
+        assert f" {value} " in out
+    assert "…" not in out
+    assert "not shown at 80 columns" in out
