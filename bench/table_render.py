@@ -96,12 +96,17 @@ def _reference_in_caption(table: Table, layout: str) -> bool:
 
 
 def caption(table: Table, layout: str) -> str:
+    """The table's caption, with what the bold marks and the real-data values in this layout."""
+    text = table.caption
+    if layout == "long" and table.column_axes:  # bold compares rows sharing the column values
+        within = ", ".join(table.axis_titles[a].lower() for a in table.column_axes)
+        text = text.replace("Best per column in bold.", f"Best per column and {within} in bold.")
     if not _reference_in_caption(table, layout):
-        return table.caption
+        return text
     values = ", ".join(
         f"{_metric_name(m)} {_number(v, m)}" for m, v in (table.reference or {}).items()
     )
-    return f"{table.caption} {REFERENCE_LABEL}: {values}."
+    return f"{text} {REFERENCE_LABEL}: {values}."
 
 
 # Computer Modern Roman 10 pt advance widths (pt), rounded up; other characters: DEFAULT_PT.
