@@ -15,6 +15,12 @@ from casdm.config import (
 )
 
 
+# clean-fid's modes, each reproduced exactly by the inception evaluator (bench.evaluation.inception).
+FID_PROTOCOLS = ("clean", "legacy_tensorflow", "legacy_pytorch")
+# The mode closest to the TensorFlow FID code behind published diffusion numbers (TTUR, ADM).
+DEFAULT_FID_PROTOCOL = "legacy_tensorflow"
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """How samples are scored: an EVALUATORS name and the reference set."""
@@ -31,11 +37,20 @@ class EvalConfig:
     is_splits: int = 10
     # Random feature-network weights: tests and smoke runs only, labelled in every output.
     random_weights: bool = False
+    # The inception evaluator's protocol, one of FID_PROTOCOLS ("": DEFAULT_FID_PROTOCOL); the
+    # classifier evaluator has its own and takes none.
+    protocol: str = ""
 
     def __post_init__(self):
         check(self.reference_images >= 0, "reference_images", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.is_splits >= 1, "is_splits", "must be >= 1")
+        check(
+            self.protocol in ("", *FID_PROTOCOLS),
+            "protocol",
+            f"must be one of {', '.join(FID_PROTOCOLS)} (or empty for {DEFAULT_FID_PROTOCOL}), "
+            f"got {self.protocol!r}",
+        )
 
 
 @dataclass(frozen=True)
