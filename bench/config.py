@@ -14,8 +14,7 @@ from casdm.config import (
     check,
 )
 
-
-# clean-fid's modes, each reproduced exactly by the inception evaluator (bench.evaluation.inception).
+# clean-fid's modes, each reproduced exactly by the inception evaluator.
 FID_PROTOCOLS = ("clean", "legacy_tensorflow", "legacy_pytorch")
 # The mode closest to the TensorFlow FID code behind published diffusion numbers (TTUR, ADM).
 DEFAULT_FID_PROTOCOL = "legacy_tensorflow"

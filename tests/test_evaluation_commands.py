@@ -181,7 +181,9 @@ def test_weights_fetch_skips_present_files_and_rejects_unknown_names(capsys, mon
     assert "inception: present at" in capsys.readouterr().err
     assert bench.cli.main(["weights", "fetch", "resnet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "valid weights files: alexnet, inception, inception_torchscript, squeezenet, vgg16" in err
+    assert (
+        "valid weights files: alexnet, inception, inception_torchscript, squeezenet, vgg16" in err
+    )
 
 
 def test_weights_fetch_downloads_the_named_files(capsys, monkeypatch):

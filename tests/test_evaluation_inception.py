@@ -24,8 +24,8 @@ from bench.evaluation.evaluator import Evaluator
 from bench.evaluation.inception import (
     PROTOCOLS,
     TORCHSCRIPT_FILE,
-    _TorchScriptStandIn,
     _port_architecture,
+    _TorchScriptStandIn,
     cleanfid_inputs,
     cleanfid_port,
     inception_evaluator,

@@ -116,8 +116,12 @@ def _quiet_loaders():
     """Silence the deprecation warnings torch and torchvision give clean-fid's loaders."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
-        warnings.filterwarnings("ignore", message="The parameter 'pretrained'", category=UserWarning)
-        warnings.filterwarnings("ignore", message="Arguments other than a weight", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="The parameter 'pretrained'", category=UserWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="Arguments other than a weight", category=UserWarning
+        )
         yield
 
 
@@ -264,7 +268,10 @@ def cleanfid_port(state_dict: dict[str, torch.Tensor]) -> nn.Module:
         return state_dict
 
     try:
-        with mock.patch.object(inception_pytorch, "load_state_dict_from_url", load), _quiet_loaders():
+        with (
+            mock.patch.object(inception_pytorch, "load_state_dict_from_url", load),
+            _quiet_loaders(),
+        ):
             return inception_pytorch.InceptionV3(output_blocks=[3], resize_input=False).eval()
     except RuntimeError as err:
         raise MissingWeightsError(
@@ -484,4 +491,3 @@ def build_inception(
         return random_inception(protocol, device=device)
     path = weights.ensure(PROTOCOLS[protocol].weights)
     return inception_evaluator(protocol, path, device=device)
-
