@@ -14,6 +14,11 @@ from casdm.config import (
     check,
 )
 
+# clean-fid's modes, each reproduced exactly by the inception evaluator.
+FID_PROTOCOLS = ("clean", "legacy_tensorflow", "legacy_pytorch")
+# The mode closest to the TensorFlow FID code behind published diffusion numbers (TTUR, ADM).
+DEFAULT_FID_PROTOCOL = "legacy_tensorflow"
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -34,12 +39,21 @@ class EvalConfig:
     # Bootstrap resamples of each trial's samples for the sampling uncertainty of FID and IS
     # (bench.evaluation.bootstrap): 0 none, -1 automatic (100 up to 512 feature dims, else 20).
     bootstrap: int = -1
+    # The inception evaluator's protocol, one of FID_PROTOCOLS ("": DEFAULT_FID_PROTOCOL); the
+    # classifier evaluator has its own and takes none.
+    protocol: str = ""
 
     def __post_init__(self):
         check(self.reference_images >= 0, "reference_images", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.is_splits >= 1, "is_splits", "must be >= 1")
         check(self.bootstrap >= -1, "bootstrap", "must be >= 0 (resamples), or -1 (automatic)")
+        check(
+            self.protocol in ("", *FID_PROTOCOLS),
+            "protocol",
+            f"must be one of {', '.join(FID_PROTOCOLS)} (or empty for {DEFAULT_FID_PROTOCOL}), "
+            f"got {self.protocol!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
 Files live in the torch hub cache (`$TORCH_HOME/hub/checkpoints`), under the names torch hub and
 torchvision give them, so `torchvision.models.alexnet(pretrained=True)` and friends find a file
 placed there by `fetch` without downloading again. A file is `present` only when the SHA-256 of
-its bytes starts with the hex in its name (torch hub's convention). Downloads go to a temporary
-file in the same folder, are hash-checked, then renamed into place: no partial file is ever left.
+its bytes starts with its published hash prefix (torch hub's convention: the hex in its name).
+A file with no published hash (the TorchScript Inception, whose URL names none) is `unverified`
+when there: usable, and its full SHA-256 is recorded with every score made with it, so that
+scores from different files never mix. Downloads go to a temporary file in the same folder, are
+hash-checked where a hash is published, then renamed into place: no partial file is ever left.
 """
 
 import functools
@@ -22,7 +25,7 @@ import torch.hub
 from casdm.errors import MissingWeightsError
 from casdm.registry import lookup
 
-Status = Literal["present", "missing", "corrupt"]
+Status = Literal["present", "unverified", "missing", "corrupt"]
 Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 
 _CHUNK = 1 << 20
@@ -30,7 +33,10 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """One downloadable checkpoint: registry name, hub file name, URL, SHA-256 prefix, user."""
+    """One downloadable checkpoint: registry name, hub file name, URL, SHA-256 prefix, user.
+
+    `sha256_prefix` is "" when no hash of the file is published.
+    """
 
     name: str
     filename: str
@@ -51,7 +57,17 @@ WEIGHTS: dict[str, WeightsFile] = {
         "inception",
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
         "pt_inception-2015-12-05-6726825d.pth",
-        "the inception evaluator (FID, sFID, IS)",
+        "the inception evaluator, protocol legacy_pytorch (pytorch-fid's port)",
+    ),
+    # clean-fid's TorchScript translation of the TF graph (cleanfid.downloads_helper's URL).
+    # Its name carries no hash and none is published with it: status says "unverified".
+    "inception_torchscript": WeightsFile(
+        "inception_torchscript",
+        "inception-2015-12-05.pt",
+        "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+        "inception-2015-12-05.pt",
+        "",
+        "the inception evaluator, protocols clean and legacy_tensorflow",
     ),
     "alexnet": _hub_file(
         "alexnet",
@@ -103,11 +119,19 @@ def sha256(path: Path) -> str:
 
 
 def status(name: str) -> Status:
-    """`present` (exists, hash prefix matches), `missing`, or `corrupt` (exists, wrong hash)."""
+    """`present` (exists, hash prefix matches), `unverified` (exists, no published hash),
+    `missing`, or `corrupt` (exists, wrong hash)."""
     path = weights_path(name)
     if not path.is_file():
         return "missing"
+    if not entry(name).sha256_prefix:
+        return "unverified"
     return "present" if sha256(path).startswith(entry(name).sha256_prefix) else "corrupt"
+
+
+def usable(state: Status) -> bool:
+    """Whether a file in `state` may be used: present, or unverified (no hash to check)."""
+    return state in ("present", "unverified")
 
 
 def fetch(name: str, progress: Progress | None = None) -> Path:
@@ -153,7 +177,7 @@ def ensure(name: str) -> Path:
     weights = entry(name)
     path = weights_path(name)
     state = status(name)
-    if state == "present":
+    if usable(state):
         return path
     if state == "corrupt":
         raise MissingWeightsError(

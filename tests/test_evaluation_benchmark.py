@@ -20,13 +20,14 @@ def cheap_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
 def test_benchmark_compares_with_cleanfid_on_the_same_images_and_weights(monkeypatch):
     monkeypatch.setattr(cleanfid.fid, "frechet_distance", cheap_frechet)  # ours calls it too
     result = evaluation_benchmark(10, 16, random_weights=True, batch_size=5)
-    assert result["evaluator"] == "Inception (random weights)"
+    assert result["evaluator"] == "Inception/legacy_tensorflow (random weights)"
+    assert result["protocol"] == "legacy_tensorflow"
     assert result["n_images"] == 10 and result["device"] == "cpu"
     assert result["images_per_s"] > 0 and result["cleanfid_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(
         result["images_per_s"] / result["cleanfid_images_per_s"]
     )
-    # Same network, same weights, resizes equal to float32 rounding: the same numbers.
+    # Same network, same weights, same inputs and feature call: the same numbers.
     assert result["metrics"]["fid"] == pytest.approx(result["cleanfid_metrics"]["fid"], rel=1e-4)
     assert result["metrics"]["kid"] == pytest.approx(result["cleanfid_metrics"]["kid"], abs=1e-4)
     assert result["peak_rss_mb"] > 0 and result["peak_cuda_mb"] is None

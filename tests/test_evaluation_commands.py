@@ -64,6 +64,7 @@ def test_bench_eval_json_is_machine_readable(capsys, cache, samples):
     assert result["n"] == 200 and result["resolution"] == 8
     assert result["evaluator"]["name"] == "classifier:digits"
     assert result["evaluator"]["random_weights"] is False
+    assert result["evaluator"]["protocol"] == "trained-classifier"
     assert result["evaluator"]["accuracy"] >= 0.97
     assert set(result["metrics"]) == {
         "fid",
@@ -121,6 +122,7 @@ def test_bench_eval_bad_sample_folders_exit_2_with_a_message(
         (np.zeros((20, 8, 8, 1), np.float32), (), "dtype float32"),
         (np.zeros((20, 8, 8, 1), np.uint8), ("--evaluator", "fancy"), "unknown evaluator 'fancy'"),
         (np.zeros((20, 8, 8, 1), np.uint8), ("--random-weights",), "classifier evaluator has none"),
+        (np.zeros((20, 8, 8, 1), np.uint8), ("--protocol", "clean"), "is an Inception protocol"),
     ],
 )
 def test_bench_eval_bad_samples_exit_2_with_a_message(
@@ -151,9 +153,9 @@ def test_weights_status_lists_every_file_with_its_state_and_path(capsys, tmp_pat
     lines = {row[1].strip(): "│".join(row) for row in rows}
     assert set(lines) == set(weights.WEIGHTS)
     assert "corrupt" in lines["inception"] and str(path) in lines["inception"]
-    for name in ("alexnet", "vgg16", "squeezenet"):
+    for name in ("inception_torchscript", "alexnet", "vgg16", "squeezenet"):
         assert "missing" in lines[name] and str(weights.weights_path(name)) in lines[name]
-    assert "bench weights fetch inception alexnet vgg16 squeezenet" in out
+    assert "bench weights fetch inception inception_torchscript alexnet vgg16 squeezenet" in out
 
 
 def test_weights_fetch_offline_exits_2_naming_url_and_folder_and_leaves_nothing(
@@ -178,7 +180,10 @@ def test_weights_fetch_skips_present_files_and_rejects_unknown_names(capsys, mon
     assert bench.cli.main(["weights", "fetch", "--quiet"]) == 0
     assert "inception: present at" in capsys.readouterr().err
     assert bench.cli.main(["weights", "fetch", "resnet"]) == EXIT_BAD_INPUT
-    assert "valid weights files: alexnet, inception, squeezenet, vgg16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "valid weights files: alexnet, inception, inception_torchscript, squeezenet, vgg16" in err
+    )
 
 
 def test_weights_fetch_downloads_the_named_files(capsys, monkeypatch):

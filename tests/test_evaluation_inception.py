@@ -1,143 +1,276 @@
-"""The inception evaluator against clean-fid itself, with random weights in the official file.
+"""The inception evaluator's protocols against clean-fid's own compute_fid / compute_kid.
 
-The real weights cannot be downloaded here, so a seeded random state dict is saved under the
-official file name in a temporary torch hub folder; clean-fid's own `InceptionV3` (its legacy
-PyTorch path, which loads that file through torch hub) and our loader both read it.
+The real weights cannot be downloaded here, so stand-ins are built locally and saved under the
+official file names in a temporary torch hub folder: a seeded random state dict for the
+pytorch-fid port (which clean-fid's legacy_pytorch `InceptionV3` loads through torch hub) and a
+seeded random TorchScript module with the interface of inception-2015-12-05.pt (which clean-fid's
+`InceptionV3W` loads by path). Our evaluators and clean-fid read the same files.
 Inception at 299x299 is slow on a CPU: a handful of images only.
 """
 
+import cleanfid.features
+import cleanfid.fid
 import numpy as np
 import pytest
 import torch
-from cleanfid.inception_pytorch import InceptionV3
-from cleanfid.resize import make_resizer
+import torch.nn.functional as F
+from cleanfid.inception_torchscript import InceptionV3W
+from PIL import Image
 
 from bench.config import EvalConfig
+from bench.errors import BenchError
 from bench.evaluation import build_evaluator, metric_label
+from bench.evaluation.evaluator import Evaluator
 from bench.evaluation.inception import (
-    InceptionEvaluator,
-    inception_network,
+    PROTOCOLS,
+    TORCHSCRIPT_FILE,
+    _port_architecture,
+    _TorchScriptStandIn,
+    cleanfid_inputs,
+    cleanfid_port,
+    inception_evaluator,
     load_inception_weights,
     random_inception_weights,
+    torchscript_standin,
 )
-from bench.evaluation.resize import clean_resize
+from bench.evaluation.metrics import KID_SEED, frechet_distance, kernel_inception_distance
+from bench.evaluation.stream import batches, collect
 from casdm import weights
-from casdm.config import DataConfig
+from casdm.config import ConfigError, DataConfig
+from casdm.data import read_images
 from casdm.errors import MissingWeightsError
 
 CLOSED_PROXY = "http://127.0.0.1:9"  # nothing listens: a download is refused at once
+IMAGES = 8  # per folder
+BATCH = 4
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """TORCH_HOME holding random weights (with a non-zero fc bias) under the official name."""
+    """TORCH_HOME holding both stand-ins under the official names (output biases non-zero)."""
     torch_home = tmp_path_factory.mktemp("torch_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(torch_home))
-        state_dict = random_inception_weights(seed=1)
-        state_dict["fc.bias"] = torch.linspace(-1, 1, 1008)  # so "without the bias" is tested
-        path = weights.weights_path("inception")
-        path.parent.mkdir(parents=True)
-        torch.save(state_dict, path)
-        yield path
+        weights.hub_dir().mkdir(parents=True)
+        torch.save(random_inception_weights(seed=1), weights.weights_path("inception"))
+        torchscript_standin(seed=2).save(str(weights.weights_path("inception_torchscript")))
+        yield weights.hub_dir()
 
 
 @pytest.fixture(scope="module")
-def evaluator(hub):
-    """Ours, through the loading code build_evaluator uses once the hash has been checked."""
-    return InceptionEvaluator(
-        load_inception_weights(hub), weights_hash=weights.sha256(hub), device=torch.device("cpu")
+def evaluators(hub):
+    """Ours for each protocol, through the loading code build_evaluator uses after its checks."""
+    return {
+        name: inception_evaluator(
+            name, weights.weights_path(spec.weights), device=torch.device("cpu")
+        )
+        for name, spec in PROTOCOLS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two folders of IMAGES random 32x32 RGB PNGs (different seeds)."""
+    out = []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp(f"images{seed}")
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randint(0, 256, (IMAGES, 32, 32, 3), generator=generator).to(torch.uint8)
+        for i, image in enumerate(images.numpy()):
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+        out.append(folder)
+    return out
+
+
+@pytest.fixture
+def cleanfid_reads_the_hub(hub, monkeypatch):
+    """clean-fid's build_feature_extractor loads InceptionV3W from /tmp, downloading if absent:
+    point that one path at the hub folder (and forbid downloads); everything else is its own."""
+
+    def from_hub(path, download=True, resize_inside=False):
+        return InceptionV3W(str(hub), download=False, resize_inside=resize_inside)
+
+    monkeypatch.setattr(cleanfid.features, "InceptionV3W", from_hub)
+
+
+def cheap_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """A function of all of mu and sigma without the 2048-d `sqrtm` (30 s each on this CPU).
+
+    Both sides compute FID with clean-fid's `frechet_distance` (ours calls it too), so parity
+    of FID is parity of (mu, sigma); this stand-in compares exactly those, in every entry.
+    """
+    return float(
+        ((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) + (sigma1 * sigma2).sum()
     )
 
 
-@pytest.fixture(scope="module")
-def images():
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (16, 3, 32, 32), generator=generator).to(torch.uint8)
+def our_scores(evaluator: Evaluator, folders) -> tuple[float, float, list[np.ndarray]]:
+    stats = []
+    for folder in folders:
+        chunks, total = batches(read_images(folder), BATCH, "test images")
+        stats.append(collect(chunks, evaluator, keep_pool=None, keep_logits=False, total=total))
+    (s1, s2) = stats
+    fid = frechet_distance(s1.pool.mean(), s1.pool.cov(), s2.pool.mean(), s2.pool.cov(), "FID")
+    kid = kernel_inception_distance(s1.kept_pool(), s2.kept_pool())
+    return fid, kid, [s.kept_pool() for s in stats]
 
 
-@pytest.fixture(scope="module")
-def features16(evaluator, images):
-    return evaluator.features(images)
+@pytest.mark.parametrize("mode", list(PROTOCOLS))
+def test_fid_and_kid_equal_cleanfids_compute_fid_and_compute_kid(
+    mode, evaluators, folders, cleanfid_reads_the_hub, monkeypatch
+):
+    monkeypatch.setattr(cleanfid.fid, "frechet_distance", cheap_frechet)
+    fid, kid, features = our_scores(evaluators[mode], folders)
+    common = dict(mode=mode, num_workers=0, batch_size=BATCH, device=torch.device("cpu"))
+    common.update(verbose=False, use_dataparallel=False)
+    fdirs = [str(folder) for folder in folders]
+    their_fid = cleanfid.fid.compute_fid(*fdirs, **common)
+    np.random.seed(KID_SEED)
+    their_kid = cleanfid.fid.compute_kid(*fdirs, **common)
+    assert fid == pytest.approx(their_fid, rel=1e-6, abs=0)
+    assert kid == pytest.approx(their_kid, rel=1e-6, abs=0)
+    # ... because the features themselves are clean-fid's, bit for bit.
+    extractor = cleanfid.features.build_feature_extractor(mode, torch.device("cpu"), False)
+    del common["use_dataparallel"]
+    theirs = cleanfid.fid.get_folder_features(fdirs[0], extractor, **common)
+    assert np.array_equal(features[0], theirs)
+    assert np.abs(theirs).max() > 0.1  # random weights that still give non-trivial features
 
 
-def cleanfid_resize(images: torch.Tensor) -> torch.Tensor:
-    """clean-fid's clean resizer, image by image: float [B, 3, 299, 299] in [0, 255]."""
-    resize = make_resizer("PIL", False, "bicubic", (299, 299))
-    out = [resize(im.permute(1, 2, 0).numpy()).transpose(2, 0, 1) for im in images]
-    return torch.from_numpy(np.stack(out))
-
-
-def test_resize_equals_cleanfids_clean_resize():
-    generator = torch.Generator().manual_seed(1)
-    for height, width in [(32, 32), (8, 8), (20, 12), (299, 299)]:
-        images = torch.randint(0, 256, (2, 3, height, width), generator=generator).to(torch.uint8)
-        ours = clean_resize(images.float())
-        torch.testing.assert_close(ours, cleanfid_resize(images), rtol=0, atol=1e-4)
-
-
-def test_pool3_features_equal_cleanfids_legacy_pytorch_inception(hub, features16, images):
-    net = InceptionV3(output_blocks=[3], resize_input=False).eval()  # reads `hub` via torch hub
+def test_torchscript_single_pass_reads_the_networks_own_layers(evaluators, hub):
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    images = images.to(torch.uint8)
+    # legacy_tensorflow: the file's whole forward (its resize included), asked for IS's
+    # probabilities without the output bias, as StyleGAN's and ADM's Inception Score.
+    evaluator = evaluators["legacy_tensorflow"]
+    base = torch.jit.load(str(hub / TORCHSCRIPT_FILE)).eval()
+    features = evaluator.features(images)
     with torch.no_grad():
-        # cleanfid.features.feature_extractor("pytorch_inception"): model(x / 255)[0]
-        theirs = net(cleanfid_resize(images[:4]) / 255)[0].squeeze(-1).squeeze(-1)
-    assert theirs.abs().max() > 0.1  # random weights that still give non-trivial features
-    torch.testing.assert_close(features16.pool[:4], theirs, rtol=1e-5, atol=1e-5)
-
-
-def test_features_do_not_depend_on_batch_size(evaluator, features16, images):
-    one_by_one = [evaluator.features(image[None]) for image in images]
-    for kind, batched in zip(features16._fields, features16, strict=True):
-        single = torch.cat([getattr(f, kind) for f in one_by_one])
-        # Features are O(1); convolution kernels pick their blocking by batch size, so sums
-        # may be ordered differently: equal up to float32 rounding, nothing batch-dependent.
-        torch.testing.assert_close(single, batched, rtol=1e-5, atol=2e-5, msg=kind)
-
-
-def test_spatial_is_mixed_6d_branch1x1_nhwc_and_logits_have_no_bias(evaluator, images):
-    captured = []
-    handle = evaluator.network.Mixed_6d.branch1x1.register_forward_hook(
-        lambda module, args, out: captured.append(out)
-    )
-    try:
-        features = evaluator.features(images[:2])
-    finally:
-        handle.remove()
-    mixed_6 = captured[-1]  # [2, 192, 17, 17]
+        probs = base(images.float(), no_output_bias=True)
+        with_bias = base(images.float())
+    torch.testing.assert_close(features.logits.softmax(1), probs, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(with_bias, probs)  # the bias is not in there
+    # clean: mixed_6/conv is the named submodule, on the network's own input, NHWC, 7 channels.
+    evaluator = evaluators["clean"]
+    x = (cleanfid_inputs(images, "clean") - 128) / 128
+    with torch.no_grad():
+        for name, layer in base.layers.named_children():
+            if name == "mixed_6":
+                mixed_6 = layer.conv(x)
+                break
+            x = layer(x)
     assert mixed_6.shape == (2, 192, 17, 17)
+    features = evaluator.features(images)
     expected = mixed_6[:, :7].permute(0, 2, 3, 1).reshape(2, 2023)
-    torch.testing.assert_close(features.spatial, expected)
+    torch.testing.assert_close(features.spatial, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        logits = F.linear(features.pool, base.output.weight)
+    torch.testing.assert_close(features.logits, logits)
     assert evaluator.dims == (2048, 2023, 1008)
-    fc = evaluator.network.fc
-    torch.testing.assert_close(features.logits, features.pool @ fc.weight.T)
-    assert not torch.allclose(features.logits, fc(features.pool))  # the bias is not in there
 
 
-def test_grayscale_is_repeated_to_rgb(evaluator, images):
-    gray = images[:1, :1]
-    torch.testing.assert_close(
-        evaluator.features(gray).pool, evaluator.features(gray.expand(-1, 3, -1, -1)).pool
+def test_port_single_pass_reads_mixed_6d_branch1x1_and_logits_without_bias(evaluators, hub):
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(4))
+    images = images.to(torch.uint8)
+    state_dict = load_inception_weights(hub / weights.entry("inception").filename)
+    net = _port_architecture().eval()
+    net.load_state_dict(state_dict)
+    captured = []
+    net.Mixed_6d.branch1x1.register_forward_hook(lambda m, a, out: captured.append(out))
+    x = cleanfid_inputs(images, "legacy_pytorch") / 255 * 2 - 1
+    with torch.no_grad():
+        net(x)
+    features = evaluators["legacy_pytorch"].features(images)
+    expected = captured[0][:, :7].permute(0, 2, 3, 1).reshape(2, 2023)
+    torch.testing.assert_close(features.spatial, expected)
+    torch.testing.assert_close(features.logits, features.pool @ state_dict["fc.weight"].T)
+    with torch.no_grad():
+        assert not torch.allclose(features.logits, net.fc(features.pool))
+
+
+def test_a_torchscript_whose_forward_differs_from_its_layers_is_refused(tmp_path):
+    class Other(_TorchScriptStandIn):
+        def forward(
+            self,
+            img: torch.Tensor,
+            return_features: bool = False,
+            use_fp16: bool = False,
+            no_output_bias: bool = False,
+        ) -> torch.Tensor:
+            # PyTorch's bilinear resize, not the file's TensorFlow-style one
+            x = F.interpolate(img, size=[299, 299], mode="bilinear", align_corners=False)
+            return self.layers((x - 128) / 128).reshape(-1, 2048)
+
+    net = _port_architecture().eval()
+    net.load_state_dict(random_inception_weights(5))
+    torch.jit.script(Other(net)).save(str(tmp_path / TORCHSCRIPT_FILE))
+    evaluator = inception_evaluator(
+        "legacy_tensorflow", tmp_path / TORCHSCRIPT_FILE, device=torch.device("cpu")
     )
+    images = torch.randint(0, 256, (1, 3, 16, 16), generator=torch.Generator().manual_seed(7))
+    with pytest.raises(BenchError, match="differ from clean-fid's legacy_tensorflow features"):
+        evaluator.features(images.to(torch.uint8))
 
 
-def test_a_weights_file_with_the_wrong_hash_is_refused(hub):
-    # `hub` holds random weights under the official name: their SHA-256 is not 6726825d...
-    with pytest.raises(MissingWeightsError, match=r"corrupt.*bench weights fetch inception"):
-        build_evaluator(
-            EvalConfig(evaluator="inception"), DataConfig(), device="cpu", cache_dir=hub.parent
+def test_grayscale_is_repeated_to_rgb(evaluators):
+    gray = torch.randint(0, 256, (1, 1, 16, 16), generator=torch.Generator().manual_seed(6))
+    gray = gray.to(torch.uint8)
+    for evaluator in evaluators.values():
+        torch.testing.assert_close(
+            evaluator.features(gray).pool, evaluator.features(gray.expand(-1, 3, -1, -1)).pool
         )
 
 
-def test_missing_weights_offline_give_one_actionable_error(tmp_path, monkeypatch):
+def test_protocol_is_in_name_label_and_config(hub, tmp_path):
+    evaluator = build_evaluator(
+        EvalConfig(evaluator="inception", protocol="clean"), DataConfig(), device="cpu",
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert (evaluator.protocol, evaluator.name) == ("clean", "inception:clean")
+    assert metric_label("sfid", evaluator) == "sFID (Inception/clean)"
+    with pytest.raises(ConfigError, match="protocol"):
+        EvalConfig(protocol="tensorflow")
+    with pytest.raises(BenchError, match="is an Inception protocol"):
+        build_evaluator(
+            EvalConfig(evaluator="classifier", protocol="clean"),
+            DataConfig(),
+            device="cpu",
+            cache_dir=tmp_path,
+        )
+
+
+def test_the_default_protocol_is_legacy_tensorflow(hub, tmp_path):
+    evaluator = build_evaluator(
+        EvalConfig(evaluator="inception"), DataConfig(), device="cpu", cache_dir=tmp_path
+    )
+    assert evaluator.protocol == "legacy_tensorflow"
+
+
+def test_a_weights_file_with_the_wrong_hash_is_refused(hub, tmp_path):
+    # `hub` holds random weights under the port's name: their SHA-256 is not 6726825d...
+    with pytest.raises(MissingWeightsError, match=r"corrupt.*bench weights fetch inception"):
+        build_evaluator(
+            EvalConfig(evaluator="inception", protocol="legacy_pytorch"),
+            DataConfig(),
+            device="cpu",
+            cache_dir=tmp_path,
+        )
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_missing_weights_offline_give_one_actionable_error(protocol, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(var, CLOSED_PROXY)
     with pytest.raises(MissingWeightsError) as err:
         build_evaluator(
-            EvalConfig(evaluator="inception"), DataConfig(), device="cpu", cache_dir=tmp_path
+            EvalConfig(evaluator="inception", protocol=protocol),
+            DataConfig(),
+            device="cpu",
+            cache_dir=tmp_path,
         )
     message = str(err.value)
-    entry = weights.entry("inception")
+    entry = weights.entry(PROTOCOLS[protocol].weights)
     for needed in (entry.filename, entry.url, str(weights.hub_dir()), "bench weights fetch"):
         assert needed in message
     assert not any(weights.hub_dir().glob("*"))  # no partial file left behind
@@ -145,24 +278,26 @@ def test_missing_weights_offline_give_one_actionable_error(tmp_path, monkeypatch
 
 def test_random_weights_only_on_request_and_named_in_every_label(tmp_path):
     evaluator = build_evaluator(
-        EvalConfig(evaluator="inception", random_weights=True),
+        EvalConfig(evaluator="inception", random_weights=True, protocol="legacy_pytorch"),
         DataConfig(),
         device="cpu",
         cache_dir=tmp_path,
     )
     assert evaluator.random_weights
-    assert evaluator.label == "Inception (random weights)"
-    assert metric_label("fid", evaluator) == "FID (Inception, random weights)"
-    assert metric_label("is_mean", evaluator) == "IS (Inception, random weights)"
+    assert evaluator.label == "Inception/legacy_pytorch (random weights)"
+    assert metric_label("fid", evaluator) == "FID (Inception/legacy_pytorch, random weights)"
 
 
 def test_a_state_dict_with_other_keys_is_refused():
     with pytest.raises(MissingWeightsError, match="does not fit the FID Inception"):
-        inception_network({"fc.weight": torch.zeros(1008, 2048)})
+        cleanfid_port({"fc.weight": torch.zeros(1008, 2048)})
 
 
-def test_a_truncated_weights_file_is_refused(hub, tmp_path):
-    broken = tmp_path / hub.name
-    broken.write_bytes(hub.read_bytes()[:1000])
+def test_unreadable_weights_files_are_refused(hub, tmp_path):
+    broken = tmp_path / weights.entry("inception").filename
+    broken.write_bytes((hub / broken.name).read_bytes()[:1000])
     with pytest.raises(MissingWeightsError, match=r"not a readable Inception state dict"):
         load_inception_weights(broken)
+    (tmp_path / TORCHSCRIPT_FILE).write_bytes(b"not a TorchScript archive")
+    with pytest.raises(MissingWeightsError, match="not a loadable TorchScript Inception"):
+        inception_evaluator("clean", tmp_path / TORCHSCRIPT_FILE, device=torch.device("cpu"))

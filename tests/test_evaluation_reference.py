@@ -37,6 +37,7 @@ class ProjectionEvaluator(Evaluator):
             name="projection",
             title="projection",
             weights_hash=f"projection-{seed}",
+            protocol="projection",
             dims=(12, 10, 5),
             channels=(1,),
             device=torch.device("cpu"),

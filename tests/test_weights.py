@@ -49,7 +49,13 @@ def register(monkeypatch, name: str, content: bytes, source: Path) -> weights.We
 
 
 def test_registry_holds_the_four_hub_files_with_their_name_hashes():
-    assert set(weights.WEIGHTS) == {"inception", "alexnet", "vgg16", "squeezenet"}
+    assert set(weights.WEIGHTS) == {
+        "inception",
+        "inception_torchscript",
+        "alexnet",
+        "vgg16",
+        "squeezenet",
+    }
     alex = weights.WEIGHTS["alexnet"]
     assert alex.filename == "alexnet-owt-7be5be79.pth"
     assert alex.url == "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -57,6 +63,22 @@ def test_registry_holds_the_four_hub_files_with_their_name_hashes():
     assert weights.WEIGHTS["inception"].sha256_prefix == "6726825d"
     assert weights.WEIGHTS["vgg16"].sha256_prefix == "397923af"
     assert weights.WEIGHTS["squeezenet"].sha256_prefix == "b8a52dc0"
+
+
+def test_the_torchscript_inception_is_where_cleanfid_downloads_it_and_unverified(torch_home):
+    from cleanfid.downloads_helper import inception_url
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    entry = weights.WEIGHTS["inception_torchscript"]
+    assert entry.url == inception_url and entry.filename == "inception-2015-12-05.pt"
+    assert entry.sha256_prefix == ""  # no hash of it is published
+    assert "inception-2015-12-05.pt" in InceptionV3W.__init__.__code__.co_consts
+    assert weights.status("inception_torchscript") == "missing"
+    path = weights.weights_path("inception_torchscript")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"any bytes")
+    assert weights.status("inception_torchscript") == "unverified"
+    assert weights.ensure("inception_torchscript") == path  # usable; its hash is recorded
 
 
 def test_lpips_trunk_urls_match_torchvision():
@@ -75,7 +97,9 @@ def test_hub_dir_follows_torch_home(torch_home):
 
 
 def test_unknown_weights_name_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="alexnet, inception, squeezenet, vgg16"):
+    with pytest.raises(
+        UnknownNameError, match="alexnet, inception, inception_torchscript, squeezenet, vgg16"
+    ):
         weights.status("resnet")
 
 

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.config import EvalConfig
+from bench.config import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS, EvalConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--evaluator",
         help="inception or classifier (default: classifier for digits, inception otherwise)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=FID_PROTOCOLS,
+        help="the inception evaluator's protocol, reproducing clean-fid's compute_fid mode "
+        f"exactly (default: {DEFAULT_FID_PROTOCOL}, the TensorFlow FID convention of published "
+        "diffusion numbers)",
     )
     parser.add_argument("--n", type=int, help="score only the first N samples (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
@@ -90,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     kind, _ = parse_dataset(args.dataset)  # an unknown dataset fails before any work
     evaluator_name = args.evaluator or ("classifier" if kind == "digits" else "inception")
     lookup(EVALUATORS, evaluator_name, "evaluator")
+    if args.protocol and evaluator_name != "inception":
+        raise BenchError(
+            f"--protocol {args.protocol} is an Inception protocol; the {evaluator_name} evaluator "
+            "has its own (use --evaluator inception --protocol ...)"
+        )
     if args.random_weights and evaluator_name != "inception":
         raise BenchError(
             f"--random-weights replaces pretrained Inception weights; the {evaluator_name} "
@@ -119,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         is_splits=args.is_splits,
         random_weights=args.random_weights,
+        protocol=args.protocol or "",
     )
     device = resolve_device(args.device)
     with make_progress(args.quiet) as progress:
@@ -146,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluator": {
             "name": evaluator.name,
             "label": evaluator.label,
+            "protocol": evaluator.protocol,
             "random_weights": evaluator.random_weights,
             "weights_hash": evaluator.weights_hash,
             "accuracy": getattr(evaluator, "accuracy", None),

@@ -31,7 +31,7 @@ def _status() -> int:
 
     from casdm import weights
 
-    styles = {"present": "green", "missing": "yellow", "corrupt": "bold red"}
+    styles = {"present": "green", "unverified": "cyan", "missing": "yellow", "corrupt": "bold red"}
     table = Table(title=f"pretrained weights in {weights.hub_dir()}")
     for column in ("name", "status", "used by"):
         table.add_column(column)
@@ -46,9 +46,15 @@ def _status() -> int:
         )
     console = Console()
     console.print(table)
-    absent = [name for name, state in states.items() if state != "present"]
+    absent = [name for name, state in states.items() if not weights.usable(state)]
     if absent:
         console.print(f"get them with: bench weights fetch {' '.join(absent)}", highlight=False)
+    if "unverified" in states.values():
+        console.print(
+            "unverified: no hash is published for the file; its SHA-256 is recorded with every "
+            "score made with it",
+            highlight=False,
+        )
     return 0
 
 
@@ -73,7 +79,7 @@ def _fetch(names: list[str], force: bool, quiet: bool) -> int:
     ) as bars:
         for name in names:
             path = weights.weights_path(name)
-            if not force and weights.status(name) == "present":
+            if not force and weights.usable(weights.status(name)):
                 bars.console.print(f"{name}: present at {path}", highlight=False)
                 continue
             task = bars.add_task(name, total=None)

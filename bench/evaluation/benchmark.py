@@ -1,30 +1,25 @@
 """Evaluator throughput against clean-fid, on the same images, network and weights, in one run.
 
-Ours: `score` (FID, sFID, IS, KID, precision/recall) from one streamed pass with the batched
-clean resize. clean-fid: `cleanfid.fid.get_model_features` in "clean" mode (its per-image PIL
-resize) with its own legacy-PyTorch `InceptionV3` loaded from the same state dict, then its
-`frechet_distance` and `kernel_distance`, i.e. FID and KID from one pass, the cheapest way
-clean-fid can give both. Both score against the same reference features, computed beforehand.
+Ours: `score` (FID, sFID, IS, KID, precision/recall) from one streamed pass under one protocol.
+clean-fid: `cleanfid.fid.get_model_features` in the same mode (its per-image resize) with its
+feature function for that mode on the same network, then its `frechet_distance` and
+`kernel_distance`, i.e. FID and KID from one pass, the cheapest way clean-fid can give both.
+Both score against the same reference features, computed beforehand.
 """
 
 import re
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
 
-from bench.evaluation.evaluator import state_dict_sha256
-from bench.evaluation.inception import (
-    InceptionEvaluator,
-    load_inception_weights,
-    random_inception_weights,
-)
+from bench.config import DEFAULT_FID_PROTOCOL
+from bench.evaluation.inception import PROTOCOLS, inception_evaluator, random_inception
 from bench.evaluation.reference import Reference, reference_radii
 from bench.evaluation.scoring import score
 from bench.evaluation.stream import collect
@@ -78,33 +73,6 @@ class _PeakMemory:
         return torch.cuda.max_memory_allocated(self.device) / 2**20
 
 
-def cleanfid_feature_fn(
-    state_dict: dict[str, torch.Tensor], device: torch.device
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """clean-fid's "pytorch_inception" feature function (cleanfid.features.feature_extractor)
-    built on `state_dict`: [B, 3, 299, 299] in [0, 255] -> [B, 2048] pool3 features.
-
-    clean-fid's `fid_inception_v3` fetches its weights with `load_state_dict_from_url`; that one
-    call is redirected to `state_dict` (checked to be the official URL), so clean-fid's own
-    architecture and strict loading are what get measured.
-    """
-    from cleanfid import inception_pytorch
-
-    def load(url: str, **kwargs: Any) -> dict[str, torch.Tensor]:
-        if url != inception_pytorch.FID_WEIGHTS_URL:
-            raise ValueError(f"clean-fid asked for unexpected weights: {url}")
-        return state_dict
-
-    with mock.patch.object(inception_pytorch, "load_state_dict_from_url", load):
-        model = inception_pytorch.InceptionV3(output_blocks=[3], resize_input=False)
-    model = model.to(device).eval()
-
-    def model_fn(x: torch.Tensor) -> torch.Tensor:
-        return model(x / 255)[0].squeeze(-1).squeeze(-1)
-
-    return model_fn
-
-
 class _Generator:
     """clean-fid's `G(z)` interface over our image batches: float [B, 3, H, W] in [0, 255]."""
 
@@ -124,12 +92,13 @@ def evaluation_benchmark(
     device: torch.device | str = "cpu",
     batch_size: int = 100,
     seed: int = 0,
+    protocol: str = DEFAULT_FID_PROTOCOL,
 ) -> dict[str, Any]:
     """Images/s of `score` vs clean-fid's FID + KID on n_images random RGB images.
 
     Returns images_per_s, cleanfid_images_per_s, ratio (ours / clean-fid, measured in this
-    call), both runs' metrics (their FIDs should agree: same network, same resize up to
-    float32 rounding) and the peak memory of our scoring.
+    call), both runs' metrics (their FIDs agree: same network, inputs and feature call) and
+    the peak memory of our scoring.
     """
     from cleanfid.fid import frechet_distance, get_model_features, kernel_distance
 
@@ -141,14 +110,10 @@ def evaluation_benchmark(
             "extracts whole batches only"
         )
     if random_weights:
-        state_dict = random_inception_weights()
-        weights_hash = state_dict_sha256(state_dict)
+        evaluator = random_inception(protocol, device=device)
     else:
-        path = weights.ensure("inception")
-        state_dict, weights_hash = load_inception_weights(path), weights.sha256(path)
-    evaluator = InceptionEvaluator(
-        state_dict, weights_hash=weights_hash, device=device, random_weights=random_weights
-    )
+        path = weights.ensure(PROTOCOLS[protocol].weights)
+        evaluator = inception_evaluator(protocol, path, device=device)
 
     # The reference (untimed; it also warms our path up): features of other random images.
     n_ref = min(n_images, REFERENCE_IMAGES)
@@ -181,7 +146,7 @@ def evaluation_benchmark(
     ours_s = time.perf_counter() - start
     peak_rss_mb, peak_cuda_mb = memory.rss_mb(), memory.cuda_mb()
 
-    model_fn = cleanfid_feature_fn(state_dict, device)
+    model_fn = evaluator.cleanfid_extractor()
     with torch.no_grad():  # warm-up, as our reference pass warmed our network up
         model_fn(torch.zeros(1, 3, 299, 299, device=device))
     _sync(device)
@@ -189,7 +154,7 @@ def evaluation_benchmark(
     feats = get_model_features(
         _Generator(_images(n_images, batch_size, resolution, seed), device),
         model_fn,
-        mode="clean",
+        mode=protocol,
         z_dim=1,
         num_gen=n_images,
         batch_size=batch_size,
@@ -210,6 +175,7 @@ def evaluation_benchmark(
     return {
         "device": str(device),
         "evaluator": evaluator.label,
+        "protocol": protocol,
         "n_images": n_images,
         "resolution": resolution,
         "batch_size": batch_size,

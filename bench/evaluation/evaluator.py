@@ -31,9 +31,11 @@ class Features(NamedTuple):
 class Evaluator:
     """A feature network in eval mode; `features` checks its input and never tracks gradients.
 
-    `name` identifies the network in caches ("inception", "classifier:digits"), `title` is its
-    display name, and `label` adds "(random weights)" whenever the weights are not the real ones,
-    so that no printed number can pass for a real Inception score.
+    `name` identifies the network and its protocol in caches ("inception:clean",
+    "classifier:digits"), `title` is its display name ("Inception/clean"), `protocol` the
+    scoring protocol it follows (an Inception protocol of clean-fid's, or "trained-classifier"),
+    and `label` adds "(random weights)" whenever the weights are not the real ones, so that no
+    printed number can pass for a real Inception score.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Evaluator:
         dims: tuple[int, int, int],
         channels: tuple[int, ...],
         device: torch.device,
+        protocol: str,
         random_weights: bool = False,
     ):
         self.network = network.to(device).eval().requires_grad_(False)
@@ -55,11 +58,12 @@ class Evaluator:
         self.dims = dims  # (pool D, spatial S, classes K)
         self.channels = channels  # channel counts the network accepts
         self.device = device
+        self.protocol = protocol
         self.random_weights = random_weights
 
     @property
     def label(self) -> str:
-        """Display name, e.g. "Inception", "Inception (random weights)", "classifier:digits"."""
+        """Display name, e.g. "Inception/clean (random weights)", "classifier:digits"."""
         return self.title + (" (random weights)" if self.random_weights else "")
 
     def features(self, images: torch.Tensor) -> Features:
@@ -99,7 +103,7 @@ def check_images(images: object, channels: tuple[int, ...], where: str) -> None:
 
 
 def metric_label(key: str, evaluator: Evaluator) -> str:
-    """Metric name with the evaluator that produced it, e.g. "FID (classifier:digits)"."""
+    """Metric name with the evaluator that produced it, e.g. "FID (Inception/clean)"."""
     suffix = ", random weights" if evaluator.random_weights else ""
     return f"{METRIC_NAMES[key]} ({evaluator.title}{suffix})"
 

@@ -1,20 +1,45 @@
-"""The FID Inception (TF 2015-12-05) as clean-fid ships it, with ADM's three feature heads.
+"""The FID Inception under clean-fid's three protocols, each reproducing its `compute_fid` exactly.
 
-Architecture: `cleanfid.inception_pytorch.fid_inception_v3` (pytorch-fid's port): torchvision's
-Inception v3 with 1008 classes and the TF-patched blocks. That builder downloads its weights
-itself, so the same architecture is built here without weights and the state dict is loaded
-strictly, from the hub file (`casdm.weights`) or from a seeded random init for smoke runs.
+A protocol is clean-fid's `mode`: its resizer (`cleanfid.resize.build_resizer(mode)`, applied
+image by image as its `ResizeDataset` does) and its feature network
+(`cleanfid.features.build_feature_extractor(mode)`):
+
+- `clean`: PIL bicubic resize to 299 in float32, then clean-fid's `InceptionV3W` (its wrapper of
+  the TorchScript translation of TensorFlow's 2015-12-05 Inception graph,
+  `inception-2015-12-05.pt`), which scales the input to (x - 128) / 128.
+- `legacy_tensorflow`: no resize outside the network; the TorchScript network's own forward
+  resizes (bilinear `grid_sample` emulating TensorFlow's resize, as the TTUR and ADM numbers
+  were made) and scales.
+- `legacy_pytorch`: PyTorch bilinear resize, then pytorch-fid's port of the same graph
+  (`pt_inception-2015-12-05-6726825d.pth`), which scales the input to 2x / 255 - 1.
+
+Every protocol gives all feature kinds from one pass of its network: pool3 (FID, KID,
+precision/recall), the first 7 channels of mixed_6/conv, flattened channels-last (ADM's sFID),
+and the logits of the 1008-way output layer without its bias (ADM's and StyleGAN's IS). The
+TorchScript network is run block by block (its `layers` children, in their order) so that
+mixed_6/conv can be read on the way; for `legacy_tensorflow` its resize is done first with the
+operations of its forward. Both are checked, at the first batch of every input size, against
+clean-fid's own feature call on the same network: pool features must agree, or no score is given.
 """
 
+import contextlib
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import EvalConfig
+from bench.config import DEFAULT_FID_PROTOCOL, EvalConfig
+from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
-from bench.evaluation.resize import clean_resize
 from casdm import weights
 from casdm.config import DataConfig
 from casdm.errors import MissingWeightsError
@@ -22,66 +47,257 @@ from casdm.errors import MissingWeightsError
 SIZE = 299  # the network's input resolution
 SPATIAL_CHANNELS = 7  # ADM's sFID keeps the first 7 channels of mixed_6/conv: 17 * 17 * 7 = 2023
 DIMS = (2048, 17 * 17 * SPATIAL_CHANNELS, 1008)
-
-# pytorch-fid's forward order (its InceptionV3 blocks 0-3), ending in the 2048-d pool3 features.
-_TRUNK = (
-    "Conv2d_1a_3x3",
-    "Conv2d_2a_3x3",
-    "Conv2d_2b_3x3",
-    "maxpool1",
-    "Conv2d_3b_1x1",
-    "Conv2d_4a_3x3",
-    "maxpool2",
-    "Mixed_5b",
-    "Mixed_5c",
-    "Mixed_5d",
-    "Mixed_6a",
-    "Mixed_6b",
-    "Mixed_6c",
-    "Mixed_6d",
-    "Mixed_6e",
-    "Mixed_7a",
-    "Mixed_7b",
-    "Mixed_7c",
-    "avgpool",
-)
+TORCHSCRIPT_FILE = "inception-2015-12-05.pt"  # the name clean-fid's InceptionV3W loads
 
 
-def inception_architecture() -> nn.Module:
-    """`cleanfid.inception_pytorch.fid_inception_v3()` without its weight download."""
-    # Imported here: it imports torchvision, seconds that commands never building it would pay.
-    from cleanfid import inception_pytorch as cleanfid_inception
+@dataclass(frozen=True)
+class Protocol:
+    """One of clean-fid's modes: which weights file, and whether the network resizes itself."""
 
-    net = cleanfid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b = cleanfid_inception.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = cleanfid_inception.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = cleanfid_inception.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = cleanfid_inception.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = cleanfid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = cleanfid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = cleanfid_inception.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = cleanfid_inception.FIDInceptionE_1(1280)
-    net.Mixed_7c = cleanfid_inception.FIDInceptionE_2(2048)
-    return net
+    name: str
+    weights: str  # casdm.weights entry
+    torchscript: bool  # clean-fid's InceptionV3W (else its pytorch-fid port InceptionV3)
+    resize_inside: bool  # the TorchScript forward resizes (legacy_tensorflow)
+    description: str
 
 
-def inception_network(state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """The FID Inception holding `state_dict` (strict: every official key, nothing else)."""
-    with torch.device("meta"):  # no throwaway init, and the global RNG is left untouched
-        net = inception_architecture()
+PROTOCOLS: dict[str, Protocol] = {
+    "clean": Protocol(
+        "clean",
+        "inception_torchscript",
+        torchscript=True,
+        resize_inside=False,
+        description="clean-fid 'clean': PIL bicubic resize, TorchScript TF Inception",
+    ),
+    "legacy_tensorflow": Protocol(
+        "legacy_tensorflow",
+        "inception_torchscript",
+        torchscript=True,
+        resize_inside=True,
+        description="clean-fid 'legacy_tensorflow': TF-style bilinear resize inside the "
+        "TorchScript TF Inception (the TTUR/ADM convention)",
+    ),
+    "legacy_pytorch": Protocol(
+        "legacy_pytorch",
+        "inception",
+        torchscript=False,
+        resize_inside=False,
+        description="clean-fid 'legacy_pytorch': PyTorch bilinear resize, pytorch-fid's port",
+    ),
+}
+
+
+def cleanfid_inputs(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """What clean-fid feeds its feature network for uint8 images [B, C, H, W] (C = 1 or 3).
+
+    `cleanfid.utils.ResizeDataset`, image by image: RGB HWC uint8, `build_resizer(mode)`, then
+    `ToTensor()` (times 255 for uint8 results, as clean-fid does). Returns float32
+    [B, 3, h, w] on the CPU, in [0, 255].
+    """
+    from cleanfid.resize import build_resizer
+    from torchvision.transforms.functional import to_tensor
+
+    resize = build_resizer(mode)
+    rgb = images.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, 3]
+    out = []
+    for image in rgb:
+        resized = resize(np.ascontiguousarray(image))
+        if resized.dtype == np.uint8:
+            out.append(to_tensor(resized) * 255)
+        elif resized.dtype == np.float32:
+            out.append(to_tensor(resized))
+        else:  # clean-fid's dataset would return None here
+            raise BenchError(f"clean-fid's {mode} resizer returned {resized.dtype} images")
+    return torch.stack(out)
+
+
+@contextlib.contextmanager
+def _quiet_loaders():
+    """Silence the deprecation warnings torch and torchvision give clean-fid's loaders."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="The parameter 'pretrained'", category=UserWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="Arguments other than a weight", category=UserWarning
+        )
+        yield
+
+
+def _spatial(mixed_6_conv: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID layout: first 7 channels of [B, 192, 17, 17], flattened channels-last."""
+    return mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+
+
+class InceptionEvaluator(Evaluator):
+    """The FID Inception under one protocol; inputs uint8, 1 or 3 channels (gray is repeated)."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        protocol: Protocol,
+        *,
+        weights_hash: str,
+        device: torch.device,
+        random_weights: bool = False,
+    ):
+        super().__init__(
+            network,
+            name=f"inception:{protocol.name}",
+            title=f"Inception/{protocol.name}",
+            weights_hash=weights_hash,
+            dims=DIMS,
+            channels=(1, 3),
+            device=device,
+            random_weights=random_weights,
+            protocol=protocol.name,
+        )
+        self.spec = protocol
+
+    def cleanfid_extractor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """clean-fid's feature function for this protocol, on this network: what
+        `cleanfid.features.build_feature_extractor(mode)` returns, [B, 3, h, w] -> [B, 2048]."""
+        raise NotImplementedError
+
+    def cleanfid_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pool3 features of uint8 images as clean-fid computes them (its inputs, its call)."""
+        x = cleanfid_inputs(images, self.spec.name).to(self.device)
+        with torch.inference_mode():
+            return self.cleanfid_extractor()(x)
+
+
+class TorchScriptInception(InceptionEvaluator):
+    """clean-fid's `InceptionV3W` (protocols `clean` and `legacy_tensorflow`), run in one pass."""
+
+    def __init__(self, wrapper: nn.Module, protocol: Protocol, **kwargs: Any):
+        super().__init__(wrapper, protocol, **kwargs)
+        self._checked: set[tuple[int, int]] = set()  # input sizes verified against clean-fid
+
+    def cleanfid_extractor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        # cleanfid.features.feature_extractor("torchscript_inception"): model_fn(x) = model(x)
+        return self.network
+
+    def _network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The tensor InceptionV3W gives `layers`, from clean-fid's inputs x [B, 3, h, w]."""
+        if not self.spec.resize_inside:
+            return (x - 128) / 128  # InceptionV3W.forward without resize_inside
+        # The TorchScript forward's resize, operation for operation: an affine grid whose
+        # translation makes grid_sample sample as TensorFlow's legacy bilinear resize does.
+        batch, channels, height, width = x.shape
+        theta = torch.eye(2, 3, device=x.device)
+        theta[0, 2].add_(theta[0, 0] / width - theta[0, 0] / SIZE)
+        theta[1, 2].add_(theta[1, 1] / height - theta[1, 1] / SIZE)
+        theta = theta.to(x.dtype).unsqueeze(0).repeat([batch, 1, 1])
+        grid = F.affine_grid(theta, [batch, channels, SIZE, SIZE], False)
+        x = F.grid_sample(x, grid, "bilinear", "border", False)
+        return x.sub_(128).div_(128)
+
+    def _features(self, images: torch.Tensor) -> Features:
+        base = self.network.base
+        x = self._network_input(cleanfid_inputs(images, self.spec.name).to(self.device))
+        spatial = None
+        for name, layer in base.layers.named_children():
+            if name == "mixed_6":
+                # ADM's mixed_6/conv: the block's 1x1 branch (conv, BN, ReLU), applied once more
+                # to the block's input (~1% of the network's work) since a scripted block
+                # offers no hook.
+                spatial = layer.conv(x)
+            x = layer(x)
+        pool = x.reshape(-1, 2048).float()
+        self._check(images, pool)
+        logits = F.linear(pool, base.output.weight)  # the forward's no_output_bias=True
+        return Features(pool, _spatial(spatial), logits)
+
+    def _check(self, images: torch.Tensor, pool: torch.Tensor) -> None:
+        """At each new input size, the first image's pool features against clean-fid's call."""
+        size = (images.shape[-2], images.shape[-1])
+        if size in self._checked:
+            return
+        theirs = self.cleanfid_features(images[:1])
+        # Bit-identical on a CPU; other devices may pick other convolution algorithms per call.
+        scale = max(theirs.abs().max().item(), 1e-12)
+        if (pool[:1] - theirs).abs().max().item() > 1e-5 * scale:
+            raise BenchError(
+                f"{self.label}: the one-pass features of {size[1]}x{size[0]} images differ from "
+                f"clean-fid's {self.spec.name} features of the same network (max difference "
+                f"{(pool[:1] - theirs).abs().max().item():.3g}); this TorchScript file does not "
+                "have the structure of inception-2015-12-05.pt, so no score is given"
+            )
+        self._checked.add(size)
+
+
+class PortInception(InceptionEvaluator):
+    """clean-fid's pytorch-fid port `InceptionV3` (protocol `legacy_pytorch`), one pass."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], protocol: Protocol, **kwargs: Any):
+        super().__init__(cleanfid_port(state_dict), protocol, **kwargs)
+        self.fc_weight = state_dict["fc.weight"].to(self.device)
+
+    def cleanfid_extractor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        # cleanfid.features.feature_extractor("pytorch_inception")'s model_fn
+        return lambda x: self.network(x / 255)[0].squeeze(-1).squeeze(-1)
+
+    def _features(self, images: torch.Tensor) -> Features:
+        # ADM's mixed_6/conv is Mixed_6d.branch1x1, inside the port's third block; read on the
+        # way by a hook that lives for this one call.
+        captured = []
+        branch = self.network.blocks[2][6].branch1x1
+        handle = branch.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            x = cleanfid_inputs(images, self.spec.name).to(self.device)
+            pool = self.cleanfid_extractor()(x)
+        finally:
+            handle.remove()
+        (mixed_6,) = captured
+        return Features(pool, _spatial(mixed_6), F.linear(pool, self.fc_weight))
+
+
+def cleanfid_port(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """clean-fid's `InceptionV3(output_blocks=[3], resize_input=False)` holding `state_dict`.
+
+    Its `fid_inception_v3` fetches the weights with `load_state_dict_from_url`; that one call is
+    answered with `state_dict` (already read and hash-checked here), so clean-fid's own
+    architecture, strict loading and forward are what run.
+    """
+    from cleanfid import inception_pytorch
+
+    def load(url: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if url != inception_pytorch.FID_WEIGHTS_URL:
+            raise ValueError(f"clean-fid asked for unexpected weights: {url}")
+        return state_dict
+
     try:
-        net.load_state_dict(state_dict, strict=True, assign=True)
+        with (
+            mock.patch.object(inception_pytorch, "load_state_dict_from_url", load),
+            _quiet_loaders(),
+        ):
+            return inception_pytorch.InceptionV3(output_blocks=[3], resize_input=False).eval()
     except RuntimeError as err:
         raise MissingWeightsError(
             f"the Inception state dict does not fit the FID Inception architecture "
             f"({str(err).splitlines()[0]}); expected the keys of "
             f"{weights.entry('inception').filename}"
         ) from None
-    return net.eval()
+
+
+def cleanfid_torchscript(folder: Path, resize_inside: bool) -> nn.Module:
+    """clean-fid's `InceptionV3W` loading `folder`/inception-2015-12-05.pt (no download)."""
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    try:
+        with _quiet_loaders():
+            return InceptionV3W(str(folder), download=False, resize_inside=resize_inside).eval()
+    except (RuntimeError, ValueError, OSError) as err:
+        raise MissingWeightsError(
+            f"{Path(folder) / TORCHSCRIPT_FILE} is not a loadable TorchScript Inception "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete it "
+            "and run `bench weights fetch inception_torchscript`"
+        ) from None
 
 
 def load_inception_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read the Inception state dict at `path` (tensors only: torch.load(weights_only=True))."""
+    """Read the port's state dict at `path` (tensors only: torch.load(weights_only=True))."""
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -99,13 +315,13 @@ def load_inception_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def random_inception_weights(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A seeded random state dict under the official keys: for tests and smoke runs only.
+    """A seeded random state dict under the port's keys: for tests and smoke runs only.
 
     He-normal convolutions keep activations at unit scale through the 94 conv-BN-ReLU layers
     (BN at its identity init), so features are neither vanishing nor exploding.
     """
-    with torch.device("meta"):
-        net = inception_architecture()
+    with torch.device("meta"):  # no throwaway init, and the global RNG is left untouched
+        net = _port_architecture()
     net = net.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     for module in net.modules():
@@ -115,68 +331,163 @@ def random_inception_weights(seed: int = 0) -> dict[str, torch.Tensor]:
             module.reset_parameters()  # weight 1, bias 0, running mean 0, running var 1
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=module.in_features**-0.5, generator=generator)
-            nn.init.zeros_(module.bias)
+            nn.init.normal_(module.bias, std=1.0, generator=generator)  # IS must not use it
     return net.state_dict()
 
 
-class InceptionEvaluator(Evaluator):
-    """FID Inception features after clean-fid's clean resize; inputs uint8, 1 or 3 channels."""
+def _port_architecture() -> nn.Module:
+    """`cleanfid.inception_pytorch.fid_inception_v3()`'s network, without loading weights."""
+    from cleanfid import inception_pytorch as port
 
-    def __init__(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        *,
-        weights_hash: str,
-        device: torch.device,
-        random_weights: bool = False,
-    ):
-        super().__init__(
-            inception_network(state_dict),
-            name="inception",
-            title="Inception",
-            weights_hash=weights_hash,
-            dims=DIMS,
-            channels=(1, 3),
-            device=device,
-            random_weights=random_weights,
+    net = port._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = port.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = port.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = port.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = port.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = port.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = port.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = port.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = port.FIDInceptionE_1(1280)
+    net.Mixed_7c = port.FIDInceptionE_2(2048)
+    return net
+
+
+class _Mixed6(nn.Module):
+    """A port Inception-C block under the TorchScript file's names: conv, tower, tower_1,
+    tower_2 (mixed_6/conv is `conv`)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.conv = block.branch1x1
+        self.tower = nn.Sequential(block.branch7x7_1, block.branch7x7_2, block.branch7x7_3)
+        self.tower_1 = nn.Sequential(
+            block.branch7x7dbl_1,
+            block.branch7x7dbl_2,
+            block.branch7x7dbl_3,
+            block.branch7x7dbl_4,
+            block.branch7x7dbl_5,
         )
-        # channels-last convolutions are faster on CPU (oneDNN) and GPU (cuDNN) alike.
-        self.network = self.network.to(memory_format=torch.channels_last)
+        self.tower_2 = nn.Sequential(
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), block.branch_pool
+        )
 
-    def _features(self, images: torch.Tensor) -> Features:
-        net = self.network
-        x = clean_resize(images.float().expand(-1, 3, -1, -1), SIZE)  # [B, 3, 299, 299]
-        x = 2 * (x / 255) - 1  # clean-fid's legacy_pytorch path: x / 255, then 2x - 1
-        x = x.contiguous(memory_format=torch.channels_last)
-        spatial = None
-        for name in _TRUNK:
-            if name == "Mixed_6d":
-                # ADM's mixed_6/conv is Mixed_6d.branch1x1 (conv, BN, ReLU): [B, 192, 17, 17].
-                # Applied once more to Mixed_6d's input (a 1x1 conv, ~1% of the network's
-                # work) rather than captured by a hook, so that this forward keeps no state.
-                spatial = net.Mixed_6d.branch1x1(x)
-            x = getattr(net, name)(x)
-        pool = torch.flatten(x, 1)  # [B, 2048]
-        # ADM's layout: first 7 channels, flattened channels-last (NHWC), 17 * 17 * 7 = 2023.
-        spatial = spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
-        logits = F.linear(pool, net.fc.weight)  # [B, 1008]; without the bias, as ADM's IS
-        return Features(pool, spatial, logits)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
+
+
+class _TorchScriptStandIn(nn.Module):
+    """The interface of inception-2015-12-05.pt (`layers` children by name, `output`, and
+    forward(img, return_features, use_fp16, no_output_bias)) around the port's blocks."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.layers = nn.Sequential(
+            OrderedDict(
+                conv=net.Conv2d_1a_3x3,
+                conv_1=net.Conv2d_2a_3x3,
+                conv_2=net.Conv2d_2b_3x3,
+                pool0=nn.MaxPool2d(3, stride=2),
+                conv_3=net.Conv2d_3b_1x1,
+                conv_4=net.Conv2d_4a_3x3,
+                pool1=nn.MaxPool2d(3, stride=2),
+                mixed=net.Mixed_5b,
+                mixed_1=net.Mixed_5c,
+                mixed_2=net.Mixed_5d,
+                mixed_3=net.Mixed_6a,
+                mixed_4=net.Mixed_6b,
+                mixed_5=net.Mixed_6c,
+                mixed_6=_Mixed6(net.Mixed_6d),
+                mixed_7=net.Mixed_6e,
+                mixed_8=net.Mixed_7a,
+                mixed_9=net.Mixed_7b,
+                mixed_10=net.Mixed_7c,
+                pool2=nn.AvgPool2d(8, stride=8),
+            )
+        )
+        self.output = net.fc
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        return_features: bool = False,
+        use_fp16: bool = False,
+        no_output_bias: bool = False,
+    ) -> torch.Tensor:
+        batch, channels, height, width = img.shape
+        x = img.to(torch.float16 if use_fp16 else torch.float32)
+        theta = torch.eye(2, 3, device=x.device)
+        theta[0, 2].add_(theta[0, 0] / width - theta[0, 0] / 299)
+        theta[1, 2].add_(theta[1, 1] / height - theta[1, 1] / 299)
+        theta = theta.to(x.dtype).unsqueeze(0).repeat([batch, 1, 1])
+        grid = F.affine_grid(theta, [batch, channels, 299, 299], False)
+        x = F.grid_sample(x, grid, "bilinear", "border", False)
+        x = x.sub_(128).div_(128)
+        features = self.layers(x).reshape(-1, 2048).to(torch.float32)
+        if return_features:
+            return features
+        if no_output_bias:
+            logits = F.linear(features, self.output.weight, None)
+        else:
+            logits = self.output(features)
+        return F.softmax(logits, 1)
+
+
+def torchscript_standin(seed: int = 0) -> torch.jit.ScriptModule:
+    """A TorchScript module with inception-2015-12-05.pt's interface and seeded random weights.
+
+    For tests and smoke runs only: the real file cannot be rebuilt from public code (it is
+    NVIDIA's translation of the TensorFlow graph); this one has the same submodule names and
+    forward signature, the FID Inception's architecture, and the port's random init.
+    """
+    with torch.device("meta"):
+        net = _port_architecture()
+    net.load_state_dict(random_inception_weights(seed), assign=True)
+    with _quiet_loaders():
+        return torch.jit.script(_TorchScriptStandIn(net.eval()).eval())
+
+
+def inception_evaluator(
+    protocol: str, path: Path, *, device: torch.device, weights_hash: str | None = None
+) -> InceptionEvaluator:
+    """The evaluator of `protocol` on the weights file at `path` (checked by the caller)."""
+    spec = PROTOCOLS[protocol]
+    weights_hash = weights_hash or weights.sha256(path)
+    if spec.torchscript:
+        if path.name != TORCHSCRIPT_FILE:
+            raise MissingWeightsError(
+                f"clean-fid loads the TorchScript Inception as {TORCHSCRIPT_FILE}, got {path}"
+            )
+        wrapper = cleanfid_torchscript(path.parent, spec.resize_inside)
+        return TorchScriptInception(wrapper, spec, weights_hash=weights_hash, device=device)
+    state_dict = load_inception_weights(path)
+    return PortInception(state_dict, spec, weights_hash=weights_hash, device=device)
+
+
+def random_inception(protocol: str, *, device: torch.device, seed: int = 0) -> InceptionEvaluator:
+    """`protocol`'s evaluator on seeded random weights (smoke runs; labelled in every output)."""
+    spec = PROTOCOLS[protocol]
+    state_dict = random_inception_weights(seed)
+    weights_hash = state_dict_sha256(state_dict)
+    if not spec.torchscript:
+        return PortInception(
+            state_dict, spec, weights_hash=weights_hash, device=device, random_weights=True
+        )
+    with tempfile.TemporaryDirectory() as folder:  # through clean-fid's loader, as the file
+        torchscript_standin(seed).save(str(Path(folder) / TORCHSCRIPT_FILE))
+        wrapper = cleanfid_torchscript(Path(folder), spec.resize_inside)
+    return TorchScriptInception(
+        wrapper, spec, weights_hash=weights_hash, device=device, random_weights=True
+    )
 
 
 def build_inception(
     eval_cfg: EvalConfig, data_cfg: DataConfig, *, device: torch.device, cache_dir: Path
 ) -> InceptionEvaluator:
-    """The inception evaluator: the hub file (hash-checked), or random weights if asked for."""
+    """The inception evaluator of eval_cfg.protocol: its weights file (fetched and checked by
+    casdm.weights), or random weights if asked for."""
     del data_cfg, cache_dir  # the same network for every dataset; nothing to cache
+    protocol = eval_cfg.protocol or DEFAULT_FID_PROTOCOL
     if eval_cfg.random_weights:
-        state_dict = random_inception_weights()
-        return InceptionEvaluator(
-            state_dict,
-            weights_hash=state_dict_sha256(state_dict),
-            device=device,
-            random_weights=True,
-        )
-    path = weights.ensure("inception")
-    return InceptionEvaluator(
-        load_inception_weights(path), weights_hash=weights.sha256(path), device=device
-    )
+        return random_inception(protocol, device=device)
+    path = weights.ensure(PROTOCOLS[protocol].weights)
+    return inception_evaluator(protocol, path, device=device)

@@ -4,7 +4,8 @@ A cache file holds ADM's keys (`mu`, `sigma`, `mu_s`, `sigma_s`), the reference 
 KID and precision/recall compare against (`features`, at most REFERENCE_FEATURES rows), their
 k-NN radii (`radii`: the reference half of precision/recall, computed once here rather than at
 every scoring) and a JSON metadata record (`meta`) naming what it was computed from. It is
-computed once per (dataset, split, resolution, evaluator, weights hash, number of images),
+computed once per (dataset, split, resolution, evaluator and its protocol, weights hash, number
+of images),
 written atomically, and rebuilt, with a warning, when unreadable or made for something else.
 """
 
@@ -150,11 +151,13 @@ def _adm_reference(
         )
     if stats:
         _check_dims(stats, evaluator, f"reference batch {path}")
-        # ADM's stored statistics come from the TF graph's own (bilinear) resize; ours use
-        # clean-fid's bicubic one, so FID against them is close to, not equal to, ADM's.
+        # ADM's stored statistics come from TensorFlow running the graph (with its own
+        # resize); the closest protocol here is legacy_tensorflow, whose TorchScript network
+        # agrees with it to float rounding, not bit for bit.
         warnings.warn(
             f"{path}: using its precomputed statistics as ADM does; they were made by ADM's "
-            "TensorFlow Inception, so FID/sFID are comparable to ADM's evaluator, not exact",
+            f"TensorFlow Inception, so FID/sFID by {evaluator.label} are comparable to ADM's "
+            "evaluator (closest with protocol legacy_tensorflow), not exact",
             stacklevel=3,
         )
     meta_base = {"source": "adm-npz", "npz": str(path.resolve()), **_evaluator_key(evaluator)}
