@@ -80,7 +80,7 @@ def test_respace_gives_diffusers_trailing_timesteps_for_every_number_of_steps():
                 want = want[1:]
             got = respace(schedule, steps, torch.device("cpu"))[0]
             assert got == want, (T_train, steps)
-            assert all(a < b for a, b in zip(got, got[1:], strict=False))
+            assert got == sorted(set(got))  # distinct, increasing
     # Rounding, not flooring, where the number of steps does not divide T.
     assert respace(Schedule.named("linear", 1000), 7, torch.device("cpu"))[0] == [
         142, 285, 428, 570, 713, 856, 999,
