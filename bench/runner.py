@@ -677,6 +677,7 @@ class _Worker:
             "peak_memory_kind": outcome.peak_memory_kind,
             "num_params": outcome.num_params,
             "evaluator": outcome.evaluator,
+            "protocols": outcome.protocols,
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -690,7 +691,12 @@ class _Worker:
                 "num_params": outcome.num_params,
             }
         )
-        run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})
+        run.set_tags(
+            {
+                "peak_memory_kind": outcome.peak_memory_kind,
+                **{f"protocol.{key}": label for key, label in outcome.protocols.items()},
+            }
+        )
         run.log_artifact(outcome.grid_png)
         run.log_artifact(outcome.config_json)
         run.finish()
@@ -736,7 +742,12 @@ def _suggest(trial: "optuna.Trial", key: str, axis: Range | Choices) -> Any:
 
 
 def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> dict[str, Any]:
-    """The study user_attr "meta" the tables' captions read (contract: bench/results.py)."""
+    """The study user_attr "meta" the tables' captions read (contract: bench/results.py).
+
+    "protocols": {score key: the protocol it follows} (bench.evaluation.protocols).
+    """
+    from bench.trial import Scorer
+
     return {
         "dataset": config.data.dataset,
         "resolution": config.data.resolution,
@@ -745,7 +756,9 @@ def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> d
         "sampler": config.sample.sampler,
         "steps": config.sample.steps,
         "eta": config.sample.eta,
+        "clip_x0": config.sample.clip_x0,
         "random_weights": config.eval.random_weights,
+        "protocols": Scorer.protocols(config),
         "lpips_trunk": lpips_trunks(configs),
     }
 

@@ -10,10 +10,13 @@ floor a perfect model would reach.
 The CSV is tidy (one line per row x column group x metric, the layout pandas' `pivot_table`
 takes) with unscaled, unrounded values: columns `row`, `column` (display labels), one column
 per row/column axis holding the raw axis value, then `metric` (a score key), `mean`, `std`,
-`n`, `best` and `reference` (true on the real-data lines, whose `std` and axis columns are empty).
+`n`, `best` and `reference` (true on the real-data lines, whose `std` and axis columns are empty),
+and `protocol`: the protocol the score follows (bench.evaluation.protocols; empty when the
+study did not record one).
 """
 
 import csv
+import dataclasses
 import io
 import itertools
 import statistics
@@ -88,6 +91,7 @@ class Table:
     cells: dict[tuple[int, int, str], Cell]  # (row index, group index, metric) -> Cell
     reference: dict[str, float] | None  # metric -> real-data value
     seeds: int  # n a complete cell has; fewer is shown as "(n=k)"
+    protocols: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> protocol
 
 
 def build_table(results: "Results", study: Study) -> Table:
@@ -128,6 +132,7 @@ def build_table(results: "Results", study: Study) -> Table:
         cells=cells,
         reference=_reference(results.reference, layout.metrics),
         seeds=len(study.grid.get("seed", [None])),
+        protocols={m: p for m, p in _protocols(results, study).items() if m in layout.metrics},
     )
 
 
@@ -258,6 +263,10 @@ def _caption(results: "Results", study: Study, done: int) -> str:
         f"{REFERENCE_LABEL}: the {held_out} split, scored against the {config.eval.reference_split}"
         "-split reference like the samples.",
     ]
+    labels = _protocols(results, study)
+    for protocol in dict.fromkeys(labels[m] for m in study.table.metrics if m in labels):
+        names = [metric_formats()[m].name for m in study.table.metrics if labels.get(m) == protocol]
+        parts.append(f"{', '.join(names)}: {protocol}.")
     if meta.get("lpips_trunk") == "random":
         parts.append("LPIPS used a random (untrained) trunk: a smoke test, not a result.")
     if done < results.total:
@@ -265,6 +274,16 @@ def _caption(results: "Results", study: Study, done: int) -> str:
         note = f"; {failed} failed" if failed else ""
         parts.append(f"Partial: {done} of {results.total} cells done{note}.")
     return " ".join(parts)
+
+
+def _protocols(results: "Results", study: Study) -> dict[str, str]:
+    """{score key: protocol}: as run (the runner's meta), or as configured before any run;
+    none for a study run before protocols were recorded."""
+    if results.meta:
+        return dict(results.meta.get("protocols") or {})
+    from bench.trial import Scorer
+
+    return Scorer.protocols(study.config(study.cells()[0]))
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -407,7 +426,8 @@ def _csv(table: Table) -> str:
     axes = [*table.row_axes, *table.column_axes]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "column", *axes, "metric", "mean", "std", "n", "best", "reference"])
+    header = ["row", "column", *axes, "metric", "mean", "std", "n", "best", "reference"]
+    writer.writerow([*header, "protocol"])
     for (r, (row, row_values)), (g, (group, group_values)) in itertools.product(
         enumerate(table.rows), enumerate(table.groups)
     ):
@@ -425,11 +445,15 @@ def _csv(table: Table) -> str:
                     cell.n,
                     str(cell.best).lower(),
                     "false",
+                    table.protocols.get(metric, ""),
                 ]
             )
     for metric, value in (table.reference or {}).items():
         writer.writerow(
-            [REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", "", "false", "true"]
+            [
+                *(REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", ""),
+                *("false", "true", table.protocols.get(metric, "")),
+            ]
         )
     return out.getvalue()
 

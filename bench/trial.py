@@ -269,6 +269,13 @@ class Scorer:
         """The evaluator's label ("classifier:digits", "... (random weights)")."""
         return self.prepare(config)[0].label
 
+    @staticmethod
+    def protocols(config: RunConfig) -> dict[str, str]:
+        """{score key: the protocol it follows} for `config`'s eval settings."""
+        from bench.evaluation import protocols
+
+        return protocols(config.eval.is_protocol, config.eval.is_splits)
+
     def score(
         self, images: torch.Tensor, config: RunConfig, progress: QuietProgress | None = None
     ) -> dict[str, float]:
@@ -281,6 +288,7 @@ class Scorer:
             images,
             evaluator,
             reference,
+            is_protocol=config.eval.is_protocol,
             is_splits=config.eval.is_splits,
             batch_size=config.eval.batch_size,
             progress=progress.task("features"),
@@ -305,6 +313,7 @@ class TrialOutcome:
 
     metrics: dict[str, float]
     evaluator: str  # the evaluator's label, e.g. "classifier:digits (random weights)"
+    protocols: dict[str, str]  # score key -> the protocol it follows (Scorer.protocols)
     wall_s: float  # the whole trial: training, sampling, scoring
     train_wall_s: float
     images_per_s: float  # training throughput
@@ -361,6 +370,7 @@ def run_trial(
     return TrialOutcome(
         metrics=metrics,
         evaluator=scorer.label(config),
+        protocols=scorer.protocols(config),
         wall_s=time.perf_counter() - start,
         train_wall_s=result.wall_s,
         images_per_s=result.images_per_s,

@@ -76,6 +76,10 @@ META = {
     "eta": 0.0,
     "random_weights": False,
     "lpips_trunk": "pretrained",
+    "protocols": {
+        "is_mean": "ADM evaluator: consecutive chunks of 5,000 samples",
+        "precision": "k = 3 nearest neighbours, distances in float32",
+    },
 }
 
 
@@ -228,8 +232,10 @@ def test_csv_is_tidy_and_pivots_back_to_the_table(study):
     frame = pd.read_csv(io.StringIO(render(build_table(make_results(), study), "csv")))
     assert list(frame.columns) == [
         "row", "column", "architecture.name", "metric.name",
-        "metric", "mean", "std", "n", "best", "reference",
+        "metric", "mean", "std", "n", "best", "reference", "protocol",
     ]  # fmt: skip
+    is_rows = frame[frame["metric"] == "is_mean"]
+    assert set(is_rows["protocol"]) == {"ADM evaluator: consecutive chunks of 5,000 samples"}
     models = frame[~frame["reference"]]
     fid = models[models["metric"] == "fid"].pivot_table(
         index="architecture.name", columns="metric.name", values="mean"
