@@ -24,13 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
-    from bench.results import describe_storage, load_results, storage_url_for
+    from bench.results import (
+        check_one_evaluator_build,
+        describe_storage,
+        load_results,
+        storage_url_for,
+    )
     from bench.study import load_study
     from bench.tables import FORMATS, build_table, render, write_tables
 
     study = load_study(args.study)
     storage = args.storage or storage_url_for(args.results)
     results = load_results(study, storage)
+    check_one_evaluator_build(results)  # scores of different evaluator builds do not compare
     if results.frame.empty:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
         raise BenchError(

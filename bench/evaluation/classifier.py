@@ -95,6 +95,7 @@ class ClassifierEvaluator(Evaluator):
         channels: int,
         accuracy: float,
         device: torch.device,
+        files: tuple[Path, ...] = (),
     ):
         with torch.no_grad():
             probe = network(torch.zeros(1, channels, resolution, resolution))
@@ -106,6 +107,7 @@ class ClassifierEvaluator(Evaluator):
             dims=tuple(f.shape[1] for f in probe),
             channels=(channels,),
             device=device,
+            files=files,
         )
         self.resolution = resolution
         self.accuracy = accuracy  # on the dataset's test split
@@ -223,6 +225,7 @@ def build_classifier(
         channels=meta["channels"],
         accuracy=meta["accuracy"],
         device=device,
+        files=(path,),
     )
 
 
