@@ -491,9 +491,17 @@ class _Worker:
                     f"{entry['weights_sha256'][:12]}, reference {entry['reference_sha256'][:12]}), "
                     "not this machine's"
                 )
-                root = self.tracker.client.download_artifacts(
-                    entry["mlflow_run_id"], "evaluator", folder
-                )
+                try:
+                    root = self.tracker.client.download_artifacts(
+                        entry["mlflow_run_id"], "evaluator", folder
+                    )
+                except Exception as err:  # MLflow raises its own and OS errors alike
+                    raise BenchError(
+                        f"cannot download study {self.study.name!r}'s evaluator build (MLflow "
+                        f"run {entry['mlflow_run_id']}: {type(err).__name__}: {err}); every "
+                        "worker must reach the MLflow artifact store: use an MLflow server "
+                        "(--tracking-uri http://...) or an artifact root on a shared disk"
+                    ) from None
                 self.scorer.adopt(config, Path(root), entry["files"])
         distributed.broadcast_object(("evaluators", None))  # torchrun: preparing is collective
         self.scorer.forget()
