@@ -33,7 +33,11 @@ class EvalConfig:
     # An ADM reference batch .npz to use instead of the dataset's statistics ("" for none).
     reference_npz: str = ""
     batch_size: int = 100
-    is_splits: int = 10
+    # Inception Score protocol: "adm" (guided-diffusion's evaluator: consecutive chunks of
+    # 5,000 samples, what diffusion papers report) or "torch-fidelity" (is_splits shuffled
+    # splits, its defaults).
+    is_protocol: Literal["adm", "torch-fidelity"] = "adm"
+    is_splits: int = 10  # the number of splits of is_protocol = "torch-fidelity"
     # Random feature-network weights: tests and smoke runs only, labelled in every output.
     random_weights: bool = False
     # Bootstrap resamples of each trial's samples for the sampling uncertainty of FID and IS
@@ -53,6 +57,13 @@ class EvalConfig:
             "protocol",
             f"must be one of {', '.join(FID_PROTOCOLS)} (or empty for {DEFAULT_FID_PROTOCOL}), "
             f"got {self.protocol!r}",
+        )
+        check(
+            self.is_protocol == "torch-fidelity" or self.is_splits == 10,
+            "is_splits",
+            f"sets the splits of is_protocol = 'torch-fidelity', got {self.is_splits} with "
+            "is_protocol = 'adm', whose parts are consecutive chunks of 5,000 samples; set "
+            "eval.is_protocol = 'torch-fidelity' to score with is_splits splits",
         )
 
 

@@ -9,6 +9,7 @@ Storage URLs (`--storage`):
   'casdm-bench[postgres]'`): many machines, row locks in the server.
 """
 
+import dataclasses
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -119,6 +120,34 @@ class Results:
     total: int  # cells of a grid study, or n_trials of a search
     states: Counter  # trial state name -> count, e.g. {"COMPLETE": 3, "RUNNING": 1}
     trials: "pandas.DataFrame"  # every trial: trial, state, cell, value, duration_s, scores
+    # Where each score came from: "trial N" / REAL_DATA -> Scorer.build (None: not recorded)
+    evaluator_builds: dict[str, dict[str, str] | None] = dataclasses.field(default_factory=dict)
+
+
+REAL_DATA = "the real-data row"
+
+
+def check_one_evaluator_build(results: Results) -> None:
+    """Raise BenchError when the scores come from more than one evaluator build (weights or
+    reference statistics hashes), naming the trials of each; scores that recorded none (a
+    study run before builds were recorded) count as one build of their own."""
+    groups: dict[str, list[str]] = {}
+    for source, build in results.evaluator_builds.items():
+        if build is None:
+            label = "unrecorded"
+        else:
+            label = (
+                f"weights {build.get('weights_sha256', '?')[:12]}, "
+                f"reference {build.get('reference_sha256', '?')[:12]}"
+            )
+        groups.setdefault(label, []).append(source)
+    if len(groups) > 1:
+        listing = "; ".join(f"{label}: {', '.join(sources)}" for label, sources in groups.items())
+        raise BenchError(
+            "the scores come from different evaluator builds, which do not compare: "
+            f"{listing}. Run the study again in a fresh --storage: its workers all score with "
+            "the build the first one publishes"
+        )
 
 
 def _params(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
@@ -141,6 +170,9 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
     attrs = optuna_study.user_attrs
     axes = list(study.grid) if study.is_grid else list(study.search)
     rows, everything = [], []
+    builds: dict[str, dict[str, str] | None] = {}
+    if attrs.get("reference_metrics") is not None:
+        builds[REAL_DATA] = attrs.get("reference_evaluator_build")
     states: Counter = Counter()
     for trial in optuna_study.get_trials(deepcopy=False):
         states[trial.state.name] += 1
@@ -167,6 +199,7 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS})
         row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)
+        builds[f"trial {trial.number}"] = trial.user_attrs.get("evaluator_build")
     score_keys = list(study.table.metrics)
     cost_columns = [COST_PREFIX + key for key in COSTS]
     columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns]
@@ -183,6 +216,7 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         total=int(attrs.get("total_cells", study.size)),
         states=states,
         trials=trials,
+        evaluator_builds=builds,
     )
 
 

@@ -403,9 +403,11 @@ class _Worker:
     ) -> None:
         """Join the tracking store and the study, initialise it, run trials until done."""
         base = configs[0]
+        self.configs = configs
         self.meta = study_meta(base, self.scorer.label(base), configs)
         with file_lock(_lock_path(sqlite_path(tracking_uri))):
             self.tracker = Tracker(tracking_uri, self.study.name)
+        self.tracking_uri = tracking_uri
         self.store = _Storage(storage, self.study, seed=base.seed)
         self.summary.created = self.store.created
         cells = self.study.cells()
@@ -450,9 +452,81 @@ class _Worker:
         if self.study.is_grid:
             _, held_back = store.enqueue_missing(cells, self.study, retry_failed=self.retry_failed)
             self.summary.held_back = [self.study.cell_name(p) for p in held_back]
+        self._share_evaluators()
         if "reference_metrics" not in attrs:
             self._reference()
         store.optuna.set_user_attr("cells_enqueued", len(cells))
+
+    def _share_evaluators(self) -> None:
+        """One evaluator build per study, whichever machine each worker runs on.
+
+        The first worker publishes its builds: their files (a trained classifier, the
+        reference statistics) as artifacts of a run in the MLflow experiment "<study>/evaluator"
+        and their hashes in the study's user attr "evaluator_builds". Every later worker whose
+        own build differs downloads the published one into its cache and scores with it.
+        """
+        import tempfile
+
+        from bench.trial import Scorer
+        from casdm import distributed
+
+        published = dict(self.store.attrs().get("evaluator_builds", {}))
+        configs = {Scorer.key(c): c for c in self.configs}  # one per evaluator build
+        adopt = []
+        for key, config in configs.items():
+            digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+            local = self.scorer.build(config)
+            entry = published.get(digest)
+            if entry is None:
+                published[digest] = self._publish(config, local)
+                self.store.optuna.set_user_attr("evaluator_builds", published)
+            elif {k: entry.get(k) for k in local} != local:
+                adopt.append((config, entry))
+        if not adopt:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            for config, entry in adopt:
+                self.progress.log(
+                    f"scoring with the study's evaluator build (weights "
+                    f"{entry['weights_sha256'][:12]}, reference {entry['reference_sha256'][:12]}), "
+                    "not this machine's"
+                )
+                try:
+                    root = self.tracker.client.download_artifacts(
+                        entry["mlflow_run_id"], "evaluator", folder
+                    )
+                except Exception as err:  # MLflow raises its own and OS errors alike
+                    raise BenchError(
+                        f"cannot download study {self.study.name!r}'s evaluator build (MLflow "
+                        f"run {entry['mlflow_run_id']}: {type(err).__name__}: {err}); every "
+                        "worker must reach the MLflow artifact store: use an MLflow server "
+                        "(--tracking-uri http://...) or an artifact root on a shared disk"
+                    ) from None
+                self.scorer.adopt(config, Path(root), entry["files"])
+        distributed.broadcast_object(("evaluators", None))  # torchrun: preparing is collective
+        self.scorer.forget()
+        for config in self.configs:  # in the order _follow prepares them
+            self.scorer.prepare(config)
+        for config, entry in adopt:
+            build = self.scorer.build(config)
+            if {k: entry.get(k) for k in build} != build:
+                raise BenchError(
+                    f"the evaluator build published for study {self.study.name!r} (MLflow run "
+                    f"{entry['mlflow_run_id']}) did not load as published: expected {entry}, "
+                    f"got {build}; its artifacts are incomplete or changed"
+                )
+
+    def _publish(self, config: RunConfig, build: dict[str, str]) -> dict[str, Any]:
+        """This worker's evaluator build for `config`, uploaded; its "evaluator_builds" entry."""
+        files = self.scorer.files(config)
+        with file_lock(_lock_path(sqlite_path(self.tracking_uri))):
+            tracker = Tracker(self.tracking_uri, f"{self.study.name}/evaluator")
+        run = tracker.start_run("evaluator build", tags={"optuna.study": self.study.name, **build})
+        for name in files:
+            parent = Path("evaluator", name).parent.as_posix()
+            run.client.log_artifact(run.run_id, str(self.scorer.cache_dir / name), parent)
+        run.finish()
+        return {**build, "mlflow_run_id": run.run_id, "files": files}
 
     def _reference(self) -> None:
         from casdm import distributed
@@ -461,6 +535,7 @@ class _Worker:
         distributed.broadcast_object(("reference", None))  # torchrun: scoring is collective
         self.progress.log("scoring held-out real data (the table's reference row)")
         metrics = self.scorer.score_real_data(config, self.progress)
+        self.store.optuna.set_user_attr("reference_evaluator_build", self.scorer.build(config))
         self.store.optuna.set_user_attr("reference_metrics", metrics)
 
     def reap(self) -> bool:
@@ -679,6 +754,8 @@ class _Worker:
             "evaluator": outcome.evaluator,
             "cost": outcome.cost(),  # bench.costs
             "bootstrap": outcome.bootstrap,  # bench.evaluation.bootstrap
+            "protocols": outcome.protocols,
+            "evaluator_build": outcome.evaluator_build,
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -694,7 +771,14 @@ class _Worker:
                 **outcome.bootstrap,
             }
         )
-        run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})
+        run.set_tags(
+            {
+                "peak_memory_kind": outcome.peak_memory_kind,
+                "evaluator.weights_sha256": outcome.evaluator_build["weights_sha256"],
+                "evaluator.reference_sha256": outcome.evaluator_build["reference_sha256"],
+                **{f"protocol.{key}": label for key, label in outcome.protocols.items()},
+            }
+        )
         run.log_artifact(outcome.grid_png)
         run.log_artifact(outcome.config_json)
         run.finish()
@@ -740,7 +824,12 @@ def _suggest(trial: "optuna.Trial", key: str, axis: Range | Choices) -> Any:
 
 
 def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> dict[str, Any]:
-    """The study user_attr "meta" the tables' captions read (contract: bench/results.py)."""
+    """The study user_attr "meta" the tables' captions read (contract: bench/results.py).
+
+    "protocols": {score key: the protocol it follows} (bench.evaluation.protocols).
+    """
+    from bench.trial import Scorer
+
     return {
         "dataset": config.data.dataset,
         "resolution": config.data.resolution,
@@ -749,7 +838,9 @@ def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> d
         "sampler": config.sample.sampler,
         "steps": config.sample.steps,
         "eta": config.sample.eta,
+        "clip_x0": config.sample.clip_x0,
         "random_weights": config.eval.random_weights,
+        "protocols": Scorer.protocols(config),
         "lpips_trunk": lpips_trunks(configs),
     }
 
@@ -811,7 +902,7 @@ def run_study(
             for config in configs:
                 scorer.prepare(config, progress)  # collective under torchrun
             if not dist.is_main:
-                _follow(study, device, scorer)
+                _follow(study, device, scorer, configs)
                 return summary
             try:
                 worker = _Worker(
@@ -833,17 +924,23 @@ def run_study(
     return summary
 
 
-def _follow(study: Study, device: str | None, scorer: "Scorer") -> None:
+def _follow(study: Study, device: str | None, scorer: "Scorer", configs: list[RunConfig]) -> None:
     """Ranks > 0 of a torchrun: do, in step with rank 0, what it announces, until None.
 
-    Rank 0 announces ("reference", None) before scoring the held-out real data and ("trial",
-    (params, workdir)) before each trial; training, sampling and scoring are collective.
+    Rank 0 announces ("evaluators", None) after taking the study's evaluator build into the
+    cache, ("reference", None) before scoring the held-out real data and ("trial", (params,
+    workdir)) before each trial; preparing, training, sampling and scoring are collective.
     """
     from bench.trial import run_trial
     from casdm import distributed
 
     while (announced := distributed.broadcast_object(None)) is not None:
         what, payload = announced
+        if what == "evaluators":
+            scorer.forget()
+            for config in configs:
+                scorer.prepare(config)
+            continue
         if what == "reference":
             scorer.score_real_data(_with_device(study.config(study.cells()[0]), device))
             continue

@@ -239,6 +239,11 @@ class Scorer:
     Building an evaluator checks (or downloads) its weights and may train the classifier, and
     the reference statistics take a pass over the reference split: both are cached on disk in
     `cache_dir` by bench.evaluation, and in memory here for the trials of one process.
+
+    An evaluator build (`build`: its weights' and reference statistics' hashes) is bit-identical
+    on one machine, but a classifier trained, or statistics computed, on another CPU or GPU
+    differ in the last bits. A study therefore shares one build (bench.runner): `files` are what
+    a worker publishes, `adopt` takes a published build into this cache.
     """
 
     def __init__(self, cache_dir: Path, device: torch.device):
@@ -251,7 +256,7 @@ class Scorer:
         from bench.evaluation import build_evaluator, reference_statistics
 
         progress = progress or QuietProgress()
-        key = json.dumps([to_dict(config.eval), to_dict(config.data)], sort_keys=True)
+        key = self.key(config)
         if key not in self._prepared:
             evaluator = build_evaluator(
                 config.eval, config.data, device=self.device, cache_dir=self.cache_dir
@@ -266,9 +271,53 @@ class Scorer:
             self._prepared[key] = (evaluator, reference)
         return self._prepared[key]
 
+    @staticmethod
+    def key(config: RunConfig) -> str:
+        """What identifies an evaluator build: the eval and data settings (as JSON)."""
+        return json.dumps([to_dict(config.eval), to_dict(config.data)], sort_keys=True)
+
+    def build(self, config: RunConfig) -> dict[str, str]:
+        """{"evaluator", "weights_sha256", "reference_sha256"} of `config`'s evaluator build."""
+        evaluator, reference = self.prepare(config)
+        return {
+            "evaluator": evaluator.label,
+            "weights_sha256": evaluator.weights_hash,
+            "reference_sha256": reference.sha256(),
+        }
+
+    def files(self, config: RunConfig) -> list[str]:
+        """The cache files making up `config`'s build, relative to cache_dir (weights built
+        here, reference statistics); downloaded weights are not among them."""
+        evaluator, reference = self.prepare(config)
+        paths = [*evaluator.files, *([reference.path] if reference.path else [])]
+        root = self.cache_dir.resolve()
+        return [Path(p).resolve().relative_to(root).as_posix() for p in paths]
+
+    def adopt(self, config: RunConfig, folder: Path, files: list[str]) -> None:
+        """Copy a published build's `files` (under `folder`) into the cache and use them."""
+        import shutil
+
+        for name in files:
+            target = self.cache_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, target.with_name(target.name + ".adopting"))
+            (target.with_name(target.name + ".adopting")).replace(target)
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the evaluators held in memory: the next `prepare` reads the cache again."""
+        self._prepared.clear()
+
     def label(self, config: RunConfig) -> str:
         """The evaluator's label ("classifier:digits", "... (random weights)")."""
         return self.prepare(config)[0].label
+
+    @staticmethod
+    def protocols(config: RunConfig) -> dict[str, str]:
+        """{score key: the protocol it follows} for `config`'s eval settings."""
+        from bench.evaluation import protocols
+
+        return protocols(config.eval.is_protocol, config.eval.is_splits)
 
     def score(
         self,
@@ -288,6 +337,7 @@ class Scorer:
             images,
             evaluator,
             reference,
+            is_protocol=config.eval.is_protocol,
             is_splits=config.eval.is_splits,
             batch_size=config.eval.batch_size,
             progress=progress.task("features"),
@@ -313,6 +363,8 @@ class TrialOutcome:
 
     metrics: dict[str, float]
     evaluator: str  # the evaluator's label, e.g. "classifier:digits (random weights)"
+    protocols: dict[str, str]  # score key -> the protocol it follows (Scorer.protocols)
+    evaluator_build: dict[str, str]  # Scorer.build: the hashes of the weights and reference
     wall_s: float  # the whole trial: training, sampling, scoring
     train_wall_s: float
     images_per_s: float  # training throughput
@@ -395,6 +447,8 @@ def run_trial(
     return TrialOutcome(
         metrics=metrics,
         evaluator=scorer.label(config),
+        protocols=scorer.protocols(config),
+        evaluator_build=scorer.build(config),
         wall_s=time.perf_counter() - start,
         train_wall_s=result.wall_s,
         images_per_s=result.images_per_s,

@@ -1,8 +1,14 @@
-"""The architectures compared by the benchmark (DESIGN.md, "Architectures").
+"""The architectures compared by the benchmark.
 
 Each is an nn.Module with `model(x_t, t) -> Prediction(eps, x0)` for the samplers and
 `model.loss(x0, t, noise, metric) -> (loss [B], terms)` for training. Where gradients stop is
 part of each architecture: in Cas-DM the eps network theta never sees the metric or the x0 loss.
+
+An architecture whose networks must not influence each other's updates declares them with
+`parameter_groups() -> {name: [parameters]}`; training then clips each group's gradient on its
+own norm (`casdm.train.parameter_groups`). Cas-DM declares theta and phi, so theta's update is
+a function of the eps loss alone, bit for bit, whatever the metric. The others have one network
+(ddpm, x0-ddpm) or one shared trunk (dual), through which the metric gradient flows anyway.
 """
 
 import torch
@@ -146,10 +152,19 @@ class CasDM(nn.Module):
         phi_base = max(8, 8 * round(model.base_channels * arch.phi_width / 8))
         self.phi = unet(model, phi_in, phi_out, resolution, phi_base)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """theta and phi, clipped separately: phi's gradients never rescale theta's step."""
+        return {"theta": list(self.theta.parameters()), "phi": list(self.phi.parameters())}
+
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Steps 1-3: (eps_theta, x0_hat, r), with theta's graph cut before phi."""
+        """Steps 1-3: (eps_theta, x0_hat, r), with theta's graph cut before phi.
+
+        theta runs first, so its dropout masks are the first draws of each step from the
+        global RNG; phi draws a fixed number after it and the metric (eval mode) none, so
+        theta's masks do not depend on the metric either.
+        """
         C = x_t.shape[1]
         eps_theta = self.theta(x_t, t)  # [B, C, H, W]
         x0_star = self.schedule.x0_from_eps(x_t, t, eps_theta.detach()).clamp(-1, 1)

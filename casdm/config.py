@@ -160,6 +160,9 @@ class SampleConfig:
     sampler: str = "ddim"
     steps: int = 50
     eta: float = 0.0
+    # Clip the predicted x0 to [-1, 1] at every step (DDPM, ADM's clip_denoised, diffusers'
+    # clip_sample); false uses the model's x0 as predicted.
+    clip_x0: bool = True
     num_samples: int = 500
     batch_size: int = 250
 

@@ -1,5 +1,5 @@
 """Samplers with one signature (as in k-diffusion): `sampler(model, schedule, x_T, *, steps,
-generator, eta) -> x0`, plus `generate`, which draws a whole sample set in batches.
+generator, eta, clip_x0) -> x0`, plus `generate`, which draws a whole sample set in batches.
 
 Every sampler reads only `model(x_t, t) -> Prediction(eps, x0)`, never the architecture, and
 visits an evenly strided subsequence of `steps` of the T training steps (see `respace`).
@@ -9,6 +9,7 @@ import hashlib
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,14 +25,21 @@ Model = Callable[[torch.Tensor, torch.Tensor], Prediction]
 def respace(schedule: Schedule, steps: int, device: torch.device) -> tuple[list[int], Schedule]:
     """The `steps` training steps t_1 < ... < t_S = T - 1 a sampler visits, and their schedule.
 
-    t_i = floor(i T / S) - 1 is evenly strided and always starts sampling at T - 1 (the
-    "trailing" spacing of Lin et al. 2024, Table 2); with S = T it is every step. The respaced
-    schedule has beta_i = 1 - abar(t_i) / abar(t_{i-1}), as improved-diffusion's SpacedDiffusion.
+    The "trailing" spacing of Lin et al. 2024, Table 2, exactly as diffusers' schedulers compute
+    it (timestep_spacing="trailing"): the S values T - k T / S, k = 0 .. S-1, as numpy's float
+    arange makes them, rounded half to even, minus 1. Sampling always starts at T - 1; with S = T
+    it is every step; when S does not divide T the steps round to the nearest (S = 7, T = 1000:
+    142, 285, ..., 999). Where diffusers' arange overshoots to an S+1-th value at 0 (timestep -1,
+    e.g. S = 61 of 1000) that value is not a step and is left out.
+
+    The respaced schedule has beta_i = 1 - abar(t_i) / abar(t_{i-1}), as improved-diffusion's
+    SpacedDiffusion, with abar before the first visited step = 1 (diffusers' set_alpha_to_one):
+    the last update lands on the predicted x0 itself.
     """
     T = schedule.T
     if not 1 <= steps <= T:
         raise ConfigError("sample.steps", f"must be in [1, {T}] (diffusion.timesteps), got {steps}")
-    ts = [(i * T) // steps - 1 for i in range(1, steps + 1)]
+    ts = sorted(int(t) - 1 for t in np.round(np.arange(T, 0, -T / steps))[:steps])
     abar = schedule.abar.detach().cpu()[ts]  # float64 [S]
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     return ts, Schedule(1 - abar / abar_prev).to(device)
@@ -52,13 +60,15 @@ def ddim(
     steps: int,
     generator: torch.Generator,
     eta: float = 0.0,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """DDIM, Song et al. 2021, Eq. 12, over `steps` respaced steps; eta=0 is deterministic.
 
     x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with
     sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev) (Eq. 16), so eta=1
-    at steps=T is DDPM's posterior variance. x0_hat is the model's Prediction.x0 clipped to
-    [-1, 1]; eps is the model's Prediction.eps as given, not re-derived from the clipped x0_hat:
+    at steps=T is DDPM's posterior variance. x0_hat is the model's Prediction.x0, clipped to
+    [-1, 1] when clip_x0 (diffusers' clip_sample); eps is the model's Prediction.eps as given,
+    not re-derived from the clipped x0_hat:
     Cas-DM pairs phi's x0_hat with theta's eps, and an architecture that wants the implied eps
     returns it as its Prediction.eps. Noise z comes from `generator` only.
     """
@@ -69,7 +79,7 @@ def ddim(
     x_t = x_T  # [B, C, H, W]
     for i in reversed(range(steps)):
         pred = model(x_t, torch.full((x_t.shape[0],), ts[i], device=x_t.device))
-        x0_hat = pred.x0.clamp(-1, 1)
+        x0_hat = pred.x0.clamp(-1, 1) if clip_x0 else pred.x0
         a, a_prev = abar[i], abar_prev[i]
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
         # max(0, .): 1 - abar_prev - sigma^2 >= 0 holds exactly for eta <= 1, not after rounding.
@@ -88,10 +98,11 @@ def ddpm(
     steps: int,
     generator: torch.Generator,
     eta: float = 0.0,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """Ancestral sampling from q(x_{t-1} | x_t, x0_hat), Ho et al. 2020, Eq. 6-7, respaced.
 
-    x0_hat is the model's Prediction.x0 clipped to [-1, 1] (improved-diffusion's
+    x0_hat is the model's Prediction.x0, clipped to [-1, 1] when clip_x0 (improved-diffusion's
     clip_denoised); the posterior is parametrized by x0_hat, so Prediction.eps is not used.
     The last step returns the posterior mean, which is x0_hat. Noise comes from `generator` only.
     DDPM has no eta; it is in the signature so that every sampler is called the same way.
@@ -103,7 +114,7 @@ def ddpm(
     for i in reversed(range(steps)):
         B = x_t.shape[0]
         pred = model(x_t, torch.full((B,), ts[i], device=x_t.device))
-        x0_hat = pred.x0.clamp(-1, 1)
+        x0_hat = pred.x0.clamp(-1, 1) if clip_x0 else pred.x0
         mean, var = sub.posterior(x0_hat, x_t, torch.full((B,), i, device=x_t.device))
         x_t = mean + var.sqrt() * _noise(x_t, generator) if i > 0 else mean
     return x_t
@@ -164,9 +175,16 @@ def generate(
                 ]
             ).to(device)  # [b, C, H, W]
             x0 = sampler(
-                model, schedule, x_T, steps=cfg.steps, generator=noise_generator, eta=cfg.eta
+                model,
+                schedule,
+                x_T,
+                steps=cfg.steps,
+                generator=noise_generator,
+                eta=cfg.eta,
+                clip_x0=cfg.clip_x0,
             )
-            # The last update returns x0_hat, in [-1, 1] up to rounding; clamp makes it exact.
+            # Images are stored in [-1, 1]: the last update returns x0_hat, in [-1, 1] up to
+            # rounding with clip_x0; without it, clamping here is the quantisation to pixels.
             batches.append(x0.float().clamp(-1, 1).cpu())
             if progress is not None:
                 progress(indices.stop - mine.start, len(mine))

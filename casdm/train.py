@@ -13,6 +13,13 @@ single-process update on the whole batch (to float rounding, with dropout 0: dro
 from each rank's own stream, seeded by `rank_seed`). Clipping, AdamW and the EMA then run on
 identical gradients, keeping every rank's weights identical. Only rank 0 writes checkpoints
 and calls the callback; every rank resumes from the checkpoint.
+
+Gradient clipping is per parameter group (`parameter_groups`): an architecture with separate
+networks (Cas-DM's theta and phi) has each clipped on its own gradient norm, so that no
+network's gradient rescales another's step. Everything else is per parameter already: AdamW
+(one lr and weight decay for all), the EMA, and DDP's gradient averaging (buckets are summed
+element by element). With theta's dropout drawn first in each forward (casdm.architectures),
+Cas-DM's theta and its EMA end bitwise the same whatever the metric.
 """
 
 import copy
@@ -81,6 +88,37 @@ class _Loss(nn.Module):
         self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: nn.Module
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.model.loss(x0, t, noise, metric)
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's gradient-clipping groups: `model.parameter_groups()` if it declares them,
+    else one group "model" of every parameter. The groups must hold each trainable parameter
+    exactly once."""
+    declare = getattr(model, "parameter_groups", None)
+    groups = {"model": list(model.parameters())} if declare is None else dict(declare())
+    grouped = [id(p) for params in groups.values() for p in params]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if len(grouped) != len(set(grouped)) or not trainable <= set(grouped):
+        raise ValueError(
+            f"{type(model).__name__}.parameter_groups() must list every trainable parameter "
+            f"exactly once (groups: {', '.join(groups)})"
+        )
+    return groups
+
+
+def clip_gradients(
+    groups: dict[str, list[nn.Parameter]], max_norm: float
+) -> dict[str, torch.Tensor]:
+    """Clip each group's gradients to `max_norm` on the group's own L2 norm.
+
+    Returns {"grad_norm": the norm over all groups together (before clipping), and, with
+    several groups, "grad_norm/<group>": each group's norm before clipping}.
+    """
+    norms = {name: nn.utils.clip_grad_norm_(params, max_norm) for name, params in groups.items()}
+    if len(norms) == 1:
+        return {"grad_norm": next(iter(norms.values()))}
+    total = torch.stack(list(norms.values())).square().sum().sqrt()
+    return {"grad_norm": total, **{f"grad_norm/{name}": norm for name, norm in norms.items()}}
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -201,8 +239,10 @@ def train(
     written every cfg.checkpoint_every steps and at the end, the one before kept as a fallback:
     an unreadable checkpoint is moved aside and the previous one (or step 0) is used, and
     `on_notice` (default: warnings.warn) is told so. Every cfg.log_every steps and at
-    the last, `callback` gets {step, loss, lr, grad_norm, images_per_s, <loss terms>}: loss,
-    grad_norm (before clipping) and the terms are means over the steps since the last record.
+    the last, `callback` gets {step, loss, lr, grad_norm, images_per_s, <loss terms>}, plus
+    grad_norm/<group> for a model with several parameter groups (`parameter_groups`): loss,
+    the gradient norms (before clipping; grad_norm over all parameters together, as one norm
+    would be) and the terms are means over the steps since the last record.
     A non-finite loss or gradient norm raises FloatingPointError before the update is applied.
 
     Distributed (see the module docstring): cfg.batch_size must be divisible by the number of
@@ -258,7 +298,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     N, B, T = images.shape[0], cfg.batch_size, model.schedule.T
     mine = slice(rank * B // W, (rank + 1) * B // W)  # this rank's part of the global batch
-    params = list(model.parameters())
+    groups = parameter_groups(model)
     history: list[dict[str, float]] = []
     sums: dict[str, torch.Tensor] = {}
     since_log, saving_s = 0, 0.0
@@ -281,7 +321,8 @@ def train(
         loss.backward()
         if W > 1:  # the global batch's loss, equal on every rank, so all ranks raise together
             loss = distributed.all_reduce_sum(loss.detach()) / W
-        grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norms = clip_gradients(groups, cfg.grad_clip)
+        grad_norm = norms["grad_norm"]
         if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one sync per step
             raise FloatingPointError(
                 f"non-finite training loss {loss.item():.4g} (gradient norm {grad_norm.item():.4g})"
@@ -292,13 +333,13 @@ def train(
         ema_update(ema, model, cfg.ema_decay)
         step += 1
 
-        values = {"loss": loss, "grad_norm": grad_norm, **terms}
+        values = {"loss": loss, **norms, **terms}
         for name, value in values.items():
             sums[name] = sums.get(name, 0) + value.detach().float()
         since_log += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             if W > 1:  # the terms are means over this rank's slice; average them over ranks
-                local = [name for name in sums if name not in ("loss", "grad_norm")]
+                local = [n for n in sums if n != "loss" and not n.startswith("grad_norm")]
                 if local:
                     reduced = distributed.all_reduce_sum(torch.stack([sums[n] for n in local]))
                     sums.update(zip(local, reduced / W, strict=True))

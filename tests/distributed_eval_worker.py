@@ -25,9 +25,17 @@ from casdm.errors import InputError
 
 DIGITS = DataConfig(dataset="digits", resolution=8)
 # 101 reference images in batches of 16 (the ranks' shards of 50 and 51 end mid-batch).
-EVAL = EvalConfig(evaluator="classifier", reference_images=101, batch_size=16, is_splits=2)
+EVAL = EvalConfig(
+    evaluator="classifier",
+    reference_images=101,
+    batch_size=16,
+    is_protocol="torch-fidelity",
+    is_splits=2,
+)
 N_IMAGES = 23  # odd: shards of 11 and 12
 KEEP = 15  # kept features cross the shard boundary: 11 from rank 0, 4 from rank 1
+
+IS = {"is_protocol": EVAL.is_protocol, "is_splits": EVAL.is_splits}
 
 
 def images() -> torch.Tensor:
@@ -48,7 +56,7 @@ def run(seeded_cache: Path, out: Path) -> dict[str, Any]:
     cached = reference_statistics(evaluator, DIGITS, EVAL, cache_dir=cache)  # read by rank 0
     x = images()
     result: dict[str, Any] = {
-        "metrics": score(x, evaluator, computed, is_splits=EVAL.is_splits, batch_size=4),
+        "metrics": score(x, evaluator, computed, **IS, batch_size=4),
         "reference": _arrays(computed),
         "cached_reference": _arrays(cached),
         "reference_files": sorted(p.name for p in (cache / "reference").iterdir()),
@@ -65,7 +73,7 @@ def run(seeded_cache: Path, out: Path) -> dict[str, Any]:
     )
     result["kept"] = torch.from_numpy(kept.kept_pool())
     result["progress"] = progress
-    result["errors"] = [_error(lambda: score(x[:3], evaluator, computed, is_splits=2))]
+    result["errors"] = [_error(lambda: score(x[:3], evaluator, computed, **IS))]
     result["errors"].append(_error(lambda: distributed.main_only(_fail_on_rank_0)))
     result["errors"].append(_error(lambda: distributed.main_first(_fail_on_rank_0)))
     result["main_only"] = distributed.main_only(lambda: f"from rank {distributed.rank()}")

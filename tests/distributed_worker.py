@@ -75,6 +75,35 @@ def images() -> torch.Tensor:
     return torch.rand((32, *SHAPE), generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
+# Cas-DM trials that differ only in the metric: theta must end bitwise the same in all of them.
+METRIC_VARIANTS = {
+    "none": MetricConfig(name="none"),
+    "l2-w0": MetricConfig(name="l2", weight=0.0),
+    "l2-w10": MetricConfig(name="l2", weight=10.0),
+    "lpips-random": MetricConfig(name="lpips", weight=1.0, trunk="random"),
+}
+
+
+def theta_runs(data: torch.Tensor, steps: int = 20, **cfg: Any) -> dict[str, dict[str, Any]]:
+    """{variant: theta's weights, theta's EMA and the training history} of 20-step Cas-DM runs
+    with dropout 0.1, clipping at 1.0 and weight decay, differing only in the metric."""
+    out = {}
+    for name, metric_cfg in METRIC_VARIANTS.items():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)  # a random LPIPS trunk is drawn from the global RNG
+            metric = build_metric(metric_cfg, SHAPE)
+        settings = {"lr": 2e-3, "grad_clip": 1.0, "weight_decay": 0.01, "ema_decay": 0.9}
+        trained = train_run(
+            "cas-dm", data, metric, dropout=0.1, steps=steps, log_every=5, **{**settings, **cfg}
+        )
+        out[name] = {
+            key: {n: v for n, v in module.state_dict().items() if n.startswith("theta.")}
+            for key, module in (("theta", trained.model), ("ema", trained.ema))
+        }
+        out[name]["history"] = trained.history
+    return out
+
+
 def run(out: Path) -> dict[str, Any]:
     """Every run the test compares, as plain data; rank 0 also writes a checkpoint into `out`."""
     data, metric = images(), build_metric(MetricConfig(name="l2", weight=0.5))
@@ -88,6 +117,8 @@ def run(out: Path) -> dict[str, Any]:
             "history": trained.history,
             "callback": records,
         }
+
+    result["theta"] = theta_runs(data)
 
     # Stop at step 2 and resume to 4 with dropout on: each rank's own dropout stream comes back.
     path = out / "ckpt.pt"

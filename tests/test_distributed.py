@@ -111,6 +111,20 @@ def test_logged_loss_and_terms_are_the_global_batch_means_and_only_rank_0_gets_c
 
 
 @pytest.mark.slow
+def test_cas_dm_theta_and_its_ema_are_bitwise_independent_of_the_metric_under_2_processes(runs):
+    (rank0, rank1), single = runs
+    for got in (rank0["theta"], rank1["theta"], single["theta"]):
+        reference = got["none"]
+        for variant in ("l2-w0", "l2-w10", "lpips-random"):
+            assert_equal_state(got[variant]["theta"], reference["theta"])
+            assert_equal_state(got[variant]["ema"], reference["ema"])
+        # Clipping was active: phi's and theta's gradient norms exceeded grad_clip = 1.0.
+        history = got["l2-w10"]["history"]
+        assert max(r["grad_norm/phi"] for r in history) > 1.0
+        assert max(r["grad_norm/theta"] for r in history) > 1.0
+
+
+@pytest.mark.slow
 def test_distributed_resume_is_bitwise_the_uninterrupted_distributed_run(runs):
     (rank0, rank1), single = runs
     # Rank 0 wrote every rank's global RNG state (dropout), and each rank took its own back.

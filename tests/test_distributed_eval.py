@@ -85,7 +85,7 @@ def test_kept_features_are_the_first_k_overall_and_progress_counts_each_shard(ru
 def test_errors_reach_every_rank_with_their_message(runs):
     (rank0, rank1), single = runs
     too_few = (
-        "BenchError: scoring needs at least 4 images (2 Inception Score splits, and 3 nearest "
+        "BenchError: scoring needs at least 4 images (2 Inception Score split(s), and 3 nearest "
         "neighbours for precision/recall), got 3"
     )
     assert rank0["errors"][0] == rank1["errors"][0] == single["errors"][0] == too_few

@@ -115,7 +115,12 @@ def test_bench_eval_bad_sample_folders_exit_2_with_a_message(
 @pytest.mark.parametrize(
     ("images", "extra", "message"),
     [
-        (np.zeros((6, 8, 8, 1), np.uint8), (), "needs at least 10 images"),
+        (np.zeros((3, 8, 8, 1), np.uint8), (), "needs at least 4 images"),
+        (
+            np.zeros((6, 8, 8, 1), np.uint8),
+            ("--is-protocol", "torch-fidelity"),
+            "needs at least 10 images",
+        ),
         (np.zeros((20, 8, 8, 3), np.uint8), (), "images have 3 channels"),
         (np.zeros((20, 8, 8, 1), np.uint8), ("--n", "30"), "--n 30: .* holds 20 images"),
         (np.zeros((20, 8, 12, 1), np.uint8), (), "samples must be square"),

@@ -5,7 +5,9 @@ import pytest
 import torch
 from cleanfid.fid import fid_from_feats, kernel_distance
 
+from bench.config import EvalConfig
 from bench.errors import BenchError
+from bench.evaluation import protocols
 from bench.evaluation.metrics import (
     frechet_distance,
     inception_score,
@@ -14,6 +16,7 @@ from bench.evaluation.metrics import (
     precision_recall,
 )
 from bench.evaluation.stream import Moments
+from casdm.config import ConfigError
 
 
 def streamed(features: np.ndarray, batch: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -100,29 +103,84 @@ def test_fid_refuses_statistics_of_another_dimension_or_non_finite():
 
 
 def test_inception_score_of_uniform_predictions_is_one():
-    mean, std = inception_score(np.zeros((100, 1008), np.float32), splits=10)
-    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+    for protocol in ("adm", "torch-fidelity"):
+        mean, std = inception_score(np.zeros((100, 1008), np.float32), protocol, splits=10)
+        assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
 
 
 def test_inception_score_of_confident_predictions_spread_over_k_classes_is_k():
     k = 5
-    labels = np.tile(np.arange(k), 10)  # every split of 5 holds each class once
+    labels = np.tile(np.arange(k), 10)  # every consecutive 5 hold each class once
     logits = 50.0 * np.eye(k, dtype=np.float32)[labels]  # softmax ~ one-hot
-    mean, std = inception_score(logits, splits=10)
+    mean, std = inception_score(logits, "adm")
     assert mean == pytest.approx(k, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
 
 
-def test_inception_score_splits_are_consecutive_as_adm():
-    """Sorted by class, each of the 10 splits holds one class: IS 1 (guided-diffusion #165)."""
-    labels = np.repeat(np.arange(10), 5)
+def adm_inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
+    """guided-diffusion's evaluator formula (compute_inception_score), re-written in numpy:
+    softmax, then exp(mean KL) over consecutive chunks of split_size, last partial included."""
+    z = logits.astype(np.float64)
+    preds = np.exp(z - z.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("n", [1000, 5000, 12_345])
+def test_adm_inception_score_is_guided_diffusions_formula(n):
+    logits = np.random.default_rng(n).normal(0, 3, (n, 50)).astype(np.float32)
+    mean, std = inception_score(logits, "adm")
+    assert mean == pytest.approx(adm_inception_score(logits), rel=1e-10)
+    chunks = -(-n // 5000)
+    assert (std == 0) == (chunks == 1)
+
+
+@pytest.mark.parametrize(("n", "splits"), [(1000, 10), (1003, 7), (50, 2)])
+def test_torch_fidelity_inception_score_is_torch_fidelitys(n, splits):
+    from torch_fidelity.metric_isc import isc_features_to_metric  # imported here: seconds
+
+    logits = np.random.default_rng(n).normal(0, 3, (n, 50)).astype(np.float32)
+    want = isc_features_to_metric(torch.from_numpy(logits), splits=splits)
+    mean, std = inception_score(logits, "torch-fidelity", splits)
+    assert mean == pytest.approx(want["inception_score_mean"], rel=1e-12)
+    assert std == pytest.approx(want["inception_score_std"], rel=1e-9)
+
+
+def test_the_two_inception_score_protocols_agree_only_at_50000_unordered_samples():
+    logits = np.random.default_rng(0).normal(0, 3, (1000, 20)).astype(np.float32)
+    assert inception_score(logits, "adm")[0] != pytest.approx(
+        inception_score(logits, "torch-fidelity", 10)[0], rel=1e-3
+    )  # one chunk of 1,000 vs 10 splits of 100: p(y) is estimated from different counts
+
+
+def test_adm_inception_score_chunks_are_consecutive():
+    """Sorted by class, each chunk of 5,000 holds one class: IS 1 (guided-diffusion #165);
+    torch-fidelity shuffles first and sees all 10 classes in every split."""
+    labels = np.repeat(np.arange(10), 5000)
     logits = 50.0 * np.eye(10, dtype=np.float32)[labels]
-    assert inception_score(logits, splits=10)[0] == pytest.approx(1.0, rel=1e-9)
-    assert inception_score(logits, splits=1)[0] == pytest.approx(10.0, rel=1e-9)
+    assert inception_score(logits, "adm")[0] == pytest.approx(1.0, rel=1e-9)
+    assert inception_score(logits, "torch-fidelity", 10)[0] == pytest.approx(10.0, rel=1e-2)
 
 
 def test_inception_score_needs_at_least_one_image_per_split():
     with pytest.raises(BenchError, match="10 parts, but there are only 5 images"):
-        inception_score(np.zeros((5, 10), np.float32), splits=10)
+        inception_score(np.zeros((5, 10), np.float32), "torch-fidelity", splits=10)
+    with pytest.raises(BenchError, match="unknown Inception Score protocol 'tf'; valid: adm"):
+        inception_score(np.zeros((5, 10), np.float32), "tf")
+
+
+def test_is_splits_belongs_to_the_torch_fidelity_protocol():
+    assert EvalConfig(is_protocol="torch-fidelity", is_splits=4).is_splits == 4
+    with pytest.raises(ConfigError, match=r"is_splits: sets the splits of is_protocol = "):
+        EvalConfig(is_splits=4)
+    labels = protocols("torch-fidelity", 4)
+    assert labels["is_mean"] == "torch-fidelity: 4 splits of the shuffled samples (seed 2020)"
+    assert protocols()["is_mean"] == "ADM evaluator: consecutive chunks of 5,000 samples"
+    assert "float32" in protocols()["precision"] == protocols()["recall"]
 
 
 def brute_force_precision_recall(ref: np.ndarray, gen: np.ndarray, k: int = 3):

@@ -188,9 +188,9 @@ def test_progress_reports_images_done_and_total(evaluator, test_images, tmp_path
         (torch.zeros(20, 8, 8, dtype=torch.uint8), r"expected a non-empty batch \[B, C, H, W\]"),
         (torch.zeros(0, 1, 8, 8, dtype=torch.uint8), "expected a non-empty batch"),
         (np.zeros((20, 1, 8, 8), np.uint8), "got ndarray"),
-        (torch.zeros(6, 1, 8, 8, dtype=torch.uint8), "needs at least 10 images.*got 6"),
+        (torch.zeros(3, 1, 8, 8, dtype=torch.uint8), "needs at least 4 images.*got 3"),
         (iter([]), "no images to compute projection features of"),
-        (iter([torch.zeros(6, 1, 8, 8, dtype=torch.uint8)]), "needs at least 10 images.*got 6"),
+        (iter([torch.zeros(3, 1, 8, 8, dtype=torch.uint8)]), "needs at least 4 images.*got 3"),
     ],
 )
 def test_bad_images_give_a_clear_error(evaluator, images, message, tmp_path):

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from bench.cli import main
 from bench.errors import BenchError
+from bench.evaluation.metrics import PRECISION_RECALL_PROTOCOL
 from bench.results import describe_storage, load_results, open_storage, storage_file
 from bench.runner import _encoded, _Storage, config_digest, run_study
 from bench.study import load_study
@@ -76,8 +77,15 @@ def test_study_records_meta_and_held_out_reference_row(tiny_run):
         "sampler": "ddim",
         "steps": 3,
         "eta": 0.0,
+        "clip_x0": True,
         "random_weights": False,
         "lpips_trunk": None,
+        "protocols": {
+            "is_mean": "ADM evaluator: consecutive chunks of 5,000 samples",
+            "is_std": "ADM evaluator: consecutive chunks of 5,000 samples",
+            "precision": PRECISION_RECALL_PROTOCOL,
+            "recall": PRECISION_RECALL_PROTOCOL,
+        },
     }
     assert "classifier" in meta["evaluator"]
     assert set(attrs["reference_metrics"]) == SCORE_KEYS
@@ -458,3 +466,94 @@ def test_a_trial_trains_the_same_weights_whatever_the_process_drew_before(tmp_pa
     second, _ = train_run(config, tmp_path / "second")
     for key, value in first.ema.state_dict().items():
         assert torch.equal(value, second.ema.state_dict()[key]), key
+
+
+def test_every_trial_and_the_real_data_row_record_the_studys_one_evaluator_build(tiny_run):
+    summary = tiny_run.summary
+    optuna_study = _optuna_study("tiny", summary.storage)
+    (published,) = optuna_study.user_attrs["evaluator_builds"].values()
+    build = {k: published[k] for k in ("evaluator", "weights_sha256", "reference_sha256")}
+    assert optuna_study.user_attrs["reference_evaluator_build"] == build
+    client = MlflowClient(summary.tracking_uri)
+    for trial in optuna_study.get_trials():
+        assert trial.user_attrs["evaluator_build"] == build
+        tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+        assert tags["evaluator.weights_sha256"] == build["weights_sha256"]
+        assert tags["evaluator.reference_sha256"] == build["reference_sha256"]
+        assert tags["protocol.is_mean"] == "ADM evaluator: consecutive chunks of 5,000 samples"
+    # The build's files (the trained classifier, the reference statistics) are in MLflow.
+    assert sorted(p.split("/")[0] for p in published["files"]) == ["classifier", "reference"]
+    artifacts = client.list_artifacts(published["mlflow_run_id"], "evaluator")
+    assert sorted(Path(a.path).name for a in artifacts) == ["classifier", "reference"]
+
+
+def test_a_worker_with_another_evaluator_build_adopts_the_published_one(tiny_run, tmp_path):
+    # "Another machine": its own cache holds a classifier whose weights differ in the last
+    # bits (as one trained on another CPU would); it must score with the study's build.
+    import shutil
+
+    import torch
+
+    from bench.trial import Scorer
+
+    summary, study = tiny_run.summary, tiny_run.study
+    optuna_study = _optuna_study("tiny", summary.storage)
+    (published,) = optuna_study.user_attrs["evaluator_builds"].values()
+    other = tmp_path / "other"
+    shutil.copytree(
+        tiny_run.root / "results" / "cache" / "classifier", other / "cache" / "classifier"
+    )
+    (classifier,) = (other / "cache" / "classifier").glob("*.pt")
+    state = torch.load(classifier, weights_only=True)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = torch.nextafter(state["state_dict"][first], torch.tensor(1.0))
+    torch.save(state, classifier)
+    config = study.config(study.cells()[0])
+    scorer = Scorer(other / "cache", torch.device("cpu"))
+    assert scorer.build(config)["weights_sha256"] != published["weights_sha256"]
+
+    joined = run_study(
+        study,
+        storage=summary.storage,
+        tracking_uri=summary.tracking_uri,
+        results=other,
+        quiet=True,
+    )
+    assert not joined.created
+    adopted = Scorer(other / "cache", torch.device("cpu")).build(config)
+    assert adopted == {k: published[k] for k in adopted}
+
+
+def test_bench_table_refuses_scores_of_different_evaluator_builds_naming_the_trials(
+    tiny_run, capsys
+):
+    import dataclasses
+
+    from bench.results import check_one_evaluator_build
+
+    summary = tiny_run.summary
+    results = load_results(tiny_run.study, summary.storage)
+    check_one_evaluator_build(results)  # one build: fine
+    builds = dict(results.evaluator_builds)
+    assert set(builds) == {"the real-data row", *(f"trial {n}" for n in range(4))}
+    builds["trial 2"] = {**builds["trial 2"], "weights_sha256": "e" * 64}
+    builds["trial 3"] = None  # recorded no build
+    with pytest.raises(BenchError) as err:
+        check_one_evaluator_build(dataclasses.replace(results, evaluator_builds=builds))
+    message = str(err.value)
+    assert "different evaluator builds" in message
+    assert f"weights {'e' * 12}" in message and "trial 2" in message
+    assert "unrecorded: trial 3" in message
+
+    # The command: exit 2, naming the odd source; nothing is written.
+    optuna_study = _optuna_study("tiny", summary.storage)
+    build = optuna_study.user_attrs["reference_evaluator_build"]
+    optuna_study.set_user_attr("reference_evaluator_build", {**build, "reference_sha256": "f" * 64})
+    out = tiny_run.root / "refused"
+    try:
+        code = main(["table", "tiny", "--storage", summary.storage, "--out", str(out)])
+        assert code == 2 and not out.exists()
+        assert f"reference {'f' * 12}: the real-data row" in capsys.readouterr().err
+    finally:
+        optuna_study.set_user_attr("reference_evaluator_build", build)
+    assert main(["table", "tiny", "--storage", summary.storage, "--out", str(out)]) == 0

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -60,6 +61,83 @@ def test_ddim_eta0_with_oracle_model_returns_the_true_x0(name, steps):
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
+def trailing(T: int, steps: int) -> list[int]:
+    """Lin et al. 2024's "trailing" steps, as diffusers' DDIMScheduler writes them."""
+    return sorted(int(t) - 1 for t in np.round(np.arange(T, 0, -T / steps))[:steps])
+
+
+def test_respace_gives_diffusers_trailing_timesteps_for_every_number_of_steps():
+    from diffusers import DDIMScheduler  # imported here: seconds
+
+    for T_train in (40, 100, 1000):
+        schedule = Schedule.named("linear", T_train)
+        reference = DDIMScheduler(num_train_timesteps=T_train, timestep_spacing="trailing")
+        for steps in range(1, T_train + 1):
+            reference.set_timesteps(steps)
+            want = sorted(reference.timesteps.tolist())
+            if len(want) == steps + 1:  # diffusers' float arange overshoots to timestep -1
+                assert want[0] == -1
+                want = want[1:]
+            got = respace(schedule, steps, torch.device("cpu"))[0]
+            assert got == want, (T_train, steps)
+            assert got == sorted(set(got))  # distinct, increasing
+    # Rounding, not flooring, where the number of steps does not divide T.
+    assert respace(Schedule.named("linear", 1000), 7, torch.device("cpu"))[0] == [
+        142, 285, 428, 570, 713, 856, 999,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("clip_x0", [True, False])
+@pytest.mark.parametrize(("T_train", "steps"), [(40, 8), (1000, 50)])
+def test_ddim_eta0_equals_diffusers_ddim_scheduler_with_trailing_spacing(clip_x0, T_train, steps):
+    # Where the steps divide T, diffusers' step (prev = t - T // S, alpha before the first step
+    # = 1 with set_alpha_to_one) visits what we visit; it clips x0 as clip_sample says and
+    # keeps the model's eps, as we do.
+    from diffusers import DDIMScheduler
+
+    schedule = Schedule.named("cosine", T_train)
+    reference = DDIMScheduler(
+        num_train_timesteps=T_train,
+        trained_betas=schedule.betas.tolist(),
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=clip_x0,
+        prediction_type="epsilon",
+    )
+    reference.set_timesteps(steps)
+
+    class EpsNet(nn.Module):
+        def forward(self, x_t, t):
+            eps = torch.tanh(2 * x_t) * (1 + t.float().view(-1, 1, 1, 1) / T_train)
+            return Prediction(eps, schedule.x0_from_eps(x_t, t, eps).float())
+
+    x_T = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(4))
+    got = ddim(EpsNet(), schedule, x_T, steps=steps, generator=torch.Generator(), clip_x0=clip_x0)
+    x = x_T
+    for t in reference.timesteps:
+        eps = EpsNet()(x, torch.full((3,), int(t))).eps
+        x = reference.step(eps, int(t), x, eta=0.0).prev_sample
+    torch.testing.assert_close(got, x, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_x0_false_uses_the_predicted_x0_as_is(sampler):
+    schedule = Schedule.named("linear", T)
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+
+    def run(clip_x0):
+        g = torch.Generator().manual_seed(5)
+        return SAMPLERS[sampler](Toy(), schedule, x_T, steps=7, generator=g, clip_x0=clip_x0)
+
+    ref = {"ddim": reference_ddim, "ddpm": reference_ddpm}[sampler]
+    args = (0.0,) if sampler == "ddim" else ()
+    for clip_x0 in (True, False):
+        want = ref(Toy(), schedule, x_T, 7, *args, torch.Generator().manual_seed(5), clip_x0)
+        torch.testing.assert_close(run(clip_x0), want, atol=1e-5, rtol=1e-5)
+    assert run(False).abs().max() > 1  # Toy's x0 leaves [-1, 1]; nothing clips it
+    assert run(True).abs().max() <= 1 + 1e-5
+
+
 def test_respace_strides_evenly_and_always_starts_at_T_minus_1():
     schedule = Schedule.named("linear", 1000)
     ts, sub = respace(schedule, 50, torch.device("cpu"))
@@ -70,15 +148,16 @@ def test_respace_strides_evenly_and_always_starts_at_T_minus_1():
     torch.testing.assert_close(sub.abar, schedule.abar[ts], rtol=1e-12, atol=0)
 
 
-def reference_ddpm(model, schedule, x_T, steps, g):
+def reference_ddpm(model, schedule, x_T, steps, g, clip_x0=True):
     """Ho et al. 2020, Eq. 6-7 on the respaced betas beta_i = 1 - abar_i / abar_prev_i."""
-    ts = [(i * T) // steps - 1 for i in range(1, steps + 1)]
+    ts = trailing(T, steps)
     x = x_T
     for i in reversed(range(steps)):
         a = abar_of(schedule, ts[i])
         a_prev = abar_of(schedule, ts[i - 1]) if i > 0 else 1.0
         beta = 1 - a / a_prev
-        x0 = model(x, torch.full((x.shape[0],), ts[i])).x0.clamp(-1, 1)
+        x0 = model(x, torch.full((x.shape[0],), ts[i])).x0
+        x0 = x0.clamp(-1, 1) if clip_x0 else x0
         mean = (math.sqrt(a_prev) * beta / (1 - a)) * x0 + (
             math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)
         ) * x
@@ -87,7 +166,7 @@ def reference_ddpm(model, schedule, x_T, steps, g):
     return x
 
 
-@pytest.mark.parametrize("steps", [T, 6])
+@pytest.mark.parametrize("steps", [T, 6, 7])
 def test_ddpm_matches_ho_et_al_posterior_written_independently(steps):
     schedule = Schedule.named("linear", T)
     x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
@@ -97,16 +176,17 @@ def test_ddpm_matches_ho_et_al_posterior_written_independently(steps):
     assert out.abs().max() <= 1 + 1e-5  # ends at the clipped x0_hat
 
 
-def reference_ddim(model, schedule, x_T, steps, eta, g):
+def reference_ddim(model, schedule, x_T, steps, eta, g, clip_x0=True):
     """Song et al. 2021, Eq. 12 with sigma from Eq. 16, clipped x0 and the model's own eps."""
-    ts = [(i * T) // steps - 1 for i in range(1, steps + 1)]
+    ts = trailing(T, steps)
     x = x_T
     for i in reversed(range(steps)):
         a = abar_of(schedule, ts[i])
         a_prev = abar_of(schedule, ts[i - 1]) if i > 0 else 1.0
         eps, x0 = model(x, torch.full((x.shape[0],), ts[i]))
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
-        x = math.sqrt(a_prev) * x0.clamp(-1, 1) + math.sqrt(1 - a_prev - sigma**2) * eps
+        x0 = x0.clamp(-1, 1) if clip_x0 else x0
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma**2) * eps
         if i > 0:
             x = x + sigma * noise_like(x, g)
     return x
@@ -116,8 +196,8 @@ def reference_ddim(model, schedule, x_T, steps, eta, g):
 def test_ddim_matches_song_et_al_eq12_with_clipped_x0_and_model_eps(eta):
     schedule = Schedule.named("cosine", T)
     x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
-    out = ddim(Toy(), schedule, x_T, steps=8, generator=torch.Generator().manual_seed(3), eta=eta)
-    ref = reference_ddim(Toy(), schedule, x_T, 8, eta, torch.Generator().manual_seed(3))
+    out = ddim(Toy(), schedule, x_T, steps=7, generator=torch.Generator().manual_seed(3), eta=eta)
+    ref = reference_ddim(Toy(), schedule, x_T, 7, eta, torch.Generator().manual_seed(3))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -234,3 +314,12 @@ def test_generate_unknown_sampler_lists_the_valid_ones():
         UnknownNameError, match="unknown sampler 'euler'; valid samplers: ddim, ddpm"
     ):
         generate(Toy(), schedule, cfg, SHAPE, seed=0, device="cpu")
+
+
+def test_generate_passes_sample_clip_x0_to_the_sampler():
+    schedule = Schedule.named("linear", T)
+    kwargs = {"seed": 0, "device": "cpu"}
+    clipped = generate(Toy(), schedule, sample_config(), SHAPE, **kwargs)
+    unclipped = generate(Toy(), schedule, sample_config(clip_x0=False), SHAPE, **kwargs)
+    assert SampleConfig().clip_x0 and not torch.equal(clipped, unclipped)
+    assert unclipped.abs().max() <= 1  # stored images are [-1, 1] either way

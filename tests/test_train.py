@@ -2,15 +2,17 @@
 
 import pytest
 import torch
+from distributed_worker import images as distributed_images
+from distributed_worker import theta_runs
 from torch import nn
 
-from casdm.architectures import build_model
+from casdm.architectures import CasDM, build_model
 from casdm.checkpoint import CheckpointError, load_checkpoint
 from casdm.config import ArchitectureConfig, DataConfig, MetricConfig, ModelConfig, TrainConfig
 from casdm.data import load_dataset
 from casdm.metrics import build_metric
 from casdm.schedule import Schedule
-from casdm.train import ema_update, learning_rate, train
+from casdm.train import clip_gradients, ema_update, learning_rate, parameter_groups, train
 
 TINY = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), dropout=0.1)
 
@@ -209,7 +211,9 @@ def test_callback_gets_step_loss_lr_grad_norm_throughput_and_every_term(digits):
     assert records == result.history
     assert [r["step"] for r in records] == [2, 4, 5]
     keys = {"step", "loss", "lr", "grad_norm", "images_per_s", "eps_mse", "x0_mse", "r", "metric"}
+    keys |= {"grad_norm/theta", "grad_norm/phi"}  # Cas-DM's two clipping groups
     assert all(set(r) == keys for r in records)
+    assert all(r["grad_norm"] >= max(r["grad_norm/theta"], r["grad_norm/phi"]) for r in records)
     assert [r["lr"] for r in records] == pytest.approx([5e-4, 1e-3, 1e-3])
     assert all(r["grad_norm"] > 0 and r["images_per_s"] > 0 for r in records)
 
@@ -260,3 +264,47 @@ def test_train_keeps_an_ema_with_the_configured_decay(digits):
     for e, p0, p in zip(result.ema.parameters(), init, model.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * p0 + 0.1 * p.detach())
     assert type(result.ema) is type(model) and not result.ema.training
+
+
+def test_cas_dm_theta_and_its_ema_end_bitwise_equal_whatever_the_metric():
+    # The paper's premise: theta learns from the eps loss alone. Same seed, dropout 0.1,
+    # clipping at 1.0 (active: the norms exceed it), 20 steps; only the metric differs.
+    runs = theta_runs(distributed_images())
+    reference = runs["none"]
+    for variant in ("l2-w0", "l2-w10", "lpips-random"):
+        for key in ("theta", "ema"):
+            got, want = runs[variant][key], reference[key]
+            assert all(torch.equal(got[name], want[name]) for name in want), (variant, key)
+    history = runs["l2-w10"]["history"]
+    assert min(r["grad_norm/phi"] for r in history) > 1.0
+    assert max(r["grad_norm/theta"] for r in history) > 1.0
+    # ... and the metric did change phi.
+    assert runs["l2-w10"]["history"][-1]["loss"] != reference["history"][-1]["loss"]
+
+
+def test_joint_clipping_would_let_the_metric_move_theta(monkeypatch):
+    # The test above can fail: clipping theta and phi as one group couples them.
+    monkeypatch.setattr(CasDM, "parameter_groups", lambda self: {"all": list(self.parameters())})
+    runs = theta_runs(distributed_images(), steps=5)
+    got, want = runs["l2-w10"]["theta"], runs["l2-w0"]["theta"]
+    assert not all(torch.equal(got[name], want[name]) for name in want)
+
+
+def test_parameter_groups_must_cover_every_parameter_once():
+    model = tiny_model("cas-dm")
+    groups = parameter_groups(model)
+    assert list(groups) == ["theta", "phi"]
+    assert parameter_groups(tiny_model("ddpm")).keys() == {"model"}
+    model.parameter_groups = lambda: {"theta": list(model.theta.parameters())}
+    with pytest.raises(ValueError, match=r"must list every trainable parameter exactly once"):
+        parameter_groups(model)
+
+
+def test_each_group_is_clipped_on_its_own_norm():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.5])
+    norms = clip_gradients({"a": [a], "b": [b]}, max_norm=1.0)
+    assert norms["grad_norm/a"].item() == 5.0 and norms["grad_norm/b"].item() == 0.5
+    assert norms["grad_norm"].item() == pytest.approx((25 + 0.25) ** 0.5)
+    torch.testing.assert_close(a.grad, torch.tensor([0.6, 0.8]))  # scaled to norm 1
+    assert b.grad.item() == 0.5  # under the limit: untouched by a's norm

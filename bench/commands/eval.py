@@ -61,10 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=defaults.batch_size, help="images per feature batch"
     )
     parser.add_argument(
+        "--is-protocol",
+        choices=("adm", "torch-fidelity"),
+        default=defaults.is_protocol,
+        help="Inception Score protocol: adm (guided-diffusion's evaluator, chunks of 5,000 "
+        "samples) or torch-fidelity (--is-splits shuffled splits) "
+        f"(default: {defaults.is_protocol})",
+    )
+    parser.add_argument(
         "--is-splits",
         type=int,
         default=defaults.is_splits,
-        help=f"Inception Score splits (default: {defaults.is_splits})",
+        help=f"splits of --is-protocol torch-fidelity (default: {defaults.is_splits})",
     )
     parser.add_argument("--data-dir", help="where downloadable datasets are stored")
     parser.add_argument(
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         EVALUATORS,
         build_evaluator,
         metric_label,
+        protocols,
         reference_statistics,
         score,
     )
@@ -129,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         reference_images=args.reference_images,
         reference_npz=str(args.reference_npz or ""),
         batch_size=args.batch_size,
+        is_protocol=args.is_protocol,
         is_splits=args.is_splits,
         random_weights=args.random_weights,
         protocol=args.protocol or "",
@@ -147,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             images,
             evaluator,
             reference,
+            is_protocol=eval_cfg.is_protocol,
             is_splits=eval_cfg.is_splits,
             batch_size=eval_cfg.batch_size,
             progress=progress.task("sample features"),
@@ -167,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "reference": reference.meta,
         "metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()},
         "labels": {k: metric_label(k, evaluator) for k in metrics},
+        "protocols": protocols(eval_cfg.is_protocol, eval_cfg.is_splits),
     }
     if args.json:
         print(json.dumps(result, indent=2))

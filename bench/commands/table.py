@@ -57,7 +57,12 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
-    from bench.results import describe_storage, load_results, storage_url_for
+    from bench.results import (
+        check_one_evaluator_build,
+        describe_storage,
+        load_results,
+        storage_url_for,
+    )
     from bench.study import load_study
     from bench.tables import FORMATS, build_table, render, write_tables
 
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics) if args.metrics else None
     storage = args.storage or storage_url_for(args.results)
     results = load_results(study, storage)
+    check_one_evaluator_build(results)  # scores of different evaluator builds do not compare
     if results.frame.empty:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
         raise BenchError(

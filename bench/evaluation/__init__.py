@@ -3,6 +3,7 @@
 evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=cache_dir)
 reference = reference_statistics(evaluator, data_cfg, eval_cfg, cache_dir=cache_dir)
 metrics = score(uint8_images, evaluator, reference)  # fid, sfid, is_mean, is_std, kid, ...
+protocols(eval_cfg.is_protocol, eval_cfg.is_splits)  # {score key: the protocol it follows}
 """
 
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from bench.evaluation.classifier import build_classifier
 from bench.evaluation.evaluator import METRIC_NAMES, Evaluator, Features, metric_label
 from bench.evaluation.inception import build_inception
 from bench.evaluation.reference import Reference, reference_statistics
-from bench.evaluation.scoring import score
+from bench.evaluation.scoring import protocols, score
 from casdm import distributed
 from casdm.config import DataConfig
 from casdm.registry import lookup
@@ -50,6 +51,7 @@ __all__ = [
     "Reference",
     "build_evaluator",
     "metric_label",
+    "protocols",
     "reference_statistics",
     "score",
 ]

@@ -70,6 +70,7 @@ def bootstrap(
     stats: FeatureStats,
     reference: Reference,
     *,
+    is_protocol: str,
     is_splits: int,
     resamples: int,
     device: torch.device | str = "cpu",
@@ -99,7 +100,7 @@ def bootstrap(
         outer = (centred * weights[:, None]).T @ centred
         sigma1 = (outer - n * torch.outer(mean, mean)) / (n - 1)
         fids.append(frechet_distance_eigh(centre + mean, sigma1, mu2, sigma2, trace))
-        inception_scores.append(inception_score(logits[index.numpy()], is_splits)[0])
+        inception_scores.append(inception_score(logits[index.numpy()], is_protocol, is_splits)[0])
     return {
         "bootstrap.fid.se": float(np.std(fids, ddof=1)),
         "bootstrap.is_mean.se": float(np.std(inception_scores, ddof=1)),

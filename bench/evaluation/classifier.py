@@ -96,6 +96,7 @@ class ClassifierEvaluator(Evaluator):
         channels: int,
         accuracy: float,
         device: torch.device,
+        files: tuple[Path, ...] = (),
     ):
         with torch.no_grad():
             probe = network(torch.zeros(1, channels, resolution, resolution))
@@ -108,6 +109,7 @@ class ClassifierEvaluator(Evaluator):
             channels=(channels,),
             device=device,
             protocol=PROTOCOL,
+            files=files,
         )
         self.resolution = resolution
         self.accuracy = accuracy  # on the dataset's test split
@@ -231,6 +233,7 @@ def build_classifier(
         channels=meta["channels"],
         accuracy=meta["accuracy"],
         device=device,
+        files=(path,),
     )
 
 

@@ -1,6 +1,7 @@
 """The evaluator contract: a frozen feature network mapping uint8 images to three feature kinds."""
 
 import hashlib
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -50,8 +51,13 @@ class Evaluator:
         device: torch.device,
         protocol: str,
         random_weights: bool = False,
+        files: tuple[Path, ...] = (),
     ):
         self.network = network.to(device).eval().requires_grad_(False)
+        # Weights this machine built (a trained classifier's cache file): a study shares them
+        # so that every worker scores with the same ones. Downloaded weights are checked by
+        # hash instead and have none.
+        self.files = files
         self.name = name
         self.title = title
         self.weights_hash = weights_hash

@@ -50,26 +50,64 @@ def frechet_distance(
     return float(value)
 
 
-def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))) per split, mean and std over `splits` splits.
+ADM_IS_CHUNK = 5000  # guided-diffusion's evaluator: compute_inception_score(split_size=5000)
+TORCH_FIDELITY_IS_SEED = 2020  # torch-fidelity's default rng_seed for samples_shuffle
+IS_PROTOCOLS = ("adm", "torch-fidelity")
 
-    ADM's protocol (Salimans et al. 2016): consecutive, unshuffled splits (np.array_split,
-    so sizes differ by at most one), p(y) the split's mean prediction. Samples stored sorted by
-    class would score too low (guided-diffusion issue #165); generated samples are unordered.
+
+def inception_score(
+    logits: np.ndarray, protocol: str = "adm", splits: int = 10
+) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) per part, mean and std over the parts (Salimans et al.
+    2016), p(y) each part's mean prediction, in float64.
+
+    protocol "adm" (guided-diffusion's evaluator): consecutive, unshuffled chunks of 5,000
+    samples, the last one shorter when N is not a multiple (at N = 50,000 this is 10 splits;
+    below 5,000 a single chunk, std 0). ADM prints the mean only; the std is over the chunks.
+    Samples stored sorted by class would score too low (guided-diffusion issue #165).
+    protocol "torch-fidelity" (its defaults): the samples shuffled with a RandomState(2020)
+    permutation, then `splits` parts [i N / splits, (i + 1) N / splits).
     """
+    if protocol not in IS_PROTOCOLS:
+        raise BenchError(
+            f"unknown Inception Score protocol {protocol!r}; valid: {', '.join(IS_PROTOCOLS)}"
+        )
     n = len(logits)
-    if n < splits:
+    if protocol == "torch-fidelity" and n < splits:
         raise BenchError(
             f"the Inception Score splits the images into {splits} parts, but there are only {n} "
             f"images; score at least {splits} images or lower eval.is_splits"
         )
+    if n == 0:
+        raise BenchError("the Inception Score needs at least one image, got 0")
     log_p = torch.from_numpy(np.asarray(logits, dtype=np.float64)).log_softmax(1)  # [N, K]
+    if protocol == "adm":
+        parts = log_p.split(ADM_IS_CHUNK)
+    else:
+        order = np.random.RandomState(TORCH_FIDELITY_IS_SEED).permutation(n)
+        log_p = log_p[torch.from_numpy(order)]
+        parts = [log_p[i * n // splits : (i + 1) * n // splits] for i in range(splits)]
     scores = []
-    for part in log_p.tensor_split(splits):
-        log_py = part.exp().mean(0).log()  # [K]: log of the split's marginal p(y)
+    for part in parts:
+        log_py = part.exp().mean(0).log()  # [K]: log of the part's marginal p(y)
         kl = (part.exp() * (part - log_py)).sum(1).mean()
         scores.append(kl.exp().item())
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def inception_score_protocol(protocol: str, splits: int = 10) -> str:
+    """How `inception_score` splits the samples, as printed next to the score."""
+    if protocol == "adm":
+        return f"ADM evaluator: consecutive chunks of {ADM_IS_CHUNK:,} samples"
+    return (
+        f"torch-fidelity: {splits} splits of the shuffled samples (seed {TORCH_FIDELITY_IS_SEED})"
+    )
+
+
+PRECISION_RECALL_PROTOCOL = (
+    f"k = {PR_NEIGHBOURS} nearest neighbours, distances in float32 (as torch-fidelity; "
+    "ADM's evaluator uses float16 where finite)"
+)
 
 
 def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray) -> float:

@@ -48,6 +48,17 @@ class Reference:
     features: np.ndarray | None  # [M, D] float32 pool features; None: KID, P/R unavailable
     radii: np.ndarray | None  # [M] float32 squared k-NN radii of `features` (None if M <= k)
     meta: dict[str, Any]
+    path: Path | None = None  # the cache file holding it (None: an ADM batch's own statistics)
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the statistics' bytes (mu, sigma, mu_s, sigma_s, features, radii)."""
+        digest = hashlib.sha256()
+        for name in (*ADM_KEYS, "features", "radii"):
+            array = getattr(self, name)
+            digest.update(name.encode())
+            if array is not None:
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
 
 def reference_statistics(
@@ -177,7 +188,11 @@ def _adm_reference(
     reference = _cached(Path(cache_dir), path.stem, key, evaluator, compute)
     if stats:
         return Reference(
-            **stats, features=reference.features, radii=reference.radii, meta=reference.meta
+            **stats,
+            features=reference.features,
+            radii=reference.radii,
+            meta=reference.meta,
+            path=reference.path,
         )
     return reference
 
@@ -223,6 +238,7 @@ def _cached(
         features=features,
         radii=reference_radii(features, evaluator.device),
         meta={**key, "images": n, "features": len(features)},
+        path=path,
     )
     arrays = {k: getattr(reference, k) for k in (*ADM_KEYS, "features", "radii")}
     if reference.radii is None:
@@ -264,4 +280,4 @@ def _read(path: Path, key: dict[str, Any], evaluator: Evaluator) -> Reference | 
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, BenchError) as err:
         warnings.warn(f"reference cache {path} is unusable ({err}); rebuilding it", stacklevel=4)
         return None
-    return Reference(**stats, features=features, radii=radii, meta=meta)
+    return Reference(**stats, features=features, radii=radii, meta=meta, path=path)

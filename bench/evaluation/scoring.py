@@ -10,8 +10,10 @@ from bench.evaluation.bootstrap import resample_count
 from bench.evaluation.evaluator import Evaluator, check_images
 from bench.evaluation.metrics import (
     PR_NEIGHBOURS,
+    PRECISION_RECALL_PROTOCOL,
     frechet_distance,
     inception_score,
+    inception_score_protocol,
     kernel_inception_distance,
     precision_recall,
 )
@@ -25,12 +27,16 @@ def score(
     evaluator: Evaluator,
     reference: Reference,
     *,
+    is_protocol: str = "adm",
     is_splits: int = 10,
     batch_size: int = 100,
     progress: Progress | None = None,
     bootstrap: int = 0,
 ) -> dict[str, float]:
     """FID, sFID, IS (mean, std), KID, precision, recall of uint8 images [N, C, H, W].
+
+    The Inception Score follows `is_protocol` ("adm": chunks of 5,000; "torch-fidelity":
+    `is_splits` shuffled splits; see `protocols`).
 
     `images` is one tensor or an iterable of uint8 batches (e.g. straight from a sampler);
     only features are kept. KID, precision and recall are NaN when the reference holds no
@@ -42,7 +48,8 @@ def score(
     features (each counted once) and every rank returns them.
     """
     _check_reference(reference, evaluator)
-    needed = max(is_splits, PR_NEIGHBOURS + 1)
+    is_parts = is_splits if is_protocol == "torch-fidelity" else 1
+    needed = max(is_parts, PR_NEIGHBOURS + 1)
     if distributed.world_size() > 1:
         if not isinstance(images, torch.Tensor):
             raise BenchError(
@@ -51,7 +58,7 @@ def score(
             )
         check_images(images, (1, 3), f"images scored by {evaluator.label}")
         if len(images) < needed:
-            raise _too_few(len(images), needed, is_splits)
+            raise _too_few(len(images), needed, is_parts)
         stats = collect_shards(
             len(images),
             lambda indices: images[indices.start : indices.stop],
@@ -62,23 +69,35 @@ def score(
             progress=progress,
         )
         return distributed.main_only(
-            lambda: _metrics(stats, evaluator, reference, is_splits, bootstrap)
+            lambda: _metrics(stats, evaluator, reference, is_protocol, is_splits, bootstrap)
         )
     chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
     if 0 < total < needed:
-        raise _too_few(total, needed, is_splits)
+        raise _too_few(total, needed, is_parts)
     stats = collect(
         chunks, evaluator, keep_pool=None, keep_logits=True, total=total, progress=progress
     )
     if stats.n < needed:
-        raise _too_few(stats.n, needed, is_splits)
-    return _metrics(stats, evaluator, reference, is_splits, bootstrap)
+        raise _too_few(stats.n, needed, is_parts)
+    return _metrics(stats, evaluator, reference, is_protocol, is_splits, bootstrap)
+
+
+def protocols(is_protocol: str = "adm", is_splits: int = 10) -> dict[str, str]:
+    """{score key: the protocol it follows}, printed next to the scores (captions, CSV, MLflow).
+
+    Keys are `score`'s metric keys; a score without an entry follows its evaluator alone.
+    """
+    labels = {"is_mean": inception_score_protocol(is_protocol, is_splits)}
+    labels["is_std"] = labels["is_mean"]
+    labels["precision"] = labels["recall"] = PRECISION_RECALL_PROTOCOL
+    return labels
 
 
 def _metrics(
     stats: FeatureStats,
     evaluator: Evaluator,
     reference: Reference,
+    is_protocol: str,
     is_splits: int,
     bootstrap: int = 0,
 ) -> dict[str, float]:
@@ -96,7 +115,9 @@ def _metrics(
             f"sFID ({label})",
         ),
     }
-    metrics["is_mean"], metrics["is_std"] = inception_score(stats.all_logits(), is_splits)
+    metrics["is_mean"], metrics["is_std"] = inception_score(
+        stats.all_logits(), is_protocol, is_splits
+    )
     if reference.features is None:
         metrics.update(kid=float("nan"), precision=float("nan"), recall=float("nan"))
     else:
@@ -109,15 +130,19 @@ def _metrics(
     if resamples:
         metrics.update(
             bootstrap_errors(
-                stats, reference, is_splits=is_splits, resamples=resamples, device=evaluator.device
+                stats,
+                reference,
+                is_protocol=is_protocol,
+                is_splits=is_splits,
+                resamples=resamples, device=evaluator.device
             )
         )
     return metrics
 
 
-def _too_few(n: int, needed: int, is_splits: int) -> BenchError:
+def _too_few(n: int, needed: int, is_parts: int) -> BenchError:
     return BenchError(
-        f"scoring needs at least {needed} images ({is_splits} Inception Score splits, and "
+        f"scoring needs at least {needed} images ({is_parts} Inception Score split(s), and "
         f"{PR_NEIGHBOURS} nearest neighbours for precision/recall), got {n}"
     )
 
