@@ -54,7 +54,13 @@ def test_bootstrap_standard_error_matches_the_spread_over_fresh_sample_sets():
         fresh.append(frechet_distance(mu, sigma, reference.mu, reference.sigma, "fresh"))
     true_se = np.std(fresh, ddof=1)
     one_set = rng.normal(0.2, 1.0, size=(n, dim)).astype(np.float32)
-    errors = bootstrap(_stats(one_set, logits), reference, is_protocol="torch-fidelity", is_splits=10, resamples=200)
+    errors = bootstrap(
+        _stats(one_set, logits),
+        reference,
+        is_protocol="torch-fidelity",
+        is_splits=10,
+        resamples=200,
+    )
     assert errors["bootstrap.resamples"] == 200
     assert 0.6 * true_se < errors["bootstrap.fid.se"] < 1.6 * true_se
     assert errors["bootstrap.is_mean.se"] > 0
@@ -65,9 +71,22 @@ def test_bootstrap_is_repeatable_and_zero_resamples_disable_it():
     features = rng.normal(size=(100, 4)).astype(np.float32)
     logits = rng.normal(size=(100, 5)).astype(np.float32)
     reference = _reference(rng.normal(size=(500, 4)).astype(np.float32))
-    first = bootstrap(_stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20)
-    assert first == bootstrap(_stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20)
-    assert bootstrap(_stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=0) == {}
+    first = bootstrap(
+        _stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20
+    )
+    assert first == bootstrap(
+        _stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20
+    )
+    assert (
+        bootstrap(
+            _stats(features, logits),
+            reference,
+            is_protocol="torch-fidelity",
+            is_splits=5,
+            resamples=0,
+        )
+        == {}
+    )
     assert (resample_count(-1, 64), resample_count(-1, 2048), resample_count(7, 2048)) == (
         100,
         20,

@@ -134,7 +134,8 @@ def _metrics(
                 reference,
                 is_protocol=is_protocol,
                 is_splits=is_splits,
-                resamples=resamples, device=evaluator.device
+                resamples=resamples,
+                device=evaluator.device,
             )
         )
     return metrics
