@@ -284,8 +284,8 @@ def test_unknown_key_at_each_level_is_named_with_the_allowed_keys(tmp_path, old,
         (
             '["none", "l2"]',
             '["none", "lpipz"]',
-            "grid.metric.name: unknown metric 'lpipz'; valid metrics: l1, l2, lpips, ms-ssim, none, "
-            "pseudo-huber, ssim",
+            "grid.metric.name: unknown metric 'lpipz'; valid metrics: l1, l2, lpips, ms-ssim, "
+            "none, pseudo-huber, ssim",
         ),
         (
             'dataset = "digits"',
