@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import signal
+import statistics
 import time
 import traceback
 import warnings
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
 ENQUEUE_WAIT_S = 120.0
 # The dry run's cost estimate times batches of at most this many images.
 MEASURE_BATCH = 64
+# ... and takes the median of this many timed training steps and sampling steps.
+MEASURE_REPEATS = 3
 _ALIVE = ("WAITING", "RUNNING", "COMPLETE")
 
 
@@ -990,10 +993,21 @@ class Plan:
     device: str
     weights: dict[str, str]  # casdm.weights name -> present / missing / corrupt
     method: str = (
-        "measured: one training step and one sampling step of a random-weight model at the "
-        f"run's batch sizes (at most {MEASURE_BATCH}) on this machine, extrapolated linearly "
-        "per image; evaluation not included"
+        f"measured: the median of {MEASURE_REPEATS} training steps and of {MEASURE_REPEATS} "
+        "sampling steps of a random-weight model at the run's batch sizes (at most "
+        f"{MEASURE_BATCH}) on this machine's device, extrapolated linearly per image; "
+        "evaluation not included"
     )
+
+    @property
+    def seconds(self) -> float:
+        """The pending trials' estimated training and sampling time on `device`, one worker."""
+        return sum(c.seconds for c in self.cells)
+
+    @property
+    def device_hours(self) -> float:
+        """`seconds` in hours of the measured device: divide by the workers to get wall time."""
+        return self.seconds / 3600
 
 
 def plan_study(study: Study, storage: str, device: str | None = None) -> Plan:
@@ -1048,11 +1062,12 @@ def plan_study(study: Study, storage: str, device: str | None = None) -> Plan:
 def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[float, float]:
     """Seconds per image of a training step and of a sampling step of `config`'s model.
 
-    Runs casdm's own `train` for two steps (the second is timed: the first warms up, and
-    compiles with train.compile) and `generate` for one sampler step twice (the second is
-    timed), on a random-weight model with random images, at the run's batch sizes capped at
-    MEASURE_BATCH, with 3 channels (the channel count barely changes the cost); an LPIPS
-    metric gets a random trunk (the same cost, no download).
+    Runs casdm's own `train` for 1 + MEASURE_REPEATS steps (the first warms up, and compiles
+    with train.compile; the median of the others is taken, so one step slowed by another
+    process does not skew the estimate) and `generate` for one sampler step 1 + MEASURE_REPEATS
+    times (the median of all but the first), on a random-weight model with random images, at
+    the run's batch sizes capped at MEASURE_BATCH, with 3 channels (the channel count barely
+    changes the cost); an LPIPS metric gets a random trunk (the same cost, no download).
     """
     import torch
 
@@ -1069,18 +1084,22 @@ def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[flo
     train_batch = min(MEASURE_BATCH, config.train.batch_size)
     images = torch.rand((train_batch, *shape), generator=torch.Generator().manual_seed(0))
     steps = dataclasses.replace(
-        config.train, steps=2, batch_size=train_batch, warmup_steps=0, log_every=1
+        config.train,
+        steps=1 + MEASURE_REPEATS,
+        batch_size=train_batch,
+        warmup_steps=0,
+        log_every=1,
     )
     result = train(model, metric, images * 2 - 1, steps, seed=0, device=device)
-    train_s = 1 / result.history[-1]["images_per_s"]
+    train_s = statistics.median(1 / record["images_per_s"] for record in result.history[1:])
 
     sample_batch = min(MEASURE_BATCH, config.sample.batch_size)
     one_step = dataclasses.replace(
         config.sample, steps=1, num_samples=sample_batch, batch_size=sample_batch
     )
     timings = []
-    for _ in range(2):
+    for _ in range(1 + MEASURE_REPEATS):
         start = time.perf_counter()
         generate(result.ema, schedule, one_step, shape, seed=0, device=device)  # syncs: .cpu()
         timings.append(time.perf_counter() - start)
-    return train_s, timings[-1] / sample_batch
+    return train_s, statistics.median(timings[1:]) / sample_batch

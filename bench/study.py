@@ -758,7 +758,7 @@ def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
 
 def check_shapes(config: RunConfig) -> None:
     """Cheap cross checks that would otherwise fail only after training starts."""
-    from casdm.metrics import LPIPS_MIN_SIDE
+    from casdm.metrics import check_images
 
     model, resolution = config.model, config.data.resolution
     levels = len(model.channel_mults)
@@ -783,11 +783,6 @@ def check_shapes(config: RunConfig) -> None:
                 f"got {model.num_heads}; it must divide every level's width "
                 f"(model.base_channels x model.channel_mults = {model.base_channels * mult})",
             )
-    metric = config.metric
-    need = LPIPS_MIN_SIDE.get(metric.net, 0)
-    if metric.name == "lpips" and max(resolution, metric.min_size) < need:
-        raise ConfigError(
-            "metric.min_size",
-            f"got {metric.min_size}; LPIPS-{metric.net} needs images of at least {need}x{need} "
-            f"and data.resolution is {resolution}; set metric.min_size >= {need}",
-        )
+    # The metric's own shape check (window sizes, minimum input sizes); channels come from the
+    # dataset, unknown until it is loaded, and are checked when the trial builds the metric.
+    check_images(config.metric, None, resolution, resolution)

@@ -104,19 +104,41 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """A METRICS name (`none`, `l2`, `lpips`), its loss weight and LPIPS's options."""
+    """A METRICS name, its loss weight and the options of the metrics that take any.
 
-    name: str = "none"
+    Options apply to the metrics named in their comment; the others ignore them (so one base
+    config can serve a grid over metric.name), but every value is validated.
+    """
+
+    name: str = "none"  # none, l2, l1, pseudo-huber, ssim, ms-ssim, lpips
     weight: float = 1.0
+    # lpips: the trunk network.
     net: Literal["alex", "vgg", "squeeze"] = "alex"
-    # `pretrained`: ImageNet trunk (downloaded once); `random`: untrained trunk, tests/smoke only.
+    # lpips: `pretrained`: ImageNet trunk (downloaded once); `random`: untrained, tests/smoke only.
     trunk: Literal["pretrained", "random"] = "pretrained"
-    # Images smaller than this are upsampled bilinearly before LPIPS (0 disables).
+    # lpips, ms-ssim: images whose shorter side is below this are upsampled bilinearly first
+    # (0 disables).
     min_size: int = 64
+    # ssim, ms-ssim: side and standard deviation of the Gaussian window (Wang et al.: 11, 1.5).
+    win_size: int = 11
+    win_sigma: float = 1.5
+    # pseudo-huber: c in sqrt(||x - y||^2 + c^2) - c; unset: 0.00054 * sqrt(C * H * W).
+    pseudo_huber_c: float | None = None
 
     def __post_init__(self):
         check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
         check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
+        check(
+            self.win_size >= 3 and self.win_size % 2 == 1,
+            "win_size",
+            f"must be an odd number >= 3 (ssim, ms-ssim Gaussian window), got {self.win_size}",
+        )
+        check(self.win_sigma > 0, "win_sigma", f"must be > 0, got {self.win_sigma}")
+        check(
+            self.pseudo_huber_c is None or self.pseudo_huber_c > 0,
+            "pseudo_huber_c",
+            f"must be > 0 (or left unset for 0.00054 * sqrt(C * H * W)), got {self.pseudo_huber_c}",
+        )
 
     @property
     def label(self) -> str:

@@ -30,7 +30,10 @@ def batch(channels: int = C, seed: int = 1):
 
 
 def metric_for(name: str, weight: float = 0.5):
-    cfg = MetricConfig(name=name, weight=weight, net="squeeze", trunk="random", min_size=32)
+    """Every metric at options that measure 8x8 images (ssim's window 3, ms-ssim at 33x33)."""
+    cfg = MetricConfig(
+        name=name, weight=weight, net="squeeze", trunk="random", min_size=33, win_size=3
+    )
     return build_metric(cfg)
 
 

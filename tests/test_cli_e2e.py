@@ -1,6 +1,7 @@
 """The `bench` commands end to end: real processes, a real MLflow server, offline, on the CPU."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -179,6 +180,9 @@ def test_dry_run_prints_pending_trials_and_cost_and_creates_nothing(workspace, c
         assert cell in out
     assert "4 of 4 trials pending" in out
     assert "total: 128 training images (steps x batch size), 80 samples" in out
+    flat = " ".join(out.split())  # rich wraps lines at the terminal width
+    assert re.search(r"on cpu: \d+\.\d\d device-hours \(cpu;", flat)
+    assert "this is a CPU estimate, measured on this machine's CPU" in flat
     assert "dry run: nothing was run or created" in out
     assert not (workspace.results / "optuna.db").exists()
     assert MlflowClient(workspace.tracking_uri).get_experiment_by_name("tiny") is None

@@ -360,6 +360,8 @@ def test_dry_run_lists_pending_cells_with_costs_and_creates_nothing(workspace):
     for cost in plan.cells:
         assert (cost.train_images, cost.samples, cost.sampling_evals) == (4 * 8, 20, 20 * 3)
         assert cost.seconds > 0
+    assert plan.device == "cpu"
+    assert plan.device_hours == sum(c.seconds for c in plan.cells) / 3600 > 0
     assert not (workspace.results / "optuna.db").exists()
     assert MlflowClient(workspace.tracking_uri).get_experiment_by_name("tiny") is None
 

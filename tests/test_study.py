@@ -85,7 +85,8 @@ def error(tmp_path: Path, text: str, overrides=()) -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "cells"), [("quickstart", 9), ("lpips_weight", 36), ("metric_loss", 27)]
+    ("name", "cells"),
+    [("quickstart", 9), ("lpips_weight", 36), ("metric_loss", 27), ("lpips_budget", 18)],
 )
 def test_shipped_studies_load_and_validate(in_repo, name, cells):
     study = load_study(name)
@@ -284,7 +285,8 @@ def test_unknown_key_at_each_level_is_named_with_the_allowed_keys(tmp_path, old,
         (
             '["none", "l2"]',
             '["none", "lpipz"]',
-            "grid.metric.name: unknown metric 'lpipz'; valid metrics: l2, lpips, none",
+            "grid.metric.name: unknown metric 'lpipz'; valid metrics: l1, l2, lpips, ms-ssim, "
+            "none, pseudo-huber, ssim",
         ),
         (
             'dataset = "digits"',
@@ -552,12 +554,16 @@ def test_names_that_could_escape_the_studies_folder_are_rejected(in_repo, name):
         find_study(name)
     message = str(info.value)
     assert f"{name!r} is neither a study name" in message
-    assert "available studies in studies/: lpips_weight, metric_loss, quickstart" in message
+    assert (
+        "available studies in studies/: digits_ablation, lpips_budget, lpips_weight, "
+        "metric_loss, quickstart" in message
+    )
 
 
 def test_unknown_study_name_lists_the_available_studies(in_repo):
     with pytest.raises(BenchError, match="unknown study 'quikstart'; available studies in "
-                       "studies/: lpips_weight, metric_loss, quickstart"):  # fmt: skip
+                       "studies/: digits_ablation, lpips_budget, lpips_weight, metric_loss, "
+                       "quickstart"):  # fmt: skip
         load_study("quikstart")
 
 

@@ -195,13 +195,19 @@ def print_plan(plan: "Plan") -> None:
             _duration(cost.seconds),
         )
     console.print(table)
-    total = sum(c.seconds for c in plan.cells)
     console.print(
         f"total: {sum(c.train_images for c in plan.cells):,} training images "
         f"(steps x batch size), {sum(c.samples for c in plan.cells):,} samples, about "
-        f"{_duration(total)} on {plan.device}",
+        f"{_duration(plan.seconds)} on {plan.device}: {plan.device_hours:,.2f} device-hours "
+        f"({plan.device}; N workers on N such devices take about 1/N of it)",
         highlight=False,
     )
+    if plan.device == "cpu":
+        console.print(
+            "this is a CPU estimate, measured on this machine's CPU; for a GPU estimate run the "
+            "dry run on the GPU machine (--device cuda)",
+            highlight=False,
+        )
     console.print(f"time estimate {plan.method}", style="dim", highlight=False)
     for name, status in plan.weights.items():
         hint = "" if status == "present" else f" (run `bench weights fetch {name}`)"

@@ -1,0 +1,74 @@
+"""LPIPS (Zhang et al. 2018) via the `lpips` package, with the trunk policy of casdm.weights."""
+
+import warnings
+
+import torch
+
+from casdm import weights
+from casdm.config import ConfigError, MetricConfig
+from casdm.metrics.base import Metric
+
+# The lpips trunk's hub file, and the smallest square input each trunk accepts (measured with
+# lpips 0.1.4: AlexNet's pools fail below 31x31, SqueezeNet's below 17, VGG's below 16).
+LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet"}
+LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16, "squeeze": 17}
+
+
+class LPIPSMetric(Metric):
+    """LPIPS per sample, on the trunk `metric.net` (ImageNet weights, or random for smoke runs).
+
+    Inputs are already in LPIPS's [-1, 1] range and are not clamped: clamping would zero the
+    gradient exactly where a prediction is furthest out of range, and LPIPS unit-normalises each
+    feature vector, so out-of-range inputs do not blow the value up. 1-channel images are repeated
+    to RGB; images whose shorter side is below `min_size` are upsampled bilinearly first, as
+    consistency models do with 224 (Song et al. 2023).
+    """
+
+    upsamples = True
+
+    def __init__(self, cfg: MetricConfig):
+        super().__init__(cfg)
+        import lpips  # imported here: it pulls in torchvision, which only this metric needs
+
+        self.net = cfg.net
+        self.min_size = cfg.min_size
+        if cfg.trunk == "pretrained":
+            # Fail with our actionable error rather than torchvision's URLError when offline;
+            # torchvision then loads the very file `ensure` checked, from the same hub folder.
+            weights.ensure(LPIPS_TRUNKS[cfg.net])
+        with warnings.catch_warnings():
+            # torchvision's deprecation notices for the `pretrained=` keyword lpips still uses.
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            self.lpips = lpips.LPIPS(
+                net=cfg.net, pretrained=True, pnet_rand=cfg.trunk == "random", verbose=False
+            )
+        self.lpips.requires_grad_(False)
+        self.train(False)
+
+    @classmethod
+    def check_images(cls, cfg: MetricConfig, channels: int | None, height: int, width: int) -> None:
+        """Raise ConfigError for images LPIPS cannot take: not 1 or 3 channels, or too small."""
+        if channels is not None and channels not in (1, 3):
+            raise ConfigError(
+                "metric.name",
+                f"metric lpips takes 1-channel or RGB images, got {channels} channels; "
+                f"use another metric.name (l2, l1, pseudo-huber, ssim) for this dataset",
+            )
+        need = LPIPS_MIN_SIDE[cfg.net]
+        if min(cls.input_size(cfg, height, width)) < need:
+            raise ConfigError(
+                "metric.min_size",
+                f"got {cfg.min_size}; LPIPS-{cfg.net} needs images of at least {need}x{need} "
+                f"and the images are {height}x{width}; set metric.min_size >= {need} (default "
+                f"64) so they are upsampled bilinearly first",
+            )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [B, C, H, W] in [-1, 1] to what the trunk takes: RGB, shorter side >= min_size."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.upsample(x)
+
+    def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        self.check_images(self.cfg, *x0.shape[1:])
+        return self.lpips(self.prepare(x0_pred), self.prepare(x0)).flatten()  # [B]
