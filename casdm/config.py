@@ -142,7 +142,7 @@ class TrainConfig:
     compile: bool = False
     # Speed options (casdm.train.Performance). "auto" picks per device: on CUDA bf16 autocast,
     # channels_last and fused AdamW; elsewhere fp32, the default layout and the foreach AdamW,
-    # as before these options existed (bf16 autocast on a CPU is far slower than fp32).
+    # as before these options existed (CPU results stay bit-identical; options are opt-in).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16 adds a loss scaler
     channels_last: Literal["auto", "on", "off"] = "auto"
     fused_adamw: Literal["auto", "on", "off"] = "auto"

@@ -63,9 +63,9 @@ class Performance:
     """The speed options `train` uses on a device, TrainConfig's "auto" values resolved.
 
     On CUDA: bf16 autocast (fp32 weights, optimizer and EMA), channels_last, fused AdamW and
-    TF32. Elsewhere: fp32, the default layout and the foreach AdamW, so CPU runs are
-    unchanged (measured on this project's UNet on a CPU: bf16 autocast is about 200x slower than
-    fp32; fused AdamW leaves the step time within noise, see README "Training speed").
+    TF32. Elsewhere: fp32, the default layout and the foreach AdamW, so CPU runs stay
+    bit-identical to runs made before these options existed; on a CPU each option is opt-in
+    (whether bf16 pays off depends on the CPU's bf16 support: `bench perf --only options`).
     fp16 autocast adds a dynamic loss scaler (torch.amp.GradScaler): gradients are unscaled
     before clipping, and a step whose gradients overflowed is skipped, as GradScaler does.
     """

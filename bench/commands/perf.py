@@ -1,6 +1,8 @@
 """`bench perf`: throughput on this machine, reported as ratios measured side by side in one run.
 
 - models: training images/s per architecture, DDIM sampling images/s, cas-dm / ddpm step time;
+- options: training images/s per speed option (train.precision, channels_last, fused_adamw,
+  tf32, compile) against fp32 and against diffusers' UNet2DModel of the same shape;
 - distributed: one trial over N processes (torchrun, DDP) against one process;
 - evaluation: the full metric set from one feature pass against clean-fid's compute_fid +
   compute_kid (and against its cheapest one-pass FID + KID) on the same images with the same
@@ -10,7 +12,7 @@
 import argparse
 import json
 
-SUITES = ("models", "distributed", "evaluation")
+SUITES = ("models", "options", "distributed", "evaluation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the options benchmark's torch.compile row (default: on CUDA only)",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=16, help="image side of the options benchmark"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="batch size of the options benchmark"
+    )
     parser.add_argument("--nproc", type=int, default=2, help="processes for the DDP benchmark")
     parser.add_argument(
         "--eval-images",
@@ -52,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.errors import BenchError
     from bench.evaluation.benchmark import evaluation_benchmark
-    from bench.perf import distributed_benchmark, model_benchmarks
+    from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if "models" in args.only:
         console.print("[bold]models[/]: training and sampling throughput ...")
         rows += model_benchmarks(device, steps=args.steps, progress=console.print)
+    if "options" in args.only:
+        console.print("[bold]options[/]: training throughput per speed option ...")
+        rows += options_benchmark(
+            device,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            resolution=args.resolution,
+            compile=args.compile,
+            progress=console.print,
+        )
     if "distributed" in args.only:
         console.print(f"[bold]distributed[/]: {args.nproc} processes against 1 ...")
         rows += distributed_benchmark(args.nproc, device, steps=max(5, args.steps // 2))
