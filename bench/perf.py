@@ -1,7 +1,10 @@
 """Model throughput on this machine: training images/s per architecture, DDIM sampling images/s,
-and Cas-DM's training step time relative to DDPM's, all with one fixed small UNet; and one
-trial's training throughput over several processes (torchrun, DDP) relative to one process."""
+and Cas-DM's training step time relative to DDPM's, all with one fixed small UNet; training
+images/s per speed option (train.precision, channels_last, ...) against fp32 and against
+diffusers' UNet2DModel; and one trial's training throughput over several processes (torchrun,
+DDP) relative to one process."""
 
+import dataclasses
 import json
 import os
 import statistics
@@ -10,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from casdm.files import atomic_write_text
 from casdm.metrics import build_metric
 from casdm.samplers import ddim
 from casdm.schedule import Schedule
-from casdm.train import train
+from casdm.train import Performance, train
 
 # Fixed here, not taken from ModelConfig's defaults, so numbers stay comparable across versions.
 PERF_MODEL = ModelConfig(
@@ -143,6 +147,139 @@ def model_benchmarks(
     rows.append(
         {"benchmark": "ratio", "name": "cas-dm / ddpm train step time", "value": ratio, **common}
     )
+    return rows
+
+
+FP32 = {"precision": "fp32", "channels_last": "off", "fused_adamw": "off", "tf32": False}
+
+
+def option_variants(device: torch.device, compile: bool) -> dict[str, dict[str, Any]]:
+    """{name: TrainConfig fields} of the option benchmark: plain fp32, each option alone on
+    top of it, the device's defaults ("auto"), and with `compile` the defaults compiled."""
+    variants = {
+        "fp32": FP32,
+        "bf16": {**FP32, "precision": "bf16"},
+        "fp16": {**FP32, "precision": "fp16"},
+        "channels_last": {**FP32, "channels_last": "on"},
+        "fused_adamw": {**FP32, "fused_adamw": "on"},
+    }
+    if device.type == "cuda":
+        variants["tf32"] = {**FP32, "tf32": True}
+    variants["auto"] = {}
+    if compile:
+        variants["auto+compile"] = {"compile": True}
+    return variants
+
+
+class _DiffusersNet(torch.nn.Module):
+    """diffusers' UNet2DModel as our networks are called: net(x, t) -> [B, C, H, W]."""
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        from diffusers import UNet2DModel  # a test dependency: imported only when measured
+
+        width = PERF_MODEL.base_channels
+        self.unet = UNet2DModel(  # PERF_MODEL's shape: 2 levels, 1 block each, attention at 8
+            sample_size=resolution,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(width * m for m in PERF_MODEL.channel_mults),
+            layers_per_block=PERF_MODEL.num_res_blocks,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=width * PERF_MODEL.channel_mults[-1],
+            norm_num_groups=min(32, width),
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def options_benchmark(
+    device: torch.device | str = "cpu",
+    steps: int = 20,
+    *,
+    warmup: int = 3,
+    rounds: int = 2,
+    batch_size: int = 64,
+    channels: int = 3,
+    resolution: int = 16,
+    compile: bool | None = None,
+    diffusers: bool = True,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Training images/s of ddpm on PERF_MODEL per speed option, and of the same training
+    with diffusers' UNet2DModel of the same shape, interleaved over `rounds` rounds.
+
+    Rows "train-option": option, network ("casdm" or "diffusers"), the resolved Performance
+    fields, images_per_s and ms_per_step (median over every round's timed steps),
+    vs_fp32 (our fp32 step time / this step time) and, for every option diffusers ran too,
+    vs_diffusers (diffusers' step time under that option / ours). `compile` (default: on
+    CUDA only, where it pays off; several minutes on a CPU) adds "auto+compile".
+    """
+    device = torch.device(device)
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise BenchError(
+            f"perf needs steps >= 1, warmup >= 0 and rounds >= 1; got steps={steps}, "
+            f"warmup={warmup}, rounds={rounds}"
+        )
+    compile = device.type == "cuda" if compile is None else compile
+    schedule = Schedule.named("linear", PERF_TIMESTEPS)
+    shape = (channels, resolution, resolution)
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand((8 * batch_size, *shape), generator=generator) * 2 - 1  # [N, C, H, W]
+    base = TrainConfig(steps=warmup + steps, batch_size=batch_size, warmup_steps=0, log_every=1)
+    variants = option_variants(device, compile)
+    networks = ["casdm"]
+    if diffusers:
+        try:
+            _DiffusersNet(channels, resolution)
+            networks.append("diffusers")
+        except ImportError:
+            if progress is not None:
+                progress("diffusers is not installed: no UNet2DModel rows")
+    step_s: dict[tuple[str, str], list[float]] = {}
+    performance: dict[str, Performance] = {}
+    parameters: dict[str, int] = {}
+    for _ in range(rounds):
+        for option, fields in variants.items():
+            for network in networks:
+                if network == "diffusers" and "compile" in fields:
+                    continue
+                if progress is not None:
+                    progress(f"train {network} ({option})")
+                torch.manual_seed(seed)
+                model = build_model(
+                    ArchitectureConfig(name="ddpm"), PERF_MODEL, schedule, channels, resolution
+                )
+                if network == "diffusers":
+                    model.net = _DiffusersNet(channels, resolution)
+                parameters[network] = count_parameters(model)
+                cfg = replace(base, **fields)
+                metric = build_metric(MetricConfig(name="none"), shape)
+                result = train(model, metric, images, cfg, seed=seed, device=device)
+                performance[option] = result.performance
+                step_s.setdefault((option, network), []).extend(
+                    batch_size / r["images_per_s"] for r in result.history[warmup:]
+                )
+    median = {key: statistics.median(times) for key, times in step_s.items()}
+    common = {"device": str(device), "batch_size": batch_size, "image": "x".join(map(str, shape))}
+    rows = []
+    for (option, network), seconds in median.items():
+        row = {
+            "benchmark": "train-option",
+            "option": option,
+            "network": network,
+            "parameters": parameters[network],
+            **dataclasses.asdict(performance[option]),
+            "images_per_s": batch_size / seconds,
+            "ms_per_step": 1000 * seconds,
+            "vs_fp32": median[("fp32", network)] / seconds,
+        }
+        if network == "casdm" and (option, "diffusers") in median:
+            row["vs_diffusers"] = median[(option, "diffusers")] / seconds
+        rows.append({**row, **common})
     return rows
 
 

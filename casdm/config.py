@@ -150,7 +150,7 @@ class MetricConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: AdamW, warmup, clipping, EMA, checkpoints."""
+    """Optimisation: AdamW, warmup, clipping, EMA, checkpoints, and speed options."""
 
     steps: int = 2000
     batch_size: int = 64
@@ -162,6 +162,13 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     compile: bool = False
+    # Speed options (casdm.train.Performance). "auto" picks per device: on CUDA bf16 autocast,
+    # channels_last and fused AdamW; elsewhere fp32, the default layout and the foreach AdamW,
+    # as before these options existed (CPU results stay bit-identical; options are opt-in).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16 adds a loss scaler
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    fused_adamw: Literal["auto", "on", "off"] = "auto"
+    tf32: bool = True  # CUDA only: TF32 tensor cores for float32 matmuls and convolutions
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")

@@ -1,10 +1,11 @@
 """Training: one plain function, `train(...)`, that resumes exactly from its own checkpoints.
 
-AdamW with linear warmup, grad-norm clipping, an EMA of the weights, bf16 autocast on CUDA and
-optional torch.compile. All randomness is explicit: one generator (seeded from `seed`) draws the
-batch indices, t and the noise; the global torch RNG (dropout) is seeded from `seed` too. Both
-states are checkpointed, so a run stopped and resumed ends bitwise where an uninterrupted run
-ends (on the CPU; CUDA kernels need not be deterministic).
+AdamW with linear warmup, grad-norm clipping, an EMA of the weights, and speed options chosen
+per device (`Performance`: autocast precision with a loss scaler for fp16, channels_last,
+fused AdamW, TF32; optional torch.compile). All randomness is explicit: one generator (seeded
+from `seed`) draws the batch indices, t and the noise; the global torch RNG (dropout) is seeded
+from `seed` too. Both states are checkpointed, so a run stopped and resumed ends bitwise where
+an uninterrupted run ends (on the CPU; CUDA kernels need not be deterministic).
 
 Under torchrun (casdm.distributed initialised, W processes) cfg.batch_size is the global batch:
 every rank draws the same indices, t and noise from the shared generator and trains on its own
@@ -22,10 +23,11 @@ element by element). With theta's dropout drawn first in each forward (casdm.arc
 Cas-DM's theta and its EMA end bitwise the same whatever the metric.
 """
 
+import contextlib
 import copy
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,60 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
     notices: list[str] = field(default_factory=list)  # checkpoints found unreadable, fallbacks
+    performance: "Performance | None" = None  # the speed options the run used
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The speed options `train` uses on a device, TrainConfig's "auto" values resolved.
+
+    On CUDA: bf16 autocast (fp32 weights, optimizer and EMA), channels_last, fused AdamW and
+    TF32. Elsewhere: fp32, the default layout and the foreach AdamW, so CPU runs stay
+    bit-identical to runs made before these options existed; on a CPU each option is opt-in
+    (whether bf16 pays off depends on the CPU's bf16 support: `bench perf --only options`).
+    fp16 autocast adds a dynamic loss scaler (torch.amp.GradScaler): gradients are unscaled
+    before clipping, and a step whose gradients overflowed is skipped, as GradScaler does.
+    """
+
+    precision: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+    fused_adamw: bool
+    tf32: bool  # CUDA only
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, device: torch.device) -> "Performance":
+        cuda = device.type == "cuda"
+
+        def pick(value: str) -> bool:
+            return cuda if value == "auto" else value == "on"
+
+        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
+        return cls(precision, pick(cfg.channels_last), pick(cfg.fused_adamw), cuda and cfg.tf32)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.precision]
+
+    @property
+    def loss_scaling(self) -> bool:
+        return self.precision == "fp16"
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for CUDA float32 matmuls and cuDNN convolutions while training; restored after."""
+    if not enabled:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -255,6 +311,9 @@ def train(
         raise ValueError(
             f"images must be a non-empty [N, C, H, W] tensor, got {tuple(images.shape)}"
         )
+    perf = Performance.resolve(cfg, device)
+    if perf.channels_last:  # 4-d weights (convolutions) to NHWC strides; the values are the same
+        model.to(device, memory_format=torch.channels_last)
     model.to(device).train()
     metric.to(device).requires_grad_(False).eval()
     if {id(p) for p in metric.parameters()} & {id(p) for p in model.parameters()}:
@@ -272,8 +331,14 @@ def train(
     torch.manual_seed(distributed.rank_seed(seed, rank))
     generator = torch.Generator(device=device).manual_seed(seed)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=True if perf.fused_adamw else None,  # None: torch's default (foreach)
+    )
     modules = {"model": model, "ema": ema, "optimizer": optimizer}
+    scaler = torch.amp.GradScaler(device.type, enabled=perf.loss_scaling)
 
     step, resumed_from, notices = 0, None, []
     # Every rank reads the checkpoint; only rank 0 (its writer) moves an unreadable one aside.
@@ -292,79 +357,106 @@ def train(
             generator=generator,
             device=device,
         )
+        # A loss scale saved by an fp16 run; a run saved in another precision starts afresh.
+        if scaler.is_enabled() and isinstance(latest.state.get("scaler"), dict):
+            scaler.load_state_dict(latest.state["scaler"])
 
     loss_fn = distributed.data_parallel(_Loss(model), device)
     loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(
+        device.type,
+        dtype=perf.autocast_dtype or torch.float32,
+        enabled=perf.autocast_dtype is not None,
+    )
     N, B, T = images.shape[0], cfg.batch_size, model.schedule.T
     mine = slice(rank * B // W, (rank + 1) * B // W)  # this rank's part of the global batch
     groups = parameter_groups(model)
     history: list[dict[str, float]] = []
     sums: dict[str, torch.Tensor] = {}
-    since_log, saving_s = 0, 0.0
+    counts: dict[str, int] = {}  # per key: a step the loss scaler skipped has no grad norms
+    since_log, skipped, saving_s = 0, 0, 0.0
     loop_start = last_log = time.perf_counter()
 
-    while step < cfg.steps:
-        lr = learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(N, (B,), generator=generator, device=device)
-        t = torch.randint(T, (B,), generator=generator, device=device)
-        noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
-        with autocast:
-            # [B / W], {name: []}
-            loss_per_sample, terms = loss_fn(images[idx[mine]], t[mine], noise[mine], metric)
-            loss = loss_per_sample.float().mean()
-        if faults.inject("train.loss", step + 1) == "nan":
-            loss = loss * torch.nan
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if W > 1:  # the global batch's loss, equal on every rank, so all ranks raise together
-            loss = distributed.all_reduce_sum(loss.detach()) / W
-        norms = clip_gradients(groups, cfg.grad_clip)
-        grad_norm = norms["grad_norm"]
-        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one sync per step
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item():.4g} (gradient norm {grad_norm.item():.4g})"
-                f" at step {step + 1} of {cfg.steps}; the update was not applied and no checkpoint"
-                " was written: lower train.lr, raise train.warmup_steps or check the data"
-            )
-        optimizer.step()
-        ema_update(ema, model, cfg.ema_decay)
-        step += 1
-
-        values = {"loss": loss, **norms, **terms}
-        for name, value in values.items():
-            sums[name] = sums.get(name, 0) + value.detach().float()
-        since_log += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            if W > 1:  # the terms are means over this rank's slice; average them over ranks
-                local = [n for n in sums if n != "loss" and not n.startswith("grad_norm")]
-                if local:
-                    reduced = distributed.all_reduce_sum(torch.stack([sums[n] for n in local]))
-                    sums.update(zip(local, reduced / W, strict=True))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            record = {"step": step, "lr": lr, "images_per_s": since_log * B / (now - last_log)}
-            record.update({name: (total / since_log).item() for name, total in sums.items()})
-            history.append(record)
-            if callback is not None and rank == 0:
-                callback(record)
-            sums, since_log, last_log = {}, 0, time.perf_counter()
-        if checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_start = time.perf_counter()
-            rank_rng = distributed.all_gather_object(_rng_state(device)) if W > 1 else None
-            if rank == 0:
-                state = _checkpoint_state(
-                    step, seed, modules, generator, device, config_json, rank_rng
+    with _tf32(perf.tf32):
+        while step < cfg.steps:
+            lr = learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(N, (B,), generator=generator, device=device)
+            t = torch.randint(T, (B,), generator=generator, device=device)
+            noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
+            x0, eps = images[idx[mine]], noise[mine]  # [B / W, C, H, W]
+            if perf.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+                eps = eps.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss_per_sample, terms = loss_fn(x0, t[mine], eps, metric)  # [B / W], {name: []}
+                loss = loss_per_sample.float().mean()
+            if faults.inject("train.loss", step + 1) == "nan":
+                loss = loss * torch.nan
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()  # the loss itself unless fp16 scales it
+            if W > 1:  # the global batch's loss, equal on every rank, so all ranks raise together
+                loss = distributed.all_reduce_sum(loss.detach()) / W
+            scaler.unscale_(optimizer)  # clip the true gradients (no-op unless fp16)
+            norms = clip_gradients(groups, cfg.grad_clip)
+            grad_norm = norms["grad_norm"]
+            finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # one sync per step
+            overflow = not finite and scaler.is_enabled() and bool(torch.isfinite(loss))
+            if not finite and not overflow:
+                raise FloatingPointError(
+                    f"non-finite training loss {loss.item():.4g} (gradient norm "
+                    f"{grad_norm.item():.4g}) at step {step + 1} of {cfg.steps}; the update was "
+                    "not applied and no checkpoint was written: lower train.lr, raise "
+                    "train.warmup_steps or check the data"
                 )
-                save_checkpoint(Path(checkpoint_path), state, keep_previous=True)
-            distributed.barrier()  # no rank goes on (or returns) before the file is complete
-            saved = time.perf_counter() - save_start
-            saving_s += saved
-            last_log += saved  # keep checkpoint writes out of the logged throughput
-        faults.inject("train.step", step)
+            # optimizer.step(); with fp16, skipped when the gradients overflowed
+            scaler.step(optimizer)
+            scaler.update()
+            skipped += overflow
+            ema_update(ema, model, cfg.ema_decay)
+            step += 1
+
+            values = {"loss": loss, **terms} if overflow else {"loss": loss, **norms, **terms}
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+                counts[name] = counts.get(name, 0) + 1
+            since_log += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                if W > 1:  # the terms are means over this rank's slice; average them over ranks
+                    local = [n for n in sums if n != "loss" and not n.startswith("grad_norm")]
+                    if local:
+                        reduced = distributed.all_reduce_sum(torch.stack([sums[n] for n in local]))
+                        sums.update(zip(local, reduced / W, strict=True))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                now = time.perf_counter()
+                record = {"step": step, "lr": lr, "images_per_s": since_log * B / (now - last_log)}
+                record.update({name: (total / counts[name]).item() for name, total in sums.items()})
+                if scaler.is_enabled():
+                    record.update(loss_scale=scaler.get_scale(), skipped_steps=skipped)
+                history.append(record)
+                if callback is not None and rank == 0:
+                    callback(record)
+                sums, counts, since_log, skipped = {}, {}, 0, 0
+                last_log = time.perf_counter()
+            if checkpoint_path is not None and (
+                step % cfg.checkpoint_every == 0 or step == cfg.steps
+            ):
+                save_start = time.perf_counter()
+                rank_rng = distributed.all_gather_object(_rng_state(device)) if W > 1 else None
+                if rank == 0:
+                    state = _checkpoint_state(
+                        step, seed, modules, generator, device, config_json, rank_rng
+                    )
+                    if scaler.is_enabled():
+                        state["scaler"] = scaler.state_dict()
+                    save_checkpoint(Path(checkpoint_path), state, keep_previous=True)
+                distributed.barrier()  # no rank goes on (or returns) before the file is complete
+                saved = time.perf_counter() - save_start
+                saving_s += saved
+                last_log += saved  # keep checkpoint writes out of the logged throughput
+            faults.inject("train.step", step)
 
     trained = step - (resumed_from or 0)
     loop_s = time.perf_counter() - loop_start - saving_s
@@ -377,6 +469,7 @@ def train(
         history=history,
         resumed_from=resumed_from,
         notices=notices,
+        performance=perf,
     )
 
 

@@ -4,16 +4,19 @@ import numpy as np
 import pytest
 import torch
 from cleanfid.fid import fid_from_feats, kernel_distance
+from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import protocols
 from bench.evaluation.metrics import (
+    TraceSqrt,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
     manifold_radii,
     precision_recall,
+    psd_sqrt,
 )
 from bench.evaluation.stream import Moments
 from casdm.config import ConfigError
@@ -56,6 +59,53 @@ def test_fid_agrees_with_cleanfid_and_an_independent_implementation(two_sets):
     assert fid > 1  # the sets differ: a vacuous 0 would pass the comparisons below too
     assert fid == pytest.approx(fid_from_feats(a, b), rel=1e-6)
     assert fid == pytest.approx(heusel_fid(a.astype(np.float64), b.astype(np.float64)), rel=1e-6)
+
+
+def _inception_like(rng: np.random.Generator, n: int, dim: int, shift: float) -> np.ndarray:
+    """Non-negative, correlated features (a ReLU of mixed Gaussians), as Inception's pool3."""
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    return np.maximum(rng.normal(size=(n, dim)) @ mixing + shift, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "dim, n1",
+    [
+        (512, 1500),  # both covariances of full rank
+        (512, 300),  # the samples' covariance singular (rank 299 of 512)
+        pytest.param(2048, 3000, marks=pytest.mark.slow),  # Inception's size: a 20 s sqrtm
+    ],
+)
+def test_fid_equals_cleanfids_frechet_distance_on_inception_sized_covariances(dim, n1):
+    """The eigh trace term against clean-fid's scipy sqrtm, relative 1e-6 (measured: 1e-14 at
+    full rank, 2e-9 with a singular S1, at 2048 dimensions)."""
+    rng = np.random.default_rng(dim + n1)
+    a, b = _inception_like(rng, n1, dim, 0.2), _inception_like(rng, 3 * dim // 2, dim, 0.0)
+    mu1, s1 = a.mean(0, dtype=np.float64), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0, dtype=np.float64), np.cov(b, rowvar=False)
+    expected = cleanfid_frechet_distance(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2, "FID") == pytest.approx(expected, rel=1e-6)
+    root = psd_sqrt(s2)
+    np.testing.assert_allclose(root @ root, s2, atol=1e-10 * np.abs(s2).max())
+    assert frechet_distance(mu1, s1, mu2, s2, "FID", root2=root) == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_the_trace_term_is_right_for_singular_covariances():
+    """Rank-deficient S1 and S2 (clean-fid would offset them by 1e-6 I if sqrtm failed): the
+    eigendecomposition needs no offset, its Tr (S1 S2)^1/2 against the closed form for commuting
+    S1, S2. Zero eigenvalues come out as +-1e-16 or so, each adding up to its square root."""
+    rng = np.random.default_rng(3)
+    basis, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    d1 = np.where(np.arange(64) < 20, rng.uniform(0.5, 2, 64), 0.0)  # rank 20
+    d2 = np.where(np.arange(64) >= 10, rng.uniform(0.5, 2, 64), 0.0)  # rank 54
+    s1, s2 = (basis * d1) @ basis.T, (basis * d2) @ basis.T
+    assert TraceSqrt(psd_sqrt(s2))(torch.from_numpy(s1)) == pytest.approx(
+        np.sqrt(d1 * d2).sum(), rel=1e-6
+    )
+    exact = d1.sum() + d2.sum() - 2 * np.sqrt(d1 * d2).sum()
+    zero = np.zeros(64)
+    assert frechet_distance(zero, s1, zero, s2, "FID") == pytest.approx(exact, rel=1e-6)
 
 
 def test_streamed_moments_equal_numpy_even_far_from_the_origin():

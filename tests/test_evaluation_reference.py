@@ -16,7 +16,7 @@ from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import reference_statistics, score
 from bench.evaluation.evaluator import Evaluator, Features
-from bench.evaluation.metrics import manifold_radii, precision_recall
+from bench.evaluation.metrics import manifold_radii, precision_recall, psd_sqrt
 from casdm.config import DataConfig
 from casdm.data import from_uint8, load_dataset, to_uint8
 
@@ -90,6 +90,9 @@ def test_reference_statistics_are_computed_once_then_read_from_the_cache(
     with np.load(path) as npz:
         assert {"mu", "sigma", "mu_s", "sigma_s", "features", "radii", "meta"} <= set(npz.files)
         meta = json.loads(str(npz["meta"]))
+        # FID's and sFID's trace term needs each covariance's square root: cached alongside.
+        np.testing.assert_array_equal(npz["sigma_root"], psd_sqrt(reference.sigma))
+        np.testing.assert_array_equal(npz["sigma_s_root"], psd_sqrt(reference.sigma_s))
     assert meta["dataset"] == "digits" and meta["split"] == "train" and meta["images"] == 1437
     assert meta["evaluator"] == "projection" and meta["weights_hash"] == "projection-0"
 
@@ -97,6 +100,23 @@ def test_reference_statistics_are_computed_once_then_read_from_the_cache(
     cached = reference_statistics(again, DATA, EvalConfig(), cache_dir=tmp_path)
     assert again.calls == 0
     np.testing.assert_array_equal(cached.sigma, reference.sigma)
+
+
+def test_a_cache_file_without_the_roots_stays_valid_and_gains_them(evaluator, tmp_path):
+    """Cache files written before the square roots were cached are used, not rebuilt."""
+    first = reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
+    (path,) = (tmp_path / "reference").glob("*.npz")
+    with np.load(path) as npz:
+        old = {k: npz[k] for k in npz.files if not k.endswith("_root")}
+    np.savez(path, **old)
+    again = ProjectionEvaluator()
+    cached = reference_statistics(again, DATA, EvalConfig(), cache_dir=tmp_path)
+    assert again.calls == 0  # no new feature pass
+    assert cached.sha256() == first.sha256()
+    with np.load(path) as npz:
+        np.testing.assert_array_equal(npz["sigma_root"], psd_sqrt(first.sigma))
+        np.testing.assert_array_equal(npz["sigma_s_root"], psd_sqrt(first.sigma_s))
+        np.testing.assert_array_equal(npz["features"], old["features"])
 
 
 def test_reference_images_cap_a_seeded_subset_with_its_own_cache_file(evaluator, tmp_path):

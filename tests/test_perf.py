@@ -1,6 +1,7 @@
 """The model benchmark: one row per measurement, the ratio taken from the rows it reports."""
 
 import pytest
+import torch
 
 from bench.errors import BenchError
 from bench.perf import model_benchmarks
@@ -49,3 +50,22 @@ def test_bad_benchmark_arguments_are_refused():
         BenchError, match=r"perf needs steps >= 1.*got steps=0, warmup=3, repeats=1"
     ):
         model_benchmarks(steps=0, repeats=1)
+
+
+def test_options_benchmark_reports_every_option_against_fp32_and_diffusers():
+    from bench.perf import option_variants, options_benchmark
+
+    rows = options_benchmark(steps=1, warmup=1, rounds=1, batch_size=4, resolution=8)
+    options = list(option_variants(torch.device("cpu"), compile=False))
+    assert [(r["option"], r["network"]) for r in rows] == [
+        (o, n) for o in options for n in ("casdm", "diffusers")
+    ]
+    fp32 = {r["network"]: r["ms_per_step"] for r in rows if r["option"] == "fp32"}
+    diffusers = {r["option"]: r["ms_per_step"] for r in rows if r["network"] == "diffusers"}
+    for r in rows:
+        assert r["images_per_s"] == pytest.approx(4 / (r["ms_per_step"] / 1000))
+        assert r["vs_fp32"] == pytest.approx(fp32[r["network"]] / r["ms_per_step"])
+        if r["network"] == "casdm":
+            assert r["vs_diffusers"] == pytest.approx(diffusers[r["option"]] / r["ms_per_step"])
+    auto = next(r for r in rows if r["option"] == "auto")
+    assert (auto["precision"], auto["channels_last"], auto["fused_adamw"]) == ("fp32", False, False)

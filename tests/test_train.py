@@ -12,7 +12,14 @@ from casdm.config import ArchitectureConfig, DataConfig, MetricConfig, ModelConf
 from casdm.data import load_dataset
 from casdm.metrics import build_metric
 from casdm.schedule import Schedule
-from casdm.train import clip_gradients, ema_update, learning_rate, parameter_groups, train
+from casdm.train import (
+    Performance,
+    clip_gradients,
+    ema_update,
+    learning_rate,
+    parameter_groups,
+    train,
+)
 
 TINY = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), dropout=0.1)
 
@@ -308,3 +315,106 @@ def test_each_group_is_clipped_on_its_own_norm():
     assert norms["grad_norm"].item() == pytest.approx((25 + 0.25) ** 0.5)
     torch.testing.assert_close(a.grad, torch.tensor([0.6, 0.8]))  # scaled to norm 1
     assert b.grad.item() == 0.5  # under the limit: untouched by a's norm
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_train_with_finite_losses(digits, precision):
+    """bf16 and fp16 autocast on the CPU (CUDA's default is bf16); fp16 with a loss scaler.
+    Cas-DM: two parameter groups, each clipped on its own (unscaled) gradient norm."""
+    result = train(
+        tiny_model("cas-dm"),
+        build_metric(MetricConfig(name="l2")),
+        digits,
+        config(steps=2, log_every=1, precision=precision),
+        seed=0,
+    )
+    assert result.performance.precision == precision
+    for record in result.history:
+        assert all(torch.isfinite(torch.tensor(v)) for v in record.values()), record
+        assert {"grad_norm/theta", "grad_norm/phi"} <= set(record)
+    if precision == "fp16":
+        assert result.history[-1]["loss_scale"] > 1 and result.history[-1]["skipped_steps"] == 0
+
+
+def test_on_the_cpu_auto_options_are_the_plain_fp32_path():
+    perf = Performance.resolve(TrainConfig(), torch.device("cpu"))
+    assert perf == Performance("fp32", channels_last=False, fused_adamw=False, tf32=False)
+    assert perf.autocast_dtype is None and not perf.loss_scaling
+    cuda = Performance.resolve(TrainConfig(), torch.device("cuda"))
+    assert cuda == Performance("bf16", channels_last=True, fused_adamw=True, tf32=True)
+    off = TrainConfig(precision="fp32", channels_last="off", fused_adamw="off", tf32=False)
+    assert Performance.resolve(off, torch.device("cuda")).autocast_dtype is None
+
+
+def test_channels_last_and_fused_adamw_compute_the_same_step(digits):
+    """Layout and optimizer kernel change rounding only (dropout 0: masks are drawn in memory
+    order, so a channels_last run draws other, equally valid masks)."""
+    model = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=())
+
+    def run(**options):
+        return train(
+            tiny_model("cas-dm", model=model),
+            build_metric(MetricConfig(name="l2")),
+            digits,
+            config(steps=3, log_every=1, **options),
+            seed=0,
+        )
+
+    plain = run()
+    for options in ({"channels_last": "on"}, {"fused_adamw": "on"}):
+        other = run(**options)
+        for a, b in zip(plain.history, other.history, strict=True):
+            assert other.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], rel=1e-5)
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), options
+        # Adam divides by sqrt(v): a near-zero gradient whose sign rounding flips moves its
+        # weight by up to lr either way, so weights agree within 2 lr per step (the bound).
+        bound = 2 * 1e-3 * 3
+        for a, b in zip(plain.model.parameters(), other.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        ({"precision": "fp16", "channels_last": "on", "fused_adamw": "on"}, {}),
+        ({}, {"precision": "bf16", "channels_last": "on", "fused_adamw": "on"}),
+        ({"precision": "fp16"}, {"precision": "fp16"}),
+    ],
+)
+def test_checkpoints_resume_across_speed_options(digits, tmp_path, first, then):
+    path = tmp_path / "checkpoint.pt"
+    metric = build_metric(MetricConfig(name="l2"))
+    train(
+        tiny_model("cas-dm"), metric, digits, config(steps=2, **first), seed=0, checkpoint_path=path
+    )
+    saved = load_checkpoint(path)
+    assert ("scaler" in saved) == (first.get("precision") == "fp16")
+    result = train(
+        tiny_model("cas-dm", init_seed=1),
+        metric,
+        digits,
+        config(steps=4, log_every=1, **then),
+        seed=0,
+        checkpoint_path=path,
+    )
+    assert result.resumed_from == 2 and result.step == 4
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    if "scaler" in saved and then.get("precision") == "fp16":  # the loss scale carries on
+        assert result.history[-1]["loss_scale"] == saved["scaler"]["scale"]
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_cas_dm_with_per_group_clipping(digits):
+    """train.compile compiles the loss (forward and backward); clipping, AdamW and the EMA run
+    outside it on the parameters. Several minutes on a 2-core CPU (inductor's C++ build)."""
+    result = train(
+        tiny_model("cas-dm"),
+        build_metric(MetricConfig(name="l2")),
+        digits,
+        config(steps=3, log_every=1, compile=True),
+        seed=0,
+    )
+    assert result.step == 3
+    for record in result.history:
+        assert all(torch.isfinite(torch.tensor(v)) for v in record.values()), record
+        assert {"grad_norm/theta", "grad_norm/phi"} <= set(record)

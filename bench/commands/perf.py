@@ -1,15 +1,18 @@
 """`bench perf`: throughput on this machine, reported as ratios measured side by side in one run.
 
 - models: training images/s per architecture, DDIM sampling images/s, cas-dm / ddpm step time;
+- options: training images/s per speed option (train.precision, channels_last, fused_adamw,
+  tf32, compile) against fp32 and against diffusers' UNet2DModel of the same shape;
 - distributed: one trial over N processes (torchrun, DDP) against one process;
-- evaluation: the full metric set from one feature pass against clean-fid's FID + KID on the
-  same images with the same network and weights, plus peak memory.
+- evaluation: the full metric set from one feature pass against clean-fid's compute_fid +
+  compute_kid (and against its cheapest one-pass FID + KID) on the same images with the same
+  network and weights, medians of interleaved repetitions, plus peak memory.
 """
 
 import argparse
 import json
 
-SUITES = ("models", "distributed", "evaluation")
+SUITES = ("models", "options", "distributed", "evaluation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the options benchmark's torch.compile row (default: on CUDA only)",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=16, help="image side of the options benchmark"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="batch size of the options benchmark"
+    )
     parser.add_argument("--nproc", type=int, default=2, help="processes for the DDP benchmark")
     parser.add_argument(
         "--eval-images",
@@ -29,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="images scored by both evaluators (default: 10000 on CUDA, 100 on CPU, where "
         "Inception runs at about 5 images/s)",
+    )
+    parser.add_argument(
+        "--eval-repeats",
+        type=int,
+        default=3,
+        help="interleaved repetitions of ours and clean-fid's workflow; medians are compared",
     )
     parser.add_argument(
         "--random-weights",
@@ -45,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.errors import BenchError
     from bench.evaluation.benchmark import evaluation_benchmark
-    from bench.perf import distributed_benchmark, model_benchmarks
+    from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,19 +77,35 @@ def run(args: argparse.Namespace) -> int:
     eval_images = args.eval_images or (10_000 if device.type == "cuda" else 100)
     if eval_images < 1:
         raise BenchError(f"--eval-images must be >= 1, got {eval_images}")
+    if args.eval_repeats < 1:
+        raise BenchError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
 
     console = Console(stderr=True, quiet=args.json)
     rows: list[dict] = []
     if "models" in args.only:
         console.print("[bold]models[/]: training and sampling throughput ...")
         rows += model_benchmarks(device, steps=args.steps, progress=console.print)
+    if "options" in args.only:
+        console.print("[bold]options[/]: training throughput per speed option ...")
+        rows += options_benchmark(
+            device,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            resolution=args.resolution,
+            compile=args.compile,
+            progress=console.print,
+        )
     if "distributed" in args.only:
         console.print(f"[bold]distributed[/]: {args.nproc} processes against 1 ...")
         rows += distributed_benchmark(args.nproc, device, steps=max(5, args.steps // 2))
     if "evaluation" in args.only:
         console.print(f"[bold]evaluation[/]: {eval_images} images, ours against clean-fid ...")
         result = evaluation_benchmark(
-            eval_images, 32, random_weights=args.random_weights, device=device
+            eval_images,
+            32,
+            random_weights=args.random_weights,
+            device=device,
+            repeats=args.eval_repeats,
         )
         rows.append({"benchmark": "evaluation", **result})
 

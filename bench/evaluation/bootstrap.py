@@ -11,8 +11,9 @@ Keys returned by `score(..., bootstrap=...)` and stored with the trial (Optuna u
 `bootstrap.resamples`.
 
 Cost: FID's trace term Tr (S1 S2)^1/2 equals the sum of the square roots of the eigenvalues of
-R S1 R, where R = S2^1/2 is the reference's symmetric square root (computed once), since S1 S2
-= S1 R R has the eigenvalues of R S1 R. One resample then costs a weighted covariance
+R S1 R, where R = S2^1/2 is the reference's symmetric square root (cached with it), since
+S1 S2 = S1 R R has the eigenvalues of R S1 R (bench.evaluation.metrics.TraceSqrt, which the
+main FID and sFID use too). One resample then costs a weighted covariance
 (N D^2) and one symmetric eigendecomposition (D^3), on the evaluator's device in float64:
 about a second for D = 2048 on a CPU, milliseconds on a GPU; scipy's general sqrtm would take
 several seconds. sFID, KID, precision and recall are not bootstrapped (their features are not
@@ -22,7 +23,7 @@ kept, or the k-NN manifold of a resample with duplicates is not the same estimat
 import numpy as np
 import torch
 
-from bench.evaluation.metrics import inception_score
+from bench.evaluation.metrics import TraceSqrt, frechet_from_trace, inception_score
 from bench.evaluation.reference import Reference
 from bench.evaluation.stream import FeatureStats
 
@@ -38,32 +39,6 @@ def resample_count(requested: int, dim: int) -> int:
     if requested >= 0:
         return requested
     return AUTO_SMALL if dim <= SMALL_DIM else AUTO_LARGE
-
-
-class TraceSqrt:
-    """Tr (S1 S2)^1/2 for many S1 against one fixed symmetric PSD S2, via eigvalsh(R S1 R)."""
-
-    def __init__(self, sigma2: np.ndarray, device: torch.device | str = "cpu"):
-        s2 = torch.as_tensor(sigma2, dtype=torch.float64, device=device)
-        values, vectors = torch.linalg.eigh((s2 + s2.T) / 2)
-        self.root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T  # R = S2^1/2
-
-    def __call__(self, sigma1: torch.Tensor) -> float:
-        inner = self.root @ sigma1 @ self.root
-        eigenvalues = torch.linalg.eigvalsh((inner + inner.T) / 2)
-        return float(eigenvalues.clamp_min(0).sqrt().sum())
-
-
-def frechet_distance_eigh(
-    mu1: torch.Tensor,
-    sigma1: torch.Tensor,
-    mu2: torch.Tensor,
-    sigma2: torch.Tensor,
-    trace: TraceSqrt,
-) -> float:
-    """||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr (S1 S2)^1/2, the trace term from `trace`."""
-    diff = mu1 - mu2
-    return float(diff @ diff + sigma1.trace() + sigma2.trace()) - 2 * trace(sigma1)
 
 
 def bootstrap(
@@ -88,7 +63,7 @@ def bootstrap(
         raise ValueError(f"bootstrap needs all {stats.n} samples' pool features and logits")
     mu2 = torch.as_tensor(reference.mu, dtype=torch.float64, device=device)
     sigma2 = torch.as_tensor(reference.sigma, dtype=torch.float64, device=device)
-    trace = TraceSqrt(reference.sigma, device)
+    trace = TraceSqrt(reference.root("sigma", device), device)
     centre = features.mean(0)
     centred = features - centre
     generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
@@ -99,7 +74,7 @@ def bootstrap(
         mean = weights @ centred / n
         outer = (centred * weights[:, None]).T @ centred
         sigma1 = (outer - n * torch.outer(mean, mean)) / (n - 1)
-        fids.append(frechet_distance_eigh(centre + mean, sigma1, mu2, sigma2, trace))
+        fids.append(frechet_from_trace(centre + mean, sigma1, mu2, sigma2, trace))
         inception_scores.append(inception_score(logits[index.numpy()], is_protocol, is_splits)[0])
     return {
         "bootstrap.fid.se": float(np.std(fids, ddof=1)),

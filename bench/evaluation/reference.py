@@ -3,10 +3,14 @@
 A cache file holds ADM's keys (`mu`, `sigma`, `mu_s`, `sigma_s`), the reference pool features
 KID and precision/recall compare against (`features`, at most REFERENCE_FEATURES rows), their
 k-NN radii (`radii`: the reference half of precision/recall, computed once here rather than at
-every scoring) and a JSON metadata record (`meta`) naming what it was computed from. It is
-computed once per (dataset, split, resolution, evaluator and its protocol, weights hash, number
-of images),
-written atomically, and rebuilt, with a warning, when unreadable or made for something else.
+every scoring), the symmetric square roots of both covariances (`sigma_root`, `sigma_s_root`:
+FID's and sFID's trace term against this reference, `metrics.TraceSqrt`; reading two 2048-d
+roots takes a fraction of a second, computing them seconds on a CPU) and a JSON metadata
+record (`meta`) naming what it was computed from. It is computed once per (dataset, split,
+resolution, evaluator and its protocol, weights hash, number of images), written atomically,
+and rebuilt, with a warning, when unreadable or made for something else.
+A cache file written before the roots were kept is still valid: its roots are computed on first
+use and added to the file.
 """
 
 import hashlib
@@ -14,7 +18,7 @@ import json
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ import torch
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator
-from bench.evaluation.metrics import PR_NEIGHBOURS, manifold_radii
+from bench.evaluation.metrics import PR_NEIGHBOURS, manifold_radii, psd_sqrt
 from bench.evaluation.stream import FeatureStats, Progress, collect_shards
 from casdm import distributed
 from casdm.config import DataConfig
@@ -35,6 +39,7 @@ FORMAT = 1  # bump when what a cache file holds changes
 REFERENCE_FEATURES = 10_000  # ADM's reference batches keep 10,000 images for precision/recall
 SUBSET_SEED = 0  # which images a capped reference uses (a seeded permutation)
 ADM_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+ROOTS = {"sigma": "sigma_root", "sigma_s": "sigma_s_root"}  # covariance -> its cached root
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +54,15 @@ class Reference:
     radii: np.ndarray | None  # [M] float32 squared k-NN radii of `features` (None if M <= k)
     meta: dict[str, Any]
     path: Path | None = None  # the cache file holding it (None: an ADM batch's own statistics)
+    # psd_sqrt of "sigma" and "sigma_s", as read from the cache or computed on first use
+    roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def root(self, name: str, device: torch.device | str = "cpu") -> np.ndarray:
+        """[D, D] float64 psd_sqrt of the covariance `name` ("sigma" or "sigma_s"), memoised
+        (computed on `device` the first time)."""
+        if name not in self.roots:
+            self.roots[name] = psd_sqrt(getattr(self, name), device)
+        return self.roots[name]
 
     def sha256(self) -> str:
         """Hex SHA-256 of the statistics' bytes (mu, sigma, mu_s, sigma_s, features, radii)."""
@@ -240,13 +254,21 @@ def _cached(
         meta={**key, "images": n, "features": len(features)},
         path=path,
     )
+    if distributed.is_main():
+        for name in ROOTS:
+            reference.root(name, evaluator.device)
+        _write(reference)
+    return reference
+
+
+def _write(reference: Reference) -> None:
+    """Write `reference` (with the roots it holds) to its cache file, atomically."""
     arrays = {k: getattr(reference, k) for k in (*ADM_KEYS, "features", "radii")}
     if reference.radii is None:
         del arrays["radii"]
+    arrays.update({ROOTS[name]: root for name, root in reference.roots.items()})
     meta = np.array(json.dumps(reference.meta))
-    if distributed.is_main():
-        atomic_write(path, lambda f: np.savez(f, **arrays, meta=meta))
-    return reference
+    atomic_write(reference.path, lambda f: np.savez(f, **arrays, meta=meta))
 
 
 def reference_radii(features: np.ndarray, device: torch.device) -> np.ndarray | None:
@@ -266,6 +288,11 @@ def _read(path: Path, key: dict[str, Any], evaluator: Evaluator) -> Reference | 
             stats = {k: np.asarray(npz[k], dtype=np.float64) for k in ADM_KEYS}
             features = np.asarray(npz["features"], dtype=np.float32)
             radii = np.asarray(npz["radii"], np.float32) if "radii" in npz.files else None
+            roots = {
+                name: np.asarray(npz[key], dtype=np.float64)
+                for name, key in ROOTS.items()
+                if key in npz.files
+            }
         if {k: meta.get(k) for k in key} != key:
             raise ValueError("it was computed for other settings")
         _check_dims(stats, evaluator, str(path))
@@ -275,9 +302,19 @@ def _read(path: Path, key: dict[str, Any], evaluator: Evaluator) -> Reference | 
             radii is not None and radii.shape != (len(features),)
         ):
             raise ValueError("its radii do not match its features")
-        if not all(np.isfinite(a).all() for a in stats.values()):
+        for name, root in roots.items():
+            if root.shape != stats[name].shape:
+                raise ValueError(f"its {ROOTS[name]} has shape {list(root.shape)}")
+        if not all(np.isfinite(a).all() for a in (*stats.values(), *roots.values())):
             raise ValueError("it holds non-finite statistics")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, BenchError) as err:
         warnings.warn(f"reference cache {path} is unusable ({err}); rebuilding it", stacklevel=4)
         return None
-    return Reference(**stats, features=features, radii=radii, meta=meta, path=path)
+    reference = Reference(
+        **stats, features=features, radii=radii, meta=meta, path=path, roots=roots
+    )
+    if len(roots) < len(ROOTS):  # written before the roots were cached: add them, once
+        for name in ROOTS:
+            reference.root(name, evaluator.device)
+        _write(reference)
+    return reference

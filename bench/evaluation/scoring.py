@@ -105,7 +105,13 @@ def _metrics(
     label = evaluator.label
     metrics = {
         "fid": frechet_distance(
-            stats.pool.mean(), stats.pool.cov(), reference.mu, reference.sigma, f"FID ({label})"
+            stats.pool.mean(),
+            stats.pool.cov(),
+            reference.mu,
+            reference.sigma,
+            f"FID ({label})",
+            root2=reference.root("sigma", evaluator.device),
+            device=evaluator.device,
         ),
         "sfid": frechet_distance(
             stats.spatial.mean(),
@@ -113,6 +119,8 @@ def _metrics(
             reference.mu_s,
             reference.sigma_s,
             f"sFID ({label})",
+            root2=reference.root("sigma_s", evaluator.device),
+            device=evaluator.device,
         ),
     }
     metrics["is_mean"], metrics["is_std"] = inception_score(
