@@ -59,6 +59,7 @@ from bench.results import (
 from bench.study import Choices, Range, Study, slug
 from bench.tracking import Tracker, absolute_uri, sqlite_path, tracking_uri_for
 from casdm import faults
+from casdm.catalog import LPIPS_TRUNKS
 from casdm.config import flatten, to_dict
 from casdm.errors import InputError
 
@@ -180,8 +181,6 @@ def _configs_to_check(study: Study) -> list[RunConfig]:
 
 def required_weights(configs: list[RunConfig]) -> list[str]:
     """casdm.weights names the configs' LPIPS trunks need (pretrained trunks only), sorted."""
-    from casdm.metrics import LPIPS_TRUNKS
-
     return sorted(
         {
             LPIPS_TRUNKS[c.metric.net]

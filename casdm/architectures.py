@@ -8,6 +8,7 @@ part of each architecture: in Cas-DM the eps network theta never sees the metric
 import torch
 from torch import nn
 
+from casdm.catalog import ARCHITECTURES
 from casdm.config import ArchitectureConfig, ModelConfig
 from casdm.metrics import Metric, mean_flat
 from casdm.prediction import Prediction
@@ -239,9 +240,6 @@ class DualOutput(nn.Module):
         }
         loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_blend, x0, terms)
         return loss, terms
-
-
-ARCHITECTURES = {"ddpm": EpsDDPM, "x0-ddpm": X0DDPM, "cas-dm": CasDM, "dual": DualOutput}
 
 
 def build_model(

@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from casdm.catalog import DATASETS, parse_dataset
 from casdm.config import DataConfig
 from casdm.errors import DataError
 from casdm.files import atomic_write
-from casdm.registry import UnknownNameError, lookup
 
 Split = Literal["train", "test"]
 
@@ -78,23 +78,6 @@ def to_uint8(images: Tensor) -> Tensor:
     Rounding (ADM truncates) makes `to_uint8(from_uint8(u)) == u` exact for every uint8 value.
     """
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def parse_dataset(spec: str) -> tuple[str, str | None]:
-    """Split a dataset name into its DATASETS kind and path: `folder:PATH` -> ("folder", "PATH")."""
-    kind, sep, path = spec.partition(":")
-    try:
-        lookup(DATASETS, kind, "dataset")
-    except UnknownNameError as err:
-        raise UnknownNameError(
-            f"{err} (folder and npz take a path: 'folder:PATH' for a folder of images, "
-            "'npz:PATH' for an ADM-style .npz file)"
-        ) from None
-    if kind in _PATH_KINDS and not path:
-        raise DataError(f"dataset {spec!r} needs a path: write '{kind}:PATH'")
-    if kind not in _PATH_KINDS and sep:
-        raise DataError(f"dataset {kind!r} takes no path, got {spec!r}; write {kind!r}")
-    return kind, path or None
 
 
 def load_dataset(cfg: DataConfig, split: Split) -> ImageSet:
@@ -365,13 +348,3 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     # The local name/extra lengths (bytes 26-29) may differ from the central directory's copy.
     name_len, extra_len = struct.unpack_from("<HH", header, 26)
     return info.header_offset + 30 + name_len + extra_len
-
-
-_PATH_KINDS = ("folder", "npz")
-
-DATASETS: dict[str, Loader] = {
-    "digits": _digits,
-    "cifar10": _cifar10,
-    "folder": _folder,
-    "npz": _npz,
-}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from casdm import weights
+from casdm.catalog import LPIPS_MIN_SIDE, LPIPS_TRUNKS, METRICS
 from casdm.config import MetricConfig
 from casdm.errors import InputError
 from casdm.registry import lookup
@@ -62,10 +63,6 @@ class L2Metric(Metric):
 
 # The lpips trunk's hub file, and the smallest square input each trunk accepts (measured with
 # lpips 0.1.4: AlexNet's pools fail below 31x31, SqueezeNet's below 17, VGG's below 16).
-LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet"}
-LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16, "squeeze": 17}
-
-
 class LPIPSMetric(Metric):
     """LPIPS (Zhang et al. 2018) via the `lpips` package, per sample.
 
@@ -124,9 +121,6 @@ class LPIPSMetric(Metric):
     def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         self.check_images(*x0.shape[1:])
         return self.lpips(self.prepare(x0_pred), self.prepare(x0)).flatten()  # [B]
-
-
-METRICS = {"none": NoMetric, "l2": L2Metric, "lpips": LPIPSMetric}
 
 
 def build_metric(cfg: MetricConfig, image_shape: tuple[int, int, int] | None = None) -> Metric:

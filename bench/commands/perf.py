@@ -9,6 +9,14 @@
 import argparse
 import json
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.errors import BenchError
+from bench.evaluation.benchmark import evaluation_benchmark
+from bench.perf import distributed_benchmark, model_benchmarks
+
 SUITES = ("models", "distributed", "evaluation")
 
 
@@ -39,14 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from bench.errors import BenchError
-    from bench.evaluation.benchmark import evaluation_benchmark
-    from bench.perf import distributed_benchmark, model_benchmarks
-
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

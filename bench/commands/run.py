@@ -8,13 +8,17 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
 
 from bench.commands import add_overrides
+from bench.errors import BenchError
 from bench.leases import LEASE_S
-
-if TYPE_CHECKING:
-    from bench.runner import Plan, RunSummary
+from bench.results import describe_storage
+from bench.runner import Plan, RunSummary, run_study
+from bench.study import load_study
+from bench.trial import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,9 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.runner import run_study
-    from bench.study import load_study
-
     study = load_study(args.study, args.overrides)  # checked once, not by each process
     if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
         _check_nproc(args, study.base.get("device", "auto"))
@@ -129,9 +130,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
     """Refuse a --nproc that torchrun would only fail on, once per process."""
-    from bench.errors import BenchError
-    from bench.trial import resolve_device
-
     if args.nproc < 1:
         raise BenchError(f"--nproc must be >= 1, got {args.nproc}")
     if "WORLD_SIZE" in os.environ:
@@ -177,11 +175,8 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def print_plan(plan: "Plan") -> None:
+def print_plan(plan: Plan) -> None:
     """The dry run's pending trials, their cost and the weights they need."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title=f"{plan.study}: {len(plan.cells)} of {plan.total} trials pending")
     for column in ("trial", "train images", "samples", "sampling evals", "time (rough)"):
@@ -209,13 +204,12 @@ def print_plan(plan: "Plan") -> None:
     console.print("dry run: nothing was run or created", highlight=False)
 
 
-def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
+def print_summary(summary: RunSummary, *, quiet: bool) -> None:
     """What this worker ran: a rich table, or plain lines with --quiet."""
     head = (
         f"study {summary.study}: {summary.done} of {summary.total} trials complete; "
         f"this run: {len(summary.trials) - summary.failed} complete, {summary.failed} failed"
     )
-    from bench.results import describe_storage
 
     where = f"storage: {describe_storage(summary.storage)}; tracking: {summary.tracking_uri}"
     if quiet:
@@ -227,8 +221,6 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
         print(where)
         _print_held_back(summary, print)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if summary.trials:
@@ -246,7 +238,7 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
     _print_held_back(summary, lambda text: console.print(text, style="yellow", highlight=False))
 
 
-def _print_held_back(summary: "RunSummary", say: Callable[[str], object]) -> None:
+def _print_held_back(summary: RunSummary, say: Callable[[str], object]) -> None:
     """The failed cells this run left alone, and how to run them again."""
     if summary.held_back:
         say(

@@ -5,6 +5,10 @@ import sys
 from pathlib import Path
 
 from bench.commands import add_study_storage
+from bench.errors import BenchError
+from bench.results import describe_storage, load_results, storage_url_for
+from bench.study import load_study
+from bench.tables import FORMATS, build_table, render, write_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.errors import BenchError
-    from bench.results import describe_storage, load_results, storage_url_for
-    from bench.study import load_study
-    from bench.tables import FORMATS, build_table, render, write_tables
-
     study = load_study(args.study)
     storage = args.storage or storage_url_for(args.results)
     results = load_results(study, storage)
