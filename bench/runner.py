@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import leases
+from bench import leases, threads
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import QuietProgress, make_progress
@@ -509,6 +509,7 @@ class _Worker:
         """
         from optuna.exceptions import UpdateFinishedTrialError
 
+        threads.refresh(force=True)
         study, progress = self.study, self.progress
         config = _with_device(study.config(params), self.device)
         cell = study.cell_name(params) or f"trial {trial.number}"
@@ -594,6 +595,7 @@ class _Worker:
             run.set_tags({"notices": "\n".join(notices)[:5000]})
 
         def on_train(record: Mapping[str, float]) -> None:
+            threads.refresh()  # a worker started since this trial began shrinks our team
             if distributed.world_size() == 1:
                 lease.check()
             run.log_train(record)

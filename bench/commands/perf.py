@@ -2,6 +2,8 @@
 
 - models: training images/s per architecture, DDIM sampling images/s, cas-dm / ddpm step time;
 - distributed: one trial over N processes (torchrun, DDP) against one process;
+- workers: N training processes side by side (as N `bench run` workers on one machine) against
+  one alone, with torch's default threads and with `bench run`'s thread policy;
 - evaluation: the full metric set from one feature pass against clean-fid's FID + KID on the
   same images with the same network and weights, plus peak memory.
 """
@@ -16,8 +18,9 @@ from rich.table import Table
 from bench.errors import BenchError
 from bench.evaluation.benchmark import evaluation_benchmark
 from bench.perf import distributed_benchmark, model_benchmarks
+from bench.perf_workers import workers_benchmark
 
-SUITES = ("models", "distributed", "evaluation")
+SUITES = ("models", "distributed", "workers", "evaluation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     parser.add_argument("--nproc", type=int, default=2, help="processes for the DDP benchmark")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes side by side for the workers benchmark"
+    )
     parser.add_argument(
         "--eval-images",
         type=int,
@@ -65,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if "distributed" in args.only:
         console.print(f"[bold]distributed[/]: {args.nproc} processes against 1 ...")
         rows += distributed_benchmark(args.nproc, device, steps=max(5, args.steps // 2))
+    if "workers" in args.only:
+        console.print(f"[bold]workers[/]: {args.workers} side by side against 1 alone ...")
+        rows += workers_benchmark(args.workers, steps=args.steps)
     if "evaluation" in args.only:
         console.print(f"[bold]evaluation[/]: {eval_images} images, ours against clean-fid ...")
         result = evaluation_benchmark(

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import threads
 from bench.commands import add_overrides
 from bench.errors import BenchError
 from bench.leases import LEASE_S
@@ -73,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{LEASE_S:.0f}; a dead worker on this machine is detected at once)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"torch CPU threads per process (default: the cores this process may use divided "
+        f"by the `bench run` workers alive on this machine, recounted before each trial; "
+        f"also {threads.ENV}=N)",
+    )
+    parser.add_argument(
         "--nproc",
         type=int,
         metavar="K",
@@ -88,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         _check_nproc(args, study.base.get("device", "auto"))
         if args.nproc > 1:
             return subprocess.run(torchrun_command(args)).returncode
-    with _interruptible():
+    with threads.worker_threads(args.threads), _interruptible():
         summary = run_study(
             study,
             storage=args.storage,
@@ -156,6 +165,7 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
         ("--tracking-uri", args.tracking_uri),
         ("--n-trials", args.n_trials),
         ("--device", args.device),
+        ("--threads", args.threads),
     ]
     forwarded += [item for flag, value in options if value is not None for item in (flag, value)]
     forwarded += [item for override in args.overrides for item in ("--set", override)]
