@@ -13,6 +13,7 @@ their original order):
   list (folder) or of the array's rows (npz); test holds ceil(N / 10) images.
 """
 
+import contextlib
 import functools
 import http.client
 import struct
@@ -21,6 +22,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -192,13 +194,29 @@ def _split_indices(
 
 
 def _digits(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
-    """scikit-learn's bundled 8x8 digits (values 0..16), 80/20 stratified split: 1,437 / 360."""
+    """scikit-learn's bundled 8x8 digits (values 0..16), 80/20 stratified split: 1,437 / 360.
+
+    The split is cached in `data_dir`/digits (one file per scikit-learn version, whose
+    `train_test_split` made it): importing scikit-learn takes seconds in every process.
+    """
+    cached = data_dir / "digits" / f"scikit-learn-{metadata.version('scikit-learn')}-{split}.npz"
+    try:
+        with np.load(cached) as stored:
+            images, labels = stored["images"], stored["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, or not ours
+        images, labels = _digits_split(split)
+        with contextlib.suppress(OSError):  # a read-only data_dir: no cache, same data
+            atomic_write(cached, lambda f: np.savez(f, images=images, labels=labels))
+    return _resize(images, resolution), labels
+
+
+def _digits_split(split: Split) -> Loaded:
     from sklearn.datasets import load_digits  # heavy import, needed only here
 
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
     keep = _split_indices(len(images), split, 0.2, "digits", stratify=digits.target)
-    return _resize(images[keep], resolution), digits.target[keep].astype(np.int64)
+    return images[keep], digits.target[keep].astype(np.int64)
 
 
 def _cifar10(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
