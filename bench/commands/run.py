@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -147,14 +148,11 @@ def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
             f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); leave --nproc out"
         )
     device = resolve_device(args.device or study_device)
-    if device.type == "cuda" and args.nproc > 1:
-        import torch
-
-        if args.nproc > torch.cuda.device_count():
-            raise BenchError(
-                f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s), "
-                "and each process needs its own; use at most that many, or --device cpu"
-            )
+    if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise BenchError(
+            f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s), "
+            "and each process needs its own; use at most that many, or --device cpu"
+        )
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
