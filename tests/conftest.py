@@ -64,6 +64,10 @@ class Workspace:
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.results / 'mlflow.db'}"
 
+    def fork_bench(self, *args: str) -> "Forked":
+        """`bench ARGS` started in a forked child (see `run_forked`); `.wait()` for its end."""
+        return Forked(list(args), cwd=self.root, env=self.env)
+
     def run_bench(self, *args: str, **environ: str) -> subprocess.CompletedProcess:
         """`bench ARGS` run to its end (or death) in a forked child (see `run_forked`)."""
         return run_forked(list(args), cwd=self.root, env={**self.env, **environ})
@@ -80,25 +84,20 @@ class Workspace:
         )
 
 
-def run_forked(
-    argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """`bench ARGV` in a forked child of this test process, as `python -m bench ARGV` would run.
+class Forked:
+    """`bench ARGV` started in a forked child of this test process (see `run_forked`)."""
 
-    The child is a real process (its own pid, signal handlers and exit status: a SIGKILL fault
-    kills it for real) but starts with everything already imported, where a fresh interpreter
-    spends seconds importing torch, optuna and mlflow. It gets `env` and `cwd`, fresh
-    stdout/stderr, default signal dispositions, and its own database connections: SQLAlchemy
-    engines inherited from this process are disposed (close=False), as SQLAlchemy prescribes
-    for forked children. Returns a CompletedProcess (returncode -N for death by signal N).
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
+    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str]):
+        self.argv = ["bench", *argv]
+        # Closed by wait(), which the child's output outlives.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
+                os.dup2(self._out.fileno(), 1)
+                os.dup2(self._err.fileno(), 2)
                 sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
                 sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
                 for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,22 +120,43 @@ def run_forked(
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code if isinstance(code, int) else 1)
+
+    def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Its end (or death; returncode -N for signal N) with its stdout and stderr."""
         deadline = time.monotonic() + timeout
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(self.pid, os.WNOHANG)
             if done:
                 break
             if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise subprocess.TimeoutExpired(["bench", *argv], timeout)
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise subprocess.TimeoutExpired(self.argv, timeout)
             time.sleep(0.02)
-        returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(
-            ["bench", *argv], returncode, out.read().decode(), err.read().decode()
-        )
+        with self._out, self._err:
+            self._out.seek(0)
+            self._err.seek(0)
+            return subprocess.CompletedProcess(
+                self.argv,
+                os.waitstatus_to_exitcode(status),
+                self._out.read().decode(),
+                self._err.read().decode(),
+            )
+
+
+def run_forked(
+    argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`bench ARGV` in a forked child of this test process, as `python -m bench ARGV` would run.
+
+    The child is a real process (its own pid, signal handlers and exit status: a SIGKILL fault
+    kills it for real) but starts with everything already imported, where a fresh interpreter
+    spends seconds importing torch, optuna and mlflow. It gets `env` and `cwd`, fresh
+    stdout/stderr, default signal dispositions, and its own database connections: SQLAlchemy
+    engines inherited from this process are disposed (close=False), as SQLAlchemy prescribes
+    for forked children. Returns a CompletedProcess (returncode -N for death by signal N).
+    """
+    return Forked(argv, cwd=cwd, env=env).wait(timeout)
 
 
 def _fresh_warnings(option: str) -> None:
