@@ -1,6 +1,11 @@
-"""The `bench` command: one sub-command per module in bench/commands, listed explicitly below."""
+"""The `bench` command: one sub-command per module in bench/commands, listed explicitly below.
+
+Only the chosen command's module is imported (with what it needs: torch for the commands that
+build a model), so `bench --help`, `bench list`, `bench show` and `bench table` start at once.
+"""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -22,22 +27,24 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command listed; `command`'s options (all, if None) filled in."""
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        mod = importlib.import_module(f"bench.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        p.set_defaults(handler=mod.run)
+        if command in (None, name):
+            mod = importlib.import_module(f"bench.commands.{module}")
+            mod.add_arguments(p)
+            p.set_defaults(handler=mod.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The first argument names the command (`bench` itself has no other option than -h).
+    command = argv[0] if argv and argv[0] in {name for name, _, _ in COMMANDS} else ""
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except InputError as err:

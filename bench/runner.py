@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import leases
+from bench import leases, threads
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import QuietProgress, make_progress
@@ -60,6 +60,7 @@ from bench.results import (
 from bench.study import Choices, Range, Study, slug
 from bench.tracking import Tracker, absolute_uri, sqlite_path, tracking_uri_for
 from casdm import faults
+from casdm.catalog import LPIPS_TRUNKS
 from casdm.config import flatten, to_dict
 from casdm.errors import InputError
 
@@ -183,8 +184,6 @@ def _configs_to_check(study: Study) -> list[RunConfig]:
 
 def required_weights(configs: list[RunConfig]) -> list[str]:
     """casdm.weights names the configs' LPIPS trunks need (pretrained trunks only), sorted."""
-    from casdm.metrics import LPIPS_TRUNKS
-
     return sorted(
         {
             LPIPS_TRUNKS[c.metric.net]
@@ -588,6 +587,7 @@ class _Worker:
         """
         from optuna.exceptions import UpdateFinishedTrialError
 
+        threads.refresh(force=True)
         study, progress = self.study, self.progress
         config = _with_device(study.config(params), self.device)
         cell = study.cell_name(params) or f"trial {trial.number}"
@@ -673,6 +673,7 @@ class _Worker:
             run.set_tags({"notices": "\n".join(notices)[:5000]})
 
         def on_train(record: Mapping[str, float]) -> None:
+            threads.refresh()  # a worker started since this trial began shrinks our team
             if distributed.world_size() == 1:
                 lease.check()
             run.log_train(record)

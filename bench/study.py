@@ -19,8 +19,17 @@ from typing import Any, Literal
 
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.evaluation import EVALUATORS, METRIC_NAMES
+from casdm.catalog import (
+    ARCHITECTURES,
+    METRICS,
+    SAMPLERS,
+    SCHEDULES,
+    parse_dataset,
+)
 from casdm.config import ConfigError, from_dict, merge, unflatten
 from casdm.errors import InputError
+from casdm.registry import check_name
 
 STUDIES_DIR = Path("studies")
 
@@ -458,14 +467,8 @@ def _read_n_trials(path: Path, data: dict[str, Any], search: dict) -> int | None
     return n_trials
 
 
-def _score_keys() -> tuple[str, ...]:
-    from bench.evaluation.evaluator import METRIC_NAMES
-
-    return tuple(METRIC_NAMES)
-
-
 def _check_score_key(path: Path, where: str, metric: Any) -> None:
-    keys = _score_keys()
+    keys = tuple(METRIC_NAMES)
     if metric not in keys:
         raise _error(path, where, f"unknown metric {metric!r}; valid metrics: {', '.join(keys)}")
 
@@ -716,7 +719,7 @@ def _build(path: Path, base: dict, params: dict[str, Any], sources: dict[str, st
     return config
 
 
-# Registry-named keys; their registries are imported only when a study is checked.
+# Registry-named keys (checked by name: no implementation is imported).
 _NAMED_KEYS = (
     "architecture.name",
     "metric.name",
@@ -729,23 +732,15 @@ _NAMED_KEYS = (
 
 def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
     """Look every registry name of `config` up; ConfigError with the valid names otherwise."""
-    from bench.evaluation import EVALUATORS
-    from casdm.architectures import ARCHITECTURES
-    from casdm.data import parse_dataset
-    from casdm.metrics import METRICS
-    from casdm.registry import lookup
-    from casdm.samplers import SAMPLERS
-    from casdm.schedule import SCHEDULES
-
     checks = {
-        "architecture.name": lambda: lookup(
+        "architecture.name": lambda: check_name(
             ARCHITECTURES, config.architecture.name, "architecture"
         ),
-        "metric.name": lambda: lookup(METRICS, config.metric.name, "metric"),
-        "sample.sampler": lambda: lookup(SAMPLERS, config.sample.sampler, "sampler"),
+        "metric.name": lambda: check_name(METRICS, config.metric.name, "metric"),
+        "sample.sampler": lambda: check_name(SAMPLERS, config.sample.sampler, "sampler"),
         "data.dataset": lambda: parse_dataset(config.data.dataset),
-        "eval.evaluator": lambda: lookup(EVALUATORS, config.eval.evaluator, "evaluator"),
-        "diffusion.schedule": lambda: lookup(SCHEDULES, config.diffusion.schedule, "schedule"),
+        "eval.evaluator": lambda: check_name(EVALUATORS, config.eval.evaluator, "evaluator"),
+        "diffusion.schedule": lambda: check_name(SCHEDULES, config.diffusion.schedule, "schedule"),
     }
     for key in keys:
         try:
@@ -758,7 +753,7 @@ def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
 
 def check_shapes(config: RunConfig) -> None:
     """Cheap cross checks that would otherwise fail only after training starts."""
-    from casdm.metrics import check_images
+    from casdm.metrics import check_images  # imports torch: the metrics' shape rules
 
     model, resolution = config.model, config.data.resolution
     levels = len(model.channel_mults)

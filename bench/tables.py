@@ -52,7 +52,7 @@ class MetricFormat:
 
 def metric_formats() -> dict[str, MetricFormat]:
     """Display rules of every score key, in one place (names from bench.evaluation)."""
-    from bench.evaluation.evaluator import METRIC_NAMES
+    from bench.evaluation import METRIC_NAMES
 
     decimals = {
         "fid": 2,

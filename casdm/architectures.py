@@ -14,6 +14,7 @@ a function of the eps loss alone, bit for bit, whatever the metric. The others h
 import torch
 from torch import nn
 
+from casdm.catalog import ARCHITECTURES
 from casdm.config import ArchitectureConfig, ModelConfig
 from casdm.metrics import Metric, mean_flat
 from casdm.prediction import Prediction
@@ -254,9 +255,6 @@ class DualOutput(nn.Module):
         }
         loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_blend, x0, terms)
         return loss, terms
-
-
-ARCHITECTURES = {"ddpm": EpsDDPM, "x0-ddpm": X0DDPM, "cas-dm": CasDM, "dual": DualOutput}
 
 
 def build_model(

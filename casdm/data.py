@@ -13,6 +13,7 @@ their original order):
   list (folder) or of the array's rows (npz); test holds ceil(N / 10) images.
 """
 
+import contextlib
 import functools
 import http.client
 import struct
@@ -21,6 +22,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +31,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from casdm.catalog import DATASETS, parse_dataset
 from casdm.config import DataConfig
 from casdm.errors import DataError
 from casdm.files import atomic_write
-from casdm.registry import UnknownNameError, lookup
 
 Split = Literal["train", "test"]
 
@@ -78,23 +80,6 @@ def to_uint8(images: Tensor) -> Tensor:
     Rounding (ADM truncates) makes `to_uint8(from_uint8(u)) == u` exact for every uint8 value.
     """
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def parse_dataset(spec: str) -> tuple[str, str | None]:
-    """Split a dataset name into its DATASETS kind and path: `folder:PATH` -> ("folder", "PATH")."""
-    kind, sep, path = spec.partition(":")
-    try:
-        lookup(DATASETS, kind, "dataset")
-    except UnknownNameError as err:
-        raise UnknownNameError(
-            f"{err} (folder and npz take a path: 'folder:PATH' for a folder of images, "
-            "'npz:PATH' for an ADM-style .npz file)"
-        ) from None
-    if kind in _PATH_KINDS and not path:
-        raise DataError(f"dataset {spec!r} needs a path: write '{kind}:PATH'")
-    if kind not in _PATH_KINDS and sep:
-        raise DataError(f"dataset {kind!r} takes no path, got {spec!r}; write {kind!r}")
-    return kind, path or None
 
 
 def load_dataset(cfg: DataConfig, split: Split) -> ImageSet:
@@ -209,13 +194,29 @@ def _split_indices(
 
 
 def _digits(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
-    """scikit-learn's bundled 8x8 digits (values 0..16), 80/20 stratified split: 1,437 / 360."""
+    """scikit-learn's bundled 8x8 digits (values 0..16), 80/20 stratified split: 1,437 / 360.
+
+    The split is cached in `data_dir`/digits (one file per scikit-learn version, whose
+    `train_test_split` made it): importing scikit-learn takes seconds in every process.
+    """
+    cached = data_dir / "digits" / f"scikit-learn-{metadata.version('scikit-learn')}-{split}.npz"
+    try:
+        with np.load(cached) as stored:
+            images, labels = stored["images"], stored["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, or not ours
+        images, labels = _digits_split(split)
+        with contextlib.suppress(OSError):  # a read-only data_dir: no cache, same data
+            atomic_write(cached, lambda f: np.savez(f, images=images, labels=labels))
+    return _resize(images, resolution), labels
+
+
+def _digits_split(split: Split) -> Loaded:
     from sklearn.datasets import load_digits  # heavy import, needed only here
 
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
     keep = _split_indices(len(images), split, 0.2, "digits", stratify=digits.target)
-    return _resize(images[keep], resolution), digits.target[keep].astype(np.int64)
+    return images[keep], digits.target[keep].astype(np.int64)
 
 
 def _cifar10(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
@@ -365,13 +366,3 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     # The local name/extra lengths (bytes 26-29) may differ from the central directory's copy.
     name_len, extra_len = struct.unpack_from("<HH", header, 26)
     return info.header_offset + 30 + name_len + extra_len
-
-
-_PATH_KINDS = ("folder", "npz")
-
-DATASETS: dict[str, Loader] = {
-    "digits": _digits,
-    "cifar10": _cifar10,
-    "folder": _folder,
-    "npz": _npz,
-}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from casdm import distributed
+from casdm.catalog import SAMPLERS
 from casdm.config import ConfigError, SampleConfig
 from casdm.prediction import Prediction
 from casdm.registry import lookup
@@ -118,9 +119,6 @@ def ddpm(
         mean, var = sub.posterior(x0_hat, x_t, torch.full((B,), i, device=x_t.device))
         x_t = mean + var.sqrt() * _noise(x_t, generator) if i > 0 else mean
     return x_t
-
-
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
 
 
 def _sample_seed(seed: int, index: int) -> int:

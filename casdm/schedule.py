@@ -5,6 +5,9 @@ import math
 import torch
 from torch import nn
 
+from casdm.catalog import SCHEDULES
+from casdm.registry import lookup
+
 
 def linear_betas(T: int) -> torch.Tensor:
     """Linear betas from 1e-4 to 0.02 scaled to T steps (Ho et al. 2020, Sec. 4)."""
@@ -18,9 +21,6 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     abar = f / f[0]
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
-
-
-SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,6 @@ class Schedule(nn.Module):
     @classmethod
     def named(cls, name: str, T: int) -> "Schedule":
         """Build a registered schedule (`linear` or `cosine`) with T steps."""
-        from casdm.registry import lookup
-
         return cls(lookup(SCHEDULES, name, "schedule")(T))
 
     @property

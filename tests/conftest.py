@@ -9,10 +9,17 @@ instead of hanging), MLflow telemetry off, one torch thread (the tests share two
 """
 
 import contextlib
+import gc
+import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,14 @@ class Workspace:
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.results / 'mlflow.db'}"
 
+    def fork_bench(self, *args: str) -> "Forked":
+        """`bench ARGS` started in a forked child (see `run_forked`); `.wait()` for its end."""
+        return Forked(list(args), cwd=self.root, env=self.env)
+
+    def run_bench(self, *args: str, **environ: str) -> subprocess.CompletedProcess:
+        """`bench ARGS` run to its end (or death) in a forked child (see `run_forked`)."""
+        return run_forked(list(args), cwd=self.root, env={**self.env, **environ})
+
     def start_bench(self, *args: str) -> subprocess.Popen:
         """`python -m bench ARGS` started in the background (stdout+stderr captured)."""
         return subprocess.Popen(
@@ -67,6 +82,105 @@ class Workspace:
             stderr=subprocess.STDOUT,
             text=True,
         )
+
+
+class Forked:
+    """`bench ARGV` started in a forked child of this test process (see `run_forked`)."""
+
+    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str]):
+        self.argv = ["bench", *argv]
+        # Closed by wait(), which the child's output outlives.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(self._out.fileno(), 1)
+                os.dup2(self._err.fileno(), 2)
+                sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+                sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_DFL)
+                os.environ.clear()
+                os.environ.update(env)
+                os.chdir(cwd)
+                _fresh_warnings(env.get("PYTHONWARNINGS", ""))
+                _fresh_connections()
+                from bench.cli import main
+
+                try:
+                    code = main(argv)
+                except SystemExit as exit:
+                    code = exit.code if isinstance(exit.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(BaseException):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code if isinstance(code, int) else 1)
+
+    def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Its end (or death; returncode -N for signal N) with its stdout and stderr."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise subprocess.TimeoutExpired(self.argv, timeout)
+            time.sleep(0.02)
+        with self._out, self._err:
+            self._out.seek(0)
+            self._err.seek(0)
+            return subprocess.CompletedProcess(
+                self.argv,
+                os.waitstatus_to_exitcode(status),
+                self._out.read().decode(),
+                self._err.read().decode(),
+            )
+
+
+def run_forked(
+    argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`bench ARGV` in a forked child of this test process, as `python -m bench ARGV` would run.
+
+    The child is a real process (its own pid, signal handlers and exit status: a SIGKILL fault
+    kills it for real) but starts with everything already imported, where a fresh interpreter
+    spends seconds importing torch, optuna and mlflow. It gets `env` and `cwd`, fresh
+    stdout/stderr, default signal dispositions, and its own database connections: SQLAlchemy
+    engines inherited from this process are disposed (close=False), as SQLAlchemy prescribes
+    for forked children. Returns a CompletedProcess (returncode -N for death by signal N).
+    """
+    return Forked(argv, cwd=cwd, env=env).wait(timeout)
+
+
+def _fresh_warnings(option: str) -> None:
+    """In a forked child: warnings printed to stderr as PYTHONWARNINGS says (actions only),
+    not recorded by pytest."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
+    warnings.resetwarnings()
+    for action in filter(None, option.split(",")):
+        warnings.simplefilter(action.split(":")[0])  # type: ignore[arg-type]
+
+
+def _fresh_connections() -> None:
+    """In a forked child: drop the connection pools inherited from the parent."""
+    if "sqlalchemy" not in sys.modules:
+        return
+    from sqlalchemy.engine import Engine
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Engine):
+            obj.dispose(close=False)
 
 
 def _offline_environ(torch_home: Path) -> dict[str, str]:

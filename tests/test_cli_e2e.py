@@ -1,5 +1,7 @@
 """The `bench` commands end to end: real processes, a real MLflow server, offline, on the CPU."""
 
+import contextlib
+import csv
 import os
 import re
 import shutil
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -73,52 +76,86 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def test_two_bench_run_processes_complete_every_cell_exactly_once(workspace):
-    # Both start on a results folder without an Optuna database: they also race to create it.
-    workers = [workspace.start_bench("run", "--study", "tiny", "--quiet") for _ in range(2)]
-    outputs = []
-    for worker in workers:
-        worker.wait(timeout=400)
-        outputs.append(worker.stdout.read())
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+POSTGRES_URL = os.environ.get("CASDM_TEST_POSTGRES_URL")
+TINY_CELLS = ["ddpm none", "ddpm l2", "cas-dm none", "cas-dm l2"]
 
-    trials = _trials("tiny", workspace.storage)
+
+@pytest.fixture(params=["sqlite", "journal", "postgres"])
+def shared_storage(request, workspace):
+    """(study name, --storage URL) two workers share: the default SQLite file, a journal file,
+    or a real PostgreSQL server (the many-machine set-up; CASDM_TEST_POSTGRES_URL, which the
+    CI sets, names it: without it that case is skipped)."""
+    if request.param == "sqlite":
+        yield "tiny", workspace.storage
+        return
+    if request.param == "journal":
+        yield "tiny", f"journal:///{workspace.root / 'study.log'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip(
+            "CASDM_TEST_POSTGRES_URL is not set: no PostgreSQL server to test against (.ci/run "
+            "starts one and sets it, e.g. postgresql+psycopg2://bench:bench@127.0.0.1:5432/db)"
+        )
+    name = f"pg_{uuid.uuid4().hex[:12]}"  # a study of its own on the shared server
+    shutil.copy(
+        workspace.root / "studies" / "tiny.toml", workspace.root / "studies" / f"{name}.toml"
+    )
+    yield name, POSTGRES_URL
+    with contextlib.suppress(KeyError):  # KeyError: the workers never created it
+        optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+def test_two_bench_run_processes_complete_every_cell_exactly_once(
+    workspace, shared_storage, capsys
+):
+    name, url = shared_storage
+    # Both start on a storage without the study (for SQLite, without the database file):
+    # they race to create it and to claim its cells.
+    # On SQLite two fresh `python -m bench` processes, as a user starts them; on the other
+    # storages two forked children (real processes too, without the seconds of imports).
+    run = ["run", "--study", name, "--storage", url, "--quiet"]
+    if url == workspace.storage:
+        workers = [workspace.start_bench(*run) for _ in range(2)]
+        outputs = []
+        for worker in workers:
+            worker.wait(timeout=400)
+            outputs.append(worker.stdout.read())
+        codes = [w.returncode for w in workers]
+    else:
+        done = [forked.wait(400) for forked in [workspace.fork_bench(*run) for _ in range(2)]]
+        outputs = [d.stdout + d.stderr for d in done]
+        codes = [d.returncode for d in done]
+    assert codes == [0, 0], "\n".join(outputs)
+
+    trials = _trials(name, url)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     cells = Counter(t.user_attrs["cell"] for t in trials)
-    assert cells == Counter(["ddpm none", "ddpm l2", "cas-dm none", "cas-dm l2"])
+    assert cells == Counter(TINY_CELLS)
     ran = [line for out in outputs for line in out.splitlines() if line.startswith("  trial ")]
     assert sorted(ran) == sorted(set(ran)) and len(ran) == 4  # each trial run by one process
 
     client = MlflowClient(workspace.tracking_uri)
-    experiments = [e for e in client.search_experiments() if e.name == "tiny"]
+    experiments = [e for e in client.search_experiments() if e.name == name]
     assert len(experiments) == 1
     runs = client.search_runs([experiments[0].experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(cells)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.info.run_id for r in runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
 
-
-def test_torchrun_runs_each_trial_over_two_processes_with_rank_0_reporting(workspace):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    args = ["--standalone", "--nproc_per_node=2", "-m", "bench", "run", "--study", "tiny"]
-    done = subprocess.run(
-        [str(torchrun), *args, *ONE_CELL, "--quiet"],
-        cwd=workspace.root,
-        env=workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("study tiny: 1 of 1 trials complete") == 1  # rank 0 alone reports
-    (trial,) = _trials("tiny", workspace.storage)
-    assert trial.state.name == "COMPLETE"
-    client = MlflowClient(workspace.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
-    # Each rank sampled half; rank 0 gathered, saved and scored all of them.
-    samples = np.load(Path(trial.user_attrs["workdir"]) / "samples.npz")["arr_0"]
-    assert samples.shape == (20, 8, 8, 1)
+    # The table is built from that storage: each cell's value from its one trial.
+    capsys.readouterr()
+    assert main(["table", name, "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "cas-dm" in out and "ddpm" in out and "partial" not in out
+    with (workspace.results / name / "table.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["reference"] == "false"]
+    fid = {t.user_attrs["cell"]: t.user_attrs["metrics"]["fid"] for t in trials}
+    assert len(rows) == 8  # 4 cells x (fid, is_mean), each from its one trial
+    for row in rows:
+        assert row["n"] == "1"
+        if row["metric"] == "fid":
+            cell = f"{row['architecture.name']} {row['metric.name']}"
+            assert float(row["mean"]) == pytest.approx(fid[cell])
 
 
 def test_a_real_mlflow_server_receives_the_runs(workspace, tmp_path):

@@ -1,6 +1,8 @@
 """Datasets, image decoding and the ADM .npz layout (casdm/data.py)."""
 
 import pickle
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -118,6 +120,31 @@ def test_digits_split_sizes_labels_and_partition_are_fixed():
     again = load_dataset(cfg, "test")
     assert again is not test
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+
+
+def test_digits_split_is_cached_in_data_dir_and_read_back_without_sklearn(tmp_path):
+    cfg = DataConfig(dataset="digits", resolution=8, data_dir=str(tmp_path))
+    data._load.cache_clear()
+    first = load_dataset(cfg, "test")  # computed with scikit-learn, then cached
+    (cached,) = (tmp_path / "digits").glob("scikit-learn-*-test.npz")
+    data._load.cache_clear()
+    again = load_dataset(cfg, "test")  # read back from the cache
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    probe = (
+        "import sys\n"
+        "from casdm.config import DataConfig\n"
+        "from casdm.data import load_dataset\n"
+        f"cfg = DataConfig(dataset='digits', resolution=8, data_dir={str(tmp_path)!r})\n"
+        "part = load_dataset(cfg, 'test')\n"
+        "print(tuple(part.images.shape), 'sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split("\n")[0] == "(360, 1, 8, 8) False", done.stderr
+    cached.write_bytes(b"not an npz")  # a damaged cache is recomputed, not an error
+    data._load.cache_clear()
+    assert torch.equal(load_dataset(cfg, "test").images, first.images)
 
 
 def test_digits_upsampled_to_resolution_keeps_range_and_labels():

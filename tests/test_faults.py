@@ -3,6 +3,10 @@
 Faults fire at exact points through CASDM_FAULTS (casdm.faults), so no test depends on a sleep.
 Each test checks the Optuna database, the MLflow runs and the trial folders afterwards; the
 final scores of a resumed trial must equal those of an uninterrupted run bit for bit (CPU).
+
+Most runs are forked children of this test process (conftest.run_forked): real processes that
+a SIGKILL really kills, without a fresh interpreter's seconds of imports. Two tests start
+`python -m bench` itself, as a user does: a SIGKILL mid-training, and two workers racing.
 """
 
 import os
@@ -16,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import run_forked
 from mlflow import MlflowClient
 
 from bench.cli import main
@@ -33,18 +38,33 @@ ONE_CELL = [
 SCOPE = "ddpm_none"  # casdm.faults scope of that cell (its folder name's prefix)
 
 
-def bench(workspace, *args: str, faults="", overrides=ONE_CELL, results="results", **environ):
-    """`python -m bench run --study tiny ...` to completion (or death); the CompletedProcess."""
+def bench(
+    workspace,
+    *args: str,
+    faults="",
+    overrides=ONE_CELL,
+    results="results",
+    fresh_interpreter=False,
+    **environ,
+):
+    """`bench run --study tiny ...` to completion (or death) in a forked child, or with
+    fresh_interpreter as `python -m bench`; the CompletedProcess."""
     env = {**workspace.env, **environ}
     env.pop("CASDM_FAULTS", None)
     if faults:
         env["CASDM_FAULTS"] = faults
-    argv = [sys.executable, "-m", "bench", "run", "--study", "tiny", "--quiet"]
-    argv += ["--results", results, *args]
+    argv = ["run", "--study", "tiny", "--quiet", "--results", results, *args]
     for override in overrides:
         argv += ["--set", override]
+    if not fresh_interpreter:
+        return run_forked(argv, cwd=workspace.root, env=env)
     return subprocess.run(
-        argv, cwd=workspace.root, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "bench", *argv],
+        cwd=workspace.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -82,7 +102,7 @@ def assert_dead(process) -> None:
 
 
 def test_sigkill_during_training_resumes_from_the_last_checkpoint(workspace, uninterrupted):
-    killed = bench(workspace, faults=f"kill@train.step=3/{SCOPE}")
+    killed = bench(workspace, faults=f"kill@train.step=3/{SCOPE}", fresh_interpreter=True)
     assert_dead(killed)
     [trial] = trials(workspace)
     assert trial.state.name == "RUNNING"  # nobody could say otherwise: the process vanished
@@ -312,13 +332,7 @@ def test_a_pickle_bearing_checkpoint_is_rejected_and_never_run(workspace, capsys
 @pytest.mark.parametrize("name", ["../../x", "..", "a/../../x", "x;rm -rf"])
 def test_a_malicious_study_name_is_rejected_and_writes_nothing(workspace, name):
     before = sorted(p for p in workspace.root.parent.rglob("*"))
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--study", name],
-        cwd=workspace.root,
-        env=workspace.env,
-        capture_output=True,
-        text=True,
-    )
+    done = workspace.run_bench("run", "--study", name)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "is neither a study name" in done.stderr or "unknown study" in done.stderr
     assert sorted(p for p in workspace.root.parent.rglob("*")) == before

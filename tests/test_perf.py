@@ -69,3 +69,21 @@ def test_options_benchmark_reports_every_option_against_fp32_and_diffusers():
             assert r["vs_diffusers"] == pytest.approx(diffusers[r["option"]] / r["ms_per_step"])
     auto = next(r for r in rows if r["option"] == "auto")
     assert (auto["precision"], auto["channels_last"], auto["fused_adamw"]) == ("fp32", False, False)
+
+
+def test_workers_side_by_side_rows_and_ratios():
+    from bench.perf_workers import MODES, workers_benchmark
+
+    rows = workers_benchmark(2, steps=1, batch_size=2, resolution=8, timeout=300)
+    runs = [r for r in rows if r["benchmark"] == "workers-train"]
+    (alone,) = [r for r in runs if r["workers"] == 1]
+    assert alone["mode"] == "policy" and alone["threads"] >= 1
+    for mode in MODES:
+        side = [r for r in runs if r["mode"] == mode and r["workers"] == 2]
+        assert [r["worker"] for r in side] == [0, 1]
+        ratios = [r for r in rows if r["benchmark"] == "ratio" and r["name"].startswith(mode)]
+        assert [r["value"] for r in ratios] == pytest.approx(
+            [r["images_per_s"] / alone["images_per_s"] for r in side]
+        )
+        if mode == "policy":  # two workers on this machine: at most half the cores each
+            assert all(r["threads"] <= max(1, r["cores"] // 2) for r in side)

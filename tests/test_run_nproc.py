@@ -1,9 +1,13 @@
-"""`bench run --nproc K`: the same command re-run under torchrun, each trial over K processes."""
+"""`bench run --nproc K`: the same command re-run under torchrun, each trial over K processes.
+
+The end-to-end test here is also the suite's torchrun run of `bench run` (two trials in a row,
+each over two gloo processes, rank 0 alone gathering the samples, scoring and reporting)."""
 
 import argparse
 import sys
 from collections import Counter
 
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -37,12 +41,17 @@ def test_two_gloo_processes_run_each_cell_once_with_one_mlflow_run_each(workspac
         t.user_attrs["mlflow_run_id"] for t in trials
     )
     assert {r.info.status for r in runs} == {"FINISHED"}
+    for trial in trials:
+        # Each rank sampled half; rank 0 gathered, saved and scored all of them.
+        samples = np.load(workspace.root / trial.user_attrs["workdir"] / "samples.npz")["arr_0"]
+        assert samples.shape == (20, 8, 8, 1)
 
 
 def test_the_relaunch_forwards_every_run_option_but_nproc():
     argv = ["--study", "tiny", "--storage", "sqlite:///x.db", "--tracking-uri", "http://h:5000"]
     argv += ["--n-trials", "3", "--device", "cpu", "--set", "a=1", "--set", "b=x y", "--quiet"]
     argv += ["--results", "out", "--nproc", "4", "--retry-failed", "--lease", "30"]
+    argv += ["--threads", "2"]
     args = _run_parser().parse_args(argv)
     command = run_command.torchrun_command(args)
     assert command[0] == sys.executable

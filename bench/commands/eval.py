@@ -1,11 +1,29 @@
 """`bench eval SAMPLES --dataset NAME`: score a folder or .npz of samples, as ADM's evaluator."""
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from bench.config import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS, EvalConfig
+from bench.errors import BenchError
+from bench.evaluation import (
+    EVALUATORS,
+    build_evaluator,
+    metric_label,
+    protocols,
+    reference_statistics,
+    score,
+)
+from bench.progress import make_progress
+from bench.trial import resolve_device
+from casdm.config import DataConfig
+from casdm.data import parse_dataset, read_images
+from casdm.registry import lookup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,23 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from bench.errors import BenchError
-    from bench.evaluation import (
-        EVALUATORS,
-        build_evaluator,
-        metric_label,
-        protocols,
-        reference_statistics,
-        score,
-    )
-    from bench.progress import make_progress
-    from bench.trial import resolve_device
-    from casdm.config import DataConfig
-    from casdm.data import parse_dataset, read_images
-    from casdm.registry import lookup
-
     kind, _ = parse_dataset(args.dataset)  # an unknown dataset fails before any work
     evaluator_name = args.evaluator or ("classifier" if kind == "digits" else "inception")
     lookup(EVALUATORS, evaluator_name, "evaluator")
@@ -188,9 +189,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: dict[str, Any], random_weights: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     reference = result["reference"]
     source = (

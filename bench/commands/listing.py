@@ -2,18 +2,18 @@
 
 import argparse
 
+from rich.console import Console
+from rich.table import Table
+
+from bench.study import STUDIES_DIR, available_studies, load_study, value_text
+from casdm.errors import InputError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options: it lists studies/ under the current folder
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from bench.study import STUDIES_DIR, available_studies, load_study, value_text
-    from casdm.errors import InputError
-
     names = available_studies()
     console = Console()
     if not names:

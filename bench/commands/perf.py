@@ -4,6 +4,8 @@
 - options: training images/s per speed option (train.precision, channels_last, fused_adamw,
   tf32, compile) against fp32 and against diffusers' UNet2DModel of the same shape;
 - distributed: one trial over N processes (torchrun, DDP) against one process;
+- workers: N training processes side by side (as N `bench run` workers on one machine) against
+  one alone, with torch's default threads and with `bench run`'s thread policy;
 - evaluation: the full metric set from one feature pass against clean-fid's compute_fid +
   compute_kid (and against its cheapest one-pass FID + KID) on the same images with the same
   network and weights, medians of interleaved repetitions, plus peak memory.
@@ -12,7 +14,16 @@
 import argparse
 import json
 
-SUITES = ("models", "options", "distributed", "evaluation")
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.errors import BenchError
+from bench.evaluation.benchmark import evaluation_benchmark
+from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
+from bench.perf_workers import workers_benchmark
+
+SUITES = ("models", "options", "distributed", "workers", "evaluation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nproc", type=int, default=2, help="processes for the DDP benchmark")
     parser.add_argument(
+        "--workers", type=int, default=2, help="processes side by side for the workers benchmark"
+    )
+    parser.add_argument(
         "--eval-images",
         type=int,
         default=None,
@@ -60,14 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from bench.errors import BenchError
-    from bench.evaluation.benchmark import evaluation_benchmark
-    from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
-
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -98,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if "distributed" in args.only:
         console.print(f"[bold]distributed[/]: {args.nproc} processes against 1 ...")
         rows += distributed_benchmark(args.nproc, device, steps=max(5, args.steps // 2))
+    if "workers" in args.only:
+        console.print(f"[bold]workers[/]: {args.workers} side by side against 1 alone ...")
+        rows += workers_benchmark(args.workers, steps=args.steps)
     if "evaluation" in args.only:
         console.print(f"[bold]evaluation[/]: {eval_images} images, ours against clean-fid ...")
         result = evaluation_benchmark(

@@ -8,13 +8,19 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench import threads
 from bench.commands import add_overrides
+from bench.errors import BenchError
 from bench.leases import LEASE_S
-
-if TYPE_CHECKING:
-    from bench.runner import Plan, RunSummary
+from bench.results import describe_storage
+from bench.runner import Plan, RunSummary, run_study
+from bench.study import load_study
+from bench.trial import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{LEASE_S:.0f}; a dead worker on this machine is detected at once)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"torch CPU threads per process (default: the cores this process may use divided "
+        f"by the `bench run` workers alive on this machine, recounted before each trial; "
+        f"also {threads.ENV}=N)",
+    )
+    parser.add_argument(
         "--nproc",
         type=int,
         metavar="K",
@@ -79,15 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.runner import run_study
-    from bench.study import load_study
-
     study = load_study(args.study, args.overrides)  # checked once, not by each process
     if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
         _check_nproc(args, study.base.get("device", "auto"))
         if args.nproc > 1:
             return subprocess.run(torchrun_command(args)).returncode
-    with _interruptible():
+    with threads.worker_threads(args.threads), _interruptible():
         summary = run_study(
             study,
             storage=args.storage,
@@ -129,9 +140,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
     """Refuse a --nproc that torchrun would only fail on, once per process."""
-    from bench.errors import BenchError
-    from bench.trial import resolve_device
-
     if args.nproc < 1:
         raise BenchError(f"--nproc must be >= 1, got {args.nproc}")
     if "WORLD_SIZE" in os.environ:
@@ -140,14 +148,11 @@ def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
             f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); leave --nproc out"
         )
     device = resolve_device(args.device or study_device)
-    if device.type == "cuda" and args.nproc > 1:
-        import torch
-
-        if args.nproc > torch.cuda.device_count():
-            raise BenchError(
-                f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s), "
-                "and each process needs its own; use at most that many, or --device cpu"
-            )
+    if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise BenchError(
+            f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s), "
+            "and each process needs its own; use at most that many, or --device cpu"
+        )
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
@@ -158,6 +163,7 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
         ("--tracking-uri", args.tracking_uri),
         ("--n-trials", args.n_trials),
         ("--device", args.device),
+        ("--threads", args.threads),
     ]
     forwarded += [item for flag, value in options if value is not None for item in (flag, value)]
     forwarded += [item for override in args.overrides for item in ("--set", override)]
@@ -177,11 +183,8 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def print_plan(plan: "Plan") -> None:
+def print_plan(plan: Plan) -> None:
     """The dry run's pending trials, their cost and the weights they need."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title=f"{plan.study}: {len(plan.cells)} of {plan.total} trials pending")
     for column in ("trial", "train images", "samples", "sampling evals", "time (rough)"):
@@ -215,13 +218,12 @@ def print_plan(plan: "Plan") -> None:
     console.print("dry run: nothing was run or created", highlight=False)
 
 
-def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
+def print_summary(summary: RunSummary, *, quiet: bool) -> None:
     """What this worker ran: a rich table, or plain lines with --quiet."""
     head = (
         f"study {summary.study}: {summary.done} of {summary.total} trials complete; "
         f"this run: {len(summary.trials) - summary.failed} complete, {summary.failed} failed"
     )
-    from bench.results import describe_storage
 
     where = f"storage: {describe_storage(summary.storage)}; tracking: {summary.tracking_uri}"
     if quiet:
@@ -233,8 +235,6 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
         print(where)
         _print_held_back(summary, print)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if summary.trials:
@@ -252,7 +252,7 @@ def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
     _print_held_back(summary, lambda text: console.print(text, style="yellow", highlight=False))
 
 
-def _print_held_back(summary: "RunSummary", say: Callable[[str], object]) -> None:
+def _print_held_back(summary: RunSummary, say: Callable[[str], object]) -> None:
     """The failed cells this run left alone, and how to run them again."""
     if summary.held_back:
         say(

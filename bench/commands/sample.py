@@ -1,7 +1,14 @@
 """`bench sample CHECKPOINT`: sample with a checkpoint's EMA weights into an ADM .npz and a grid."""
 
 import argparse
+import dataclasses
 from pathlib import Path
+
+from bench.errors import BenchError
+from bench.progress import make_progress
+from bench.study import check_names, check_shapes
+from bench.trial import load_trained, sample, save_samples
+from casdm.config import ConfigError
 
 # SampleConfig / RunConfig keys -> the flags that set them, for error messages.
 FLAGS = {
@@ -33,14 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from bench.errors import BenchError
-    from bench.progress import make_progress
-    from bench.study import check_names, check_shapes
-    from bench.trial import load_trained, sample, save_samples
-    from casdm.config import ConfigError
-
     trained = load_trained(args.checkpoint, args.device)
     changes = {
         "num_samples": args.n,

@@ -3,7 +3,13 @@
 import argparse
 import math
 
+from rich.console import Console
+from rich.table import Table
+
 from bench.commands import add_study_storage
+from bench.evaluation import METRIC_NAMES
+from bench.results import load_results, storage_url_for
+from bench.study import load_study
 
 SHOWN_METRICS = ("fid", "sfid", "is_mean", "is_std", "kid", "precision", "recall")
 
@@ -44,13 +50,6 @@ def shown_metrics(
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from bench.evaluation.evaluator import METRIC_NAMES
-    from bench.results import load_results, storage_url_for
-    from bench.study import load_study
-
     study = load_study(args.study)
     results = load_results(study, args.storage or storage_url_for(args.results))
     console = Console()

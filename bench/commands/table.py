@@ -5,6 +5,15 @@ import sys
 from pathlib import Path
 
 from bench.commands import add_study_storage
+from bench.errors import BenchError
+from bench.results import (
+    check_one_evaluator_build,
+    describe_storage,
+    load_results,
+    storage_url_for,
+)
+from bench.study import load_study
+from bench.tables import FORMATS, build_table, render, write_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,16 +65,6 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.errors import BenchError
-    from bench.results import (
-        check_one_evaluator_build,
-        describe_storage,
-        load_results,
-        storage_url_for,
-    )
-    from bench.study import load_study
-    from bench.tables import FORMATS, build_table, render, write_tables
-
     study = load_study(args.study)
     metrics = parse_metrics(args.metrics) if args.metrics else None
     storage = args.storage or storage_url_for(args.results)

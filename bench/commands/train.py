@@ -1,13 +1,17 @@
 """`bench train`: train one model from a config (no Optuna, no MLflow); save checkpoint, samples."""
 
 import argparse
+import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.commands import add_overrides
-
-if TYPE_CHECKING:
-    from bench.config import RunConfig
+from bench.config import RunConfig
+from bench.errors import BenchError
+from bench.progress import make_progress
+from bench.study import check_names, check_shapes, parse_override
+from bench.trial import sample, save_samples, train_run
+from casdm.config import ConfigError, from_dict, merge, unflatten
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,15 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_run_config(path: Path | None, overrides: list[str]) -> "RunConfig":
+def load_run_config(path: Path | None, overrides: list[str]) -> RunConfig:
     """A validated RunConfig from a TOML file (or the defaults) and `--set` overrides."""
-    import tomllib
-
-    from bench.config import RunConfig
-    from bench.errors import BenchError
-    from bench.study import check_names, check_shapes, parse_override
-    from casdm.config import ConfigError, from_dict, merge, unflatten
-
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -58,9 +55,6 @@ def load_run_config(path: Path | None, overrides: list[str]) -> "RunConfig":
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.progress import make_progress
-    from bench.trial import sample, save_samples, train_run
-
     config = load_run_config(args.config, args.overrides)
     out = args.out or Path("results") / "train" / (args.config.stem if args.config else "run")
     with make_progress(args.quiet) as progress:

@@ -5,6 +5,9 @@ import os
 import sys
 from pathlib import Path
 
+from bench.errors import BenchError
+from bench.tracking import sqlite_path, tracking_uri_for
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -47,9 +50,6 @@ def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.errors import BenchError
-    from bench.tracking import sqlite_path, tracking_uri_for
-
     tracking_uri = args.tracking_uri or tracking_uri_for(args.results)
     if tracking_uri.startswith(("http://", "https://")):
         raise BenchError(

@@ -2,6 +2,13 @@
 
 import argparse
 
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from casdm import weights
+from casdm.errors import MissingWeightsError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -26,11 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status() -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from casdm import weights
-
     styles = {"present": "green", "unverified": "cyan", "missing": "yellow", "corrupt": "bold red"}
     table = Table(title=f"pretrained weights in {weights.hub_dir()}")
     for column in ("name", "status", "used by"):
@@ -59,12 +61,6 @@ def _status() -> int:
 
 
 def _fetch(names: list[str], force: bool, quiet: bool) -> int:
-    from rich.console import Console
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    from casdm import weights
-    from casdm.errors import MissingWeightsError
-
     names = names or list(weights.WEIGHTS)
     for name in names:
         weights.entry(name)  # unknown names fail before any download

@@ -4,54 +4,52 @@ evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=cache_d
 reference = reference_statistics(evaluator, data_cfg, eval_cfg, cache_dir=cache_dir)
 metrics = score(uint8_images, evaluator, reference)  # fid, sfid, is_mean, is_std, kid, ...
 protocols(eval_cfg.is_protocol, eval_cfg.is_splits)  # {score key: the protocol it follows}
+
+Importing the package loads no torch: it names the metrics and evaluators (what a study is
+checked against); the functions and classes below load their module on first use.
 """
 
-from collections.abc import Callable
-from pathlib import Path
+import importlib
+from typing import Any
 
-import torch
+from casdm.registry import Registry
 
-from bench.config import EvalConfig
-from bench.evaluation.classifier import build_classifier
-from bench.evaluation.evaluator import METRIC_NAMES, Evaluator, Features, metric_label
-from bench.evaluation.inception import build_inception
-from bench.evaluation.reference import Reference, reference_statistics
-from bench.evaluation.scoring import protocols, score
-from casdm import distributed
-from casdm.config import DataConfig
-from casdm.registry import lookup
+# Display names of the keys `score` returns, in table order.
+METRIC_NAMES = {
+    "fid": "FID",
+    "sfid": "sFID",
+    "is_mean": "IS",
+    "is_std": "IS std",
+    "kid": "KID",
+    "precision": "Precision",
+    "recall": "Recall",
+}
 
-Builder = Callable[..., Evaluator]  # (eval_cfg, data_cfg, *, device, cache_dir) -> Evaluator
+# name -> builder (eval_cfg, data_cfg, *, device, cache_dir) -> Evaluator
+EVALUATORS = Registry(
+    {
+        "inception": "bench.evaluation.inception:build_inception",
+        "classifier": "bench.evaluation.classifier:build_classifier",
+    }
+)
 
-EVALUATORS: dict[str, Builder] = {
-    "inception": build_inception,
-    "classifier": build_classifier,
+# The package's torch-side API: name -> the module that defines it.
+_LAZY = {
+    "Evaluator": "bench.evaluation.evaluator",
+    "Features": "bench.evaluation.evaluator",
+    "build_evaluator": "bench.evaluation.evaluator",
+    "metric_label": "bench.evaluation.evaluator",
+    "Reference": "bench.evaluation.reference",
+    "reference_statistics": "bench.evaluation.reference",
+    "score": "bench.evaluation.scoring",
+    "protocols": "bench.evaluation.scoring",
 }
 
 
-def build_evaluator(
-    eval_cfg: EvalConfig, data_cfg: DataConfig, *, device: torch.device | str, cache_dir: Path
-) -> Evaluator:
-    """The EVALUATORS entry named by eval_cfg.evaluator, for `data_cfg`'s dataset.
-
-    Under torchrun rank 0 builds it first (training the classifier or fetching weights into
-    `cache_dir`); the other ranks then load what it cached.
-    """
-    build = lookup(EVALUATORS, eval_cfg.evaluator, "evaluator")
-    return distributed.main_first(
-        lambda: build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
-    )
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "EVALUATORS",
-    "METRIC_NAMES",
-    "Evaluator",
-    "Features",
-    "Reference",
-    "build_evaluator",
-    "metric_label",
-    "protocols",
-    "reference_statistics",
-    "score",
-]
+__all__ = ["EVALUATORS", "METRIC_NAMES", *_LAZY]

@@ -1,24 +1,19 @@
 """The evaluator contract: a frozen feature network mapping uint8 images to three feature kinds."""
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from bench.config import EvalConfig
 from bench.errors import BenchError
-
-# Display names of the keys `score` returns, in table order.
-METRIC_NAMES = {
-    "fid": "FID",
-    "sfid": "sFID",
-    "is_mean": "IS",
-    "is_std": "IS std",
-    "kid": "KID",
-    "precision": "Precision",
-    "recall": "Recall",
-}
+from bench.evaluation import EVALUATORS, METRIC_NAMES
+from casdm import distributed
+from casdm.config import DataConfig
+from casdm.registry import lookup
 
 
 class Features(NamedTuple):
@@ -123,3 +118,20 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
             tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         )
     return digest.hexdigest()
+
+
+Builder = Callable[..., Evaluator]  # (eval_cfg, data_cfg, *, device, cache_dir) -> Evaluator
+
+
+def build_evaluator(
+    eval_cfg: EvalConfig, data_cfg: DataConfig, *, device: torch.device | str, cache_dir: Path
+) -> Evaluator:
+    """The EVALUATORS entry named by eval_cfg.evaluator, for `data_cfg`'s dataset.
+
+    Under torchrun rank 0 builds it first (training the classifier or fetching weights into
+    `cache_dir`); the other ranks then load what it cached.
+    """
+    build: Builder = lookup(EVALUATORS, eval_cfg.evaluator, "evaluator")
+    return distributed.main_first(
+        lambda: build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
+    )

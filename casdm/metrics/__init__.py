@@ -7,22 +7,13 @@ checks the image shapes it can take (`check_images`, also called by study valida
 reports the size it measures at (`input_size`, and `caption_note` for tables).
 """
 
+from casdm.catalog import METRICS
 from casdm.config import MetricConfig
 from casdm.metrics.base import Metric, NoMetric, mean_flat, upsampled_size
 from casdm.metrics.perceptual import LPIPS_MIN_SIDE, LPIPS_TRUNKS, LPIPSMetric
 from casdm.metrics.pixel import L1Metric, L2Metric, PseudoHuberMetric, pseudo_huber_c
 from casdm.metrics.structural import MSSSIMMetric, SSIMMetric, ms_ssim_min_side
 from casdm.registry import lookup
-
-METRICS: dict[str, type[Metric]] = {
-    "none": NoMetric,
-    "l2": L2Metric,
-    "l1": L1Metric,
-    "pseudo-huber": PseudoHuberMetric,
-    "ssim": SSIMMetric,
-    "ms-ssim": MSSSIMMetric,
-    "lpips": LPIPSMetric,
-}
 
 
 def check_images(cfg: MetricConfig, channels: int | None, height: int, width: int) -> type[Metric]:

@@ -5,13 +5,9 @@ import warnings
 import torch
 
 from casdm import weights
+from casdm.catalog import LPIPS_MIN_SIDE, LPIPS_TRUNKS
 from casdm.config import ConfigError, MetricConfig
 from casdm.metrics.base import Metric
-
-# The lpips trunk's hub file, and the smallest square input each trunk accepts (measured with
-# lpips 0.1.4: AlexNet's pools fail below 31x31, SqueezeNet's below 17, VGG's below 16).
-LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet"}
-LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16, "squeeze": 17}
 
 
 class LPIPSMetric(Metric):
