@@ -12,6 +12,7 @@ COMMANDS = [
     ("train", "train", "train one model from a config and save samples (no study)"),
     ("run", "run", "run (or join) an Optuna study defined in studies/NAME.toml"),
     ("table", "table", "write a study's results table as LaTeX, Markdown and CSV"),
+    ("plot", "plot", "draw a study's figures (sweeps, bars, curves, samples, cost) for a paper"),
     ("list", "listing", "list the studies in studies/"),
     ("show", "show", "show a study's trials and their metrics"),
     ("ui", "ui", "start the MLflow UI on a study's tracking store"),

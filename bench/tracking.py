@@ -15,6 +15,8 @@ DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 
 # MLflow refuses longer parameter values; a flattened RunConfig never comes close.
 _MAX_PARAM_CHARS = 6000
+# The study-level run (figures, report, table) is tagged ROLE_TAG = "study"; trial runs "trial".
+ROLE_TAG = "bench.role"
 
 
 def tracking_uri_for(results: Path) -> str:
@@ -157,3 +159,27 @@ class Tracker:
     def run(self, run_id: str) -> RunLog:
         """An existing run of this store (a lost worker's, to be marked failed)."""
         return RunLog(self.client, run_id)
+
+    def study_run(self, study_name: str) -> RunLog:
+        """The study's summary run (figures, report, table): found by its ROLE_TAG, else new."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+        )
+        if found:
+            return RunLog(self.client, found[0].info.run_id)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{study_name} (study summary)",
+            tags={ROLE_TAG: "study", "optuna.study": study_name},
+        )
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        return RunLog(self.client, run.info.run_id)
+
+    def histories(self, run_id: str, prefix: str) -> dict[str, list[tuple[int, float]]]:
+        """Every metric of a run whose key starts with `prefix`: key -> [(step, value)]."""
+        run = self.client.get_run(run_id)
+        return {
+            key: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+            for key in run.data.metrics
+            if key.startswith(prefix)
+        }
