@@ -13,6 +13,7 @@ COMMANDS = [
     ("run", "run", "run (or join) an Optuna study defined in studies/NAME.toml"),
     ("table", "table", "write a study's results table as LaTeX, Markdown and CSV"),
     ("plot", "plot", "draw a study's figures (sweeps, bars, curves, samples, cost) for a paper"),
+    ("report", "report", "write a study's self-contained HTML report (table, figures, setup)"),
     ("list", "listing", "list the studies in studies/"),
     ("show", "show", "show a study's trials and their metrics"),
     ("ui", "ui", "start the MLflow UI on a study's tracking store"),

@@ -179,7 +179,10 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
     width_in = COLUMN_IN if len(groups) * len(members) <= 12 else TEXT_IN
     figure = _new_figure(width_in, 2.4)
     ax = figure.add_subplot()
+    from matplotlib.patches import Patch
+
     bar = 0.8 / max(len(members), 1)
+    legend = []
     for m, member in enumerate(members):
         xs, ys, errs, cells = [], [], [], []
         for p in pts:
@@ -194,6 +197,7 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
         example = next(p for p in pts if not series or value_text(p.params[series]) == member)
         label = study.value_label(series, example.params[series]) if series else study.name
         style = _series_style(study, example.params)
+        legend.append((style["color"], label))
         error = {"linewidth": 0.8}
         drawn = ax.bar(
             xs, ys, bar * 0.9, yerr=errs, label=label, capsize=2, error_kw=error, **style
@@ -221,10 +225,12 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
     ax.set_ylabel(metric_label(metric, table))
     note = _interval_note(table)
     if any(c.baseline for p in pts for c in p.scores.values()):
-        note += "; vs hatched baseline: * better, † worse (Holm)"
+        note += "\nvs the hatched baseline: * better, † worse (Holm, α = 0.05)"
     ax.set_title(note, loc="left", fontsize=6)
     if len(members) > 1:
-        ax.legend(ncols=min(len(members), 3))
+        # Plain swatches: the first bar of a series may be a hatched baseline.
+        handles = [Patch(color=c, label=t) for c, t in legend]
+        ax.legend(handles=handles, ncols=min(len(members), 3))
     return figure
 
 

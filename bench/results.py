@@ -34,7 +34,7 @@ HEARTBEAT_GRACE_S = 300
 # Trial user_attrs copied into every row of Results.frame next to the params and the scores.
 TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
 # Where each COMPLETE trial's files and MLflow run are (figures read samples.npz and curves).
-RUN_COLUMNS = ("workdir", "mlflow_run_id")
+RUN_COLUMNS = ("workdir", "mlflow_run_id", "peak_memory_kind")
 # Results.frame holds each bench.costs.COSTS key as the column "cost.<key>" (None if unknown).
 COST_PREFIX = "cost."
 
@@ -158,6 +158,8 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
                 "duration_s": duration,
                 "failure": failure_kind(trial) if trial.state.name == "FAIL" else "",
                 "error": trial.user_attrs.get("error", ""),
+                "notices": trial.user_attrs.get("notices", []),
+                "owner": trial.user_attrs.get("owner", ""),
                 **metrics,
             }
         )

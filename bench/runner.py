@@ -404,8 +404,10 @@ class _Worker:
         """Join the tracking store and the study, initialise it, run trials until done."""
         base = configs[0]
         self.meta = study_meta(base, self.scorer.label(base), configs)
+        self.meta["overrides"] = list(self.study.overrides)  # `bench report` reruns with them
         with file_lock(_lock_path(sqlite_path(tracking_uri))):
             self.tracker = Tracker(tracking_uri, self.study.name)
+            self.tracker.set_view(*_view_columns(self.study))
         self.store = _Storage(storage, self.study, seed=base.seed)
         self.summary.created = self.store.created
         cells = self.study.cells()
@@ -550,6 +552,7 @@ class _Worker:
             raise
         progress.end_trial()
         progress.advance_study()
+        progress.log(trial_line(trial.number, cell, outcome.wall_s, outcome.metrics, study))
         self.summary.trials.append(
             TrialRecord(trial.number, cell, "COMPLETE", value, outcome.wall_s)
         )
@@ -695,9 +698,32 @@ class _Worker:
             }
         )
         run.set_tags({"peak_memory_kind": outcome.peak_memory_kind})
-        run.log_artifact(outcome.grid_png)
+        run.log_image(outcome.grid_png)  # upscaled: readable in the MLflow UI
         run.log_artifact(outcome.config_json)
         run.finish()
+
+
+def trial_line(
+    number: int, cell: str, wall_s: float, metrics: Mapping[str, float], study: Study
+) -> str:
+    """The line printed when a trial finishes: its cell, time and table scores."""
+    from bench.evaluation.evaluator import METRIC_NAMES
+    from bench.progress import duration_text
+
+    scores = "  ".join(
+        f"{METRIC_NAMES.get(key, key)} {metrics[key]:.4g}"
+        for key in study.table.metrics
+        if isinstance(metrics.get(key), int | float) and math.isfinite(metrics[key])
+    )
+    return f"trial {number} ({cell}) done in {duration_text(wall_s)}: {scores}"
+
+
+def _view_columns(study: Study) -> tuple[list[str], list[str], str, bool]:
+    """What the MLflow runs table shows first: the study's axes and table metrics, best
+    objective first."""
+    axes = list(study.grid) if study.is_grid else list(study.search)
+    metrics = list(dict.fromkeys([study.objective_metric, *study.table.metrics]))
+    return axes, metrics, study.objective_metric, study.direction == "minimize"
 
 
 def _cuda_oom() -> type[BaseException]:

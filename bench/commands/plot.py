@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if tracker is not None:
         summary = tracker.study_run(study.name)
         for path in paths:
-            summary.client.log_artifact(summary.run_id, str(path), artifact_path="figures")
+            summary.log_artifact(path, artifact_path="figures")
         where = f"; logged to the MLflow run {summary.run_id} ({tracker.tracking_uri})"
     else:
         where = "; no MLflow store found, so no training curves and nothing logged"
