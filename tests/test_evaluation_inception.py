@@ -140,6 +140,7 @@ def test_missing_weights_offline_give_one_actionable_error(tmp_path, monkeypatch
     entry = weights.entry("inception")
     for needed in (entry.filename, entry.url, str(weights.hub_dir()), "bench weights fetch"):
         assert needed in message
+    assert "--set eval.random_weights=true" in message
     assert not any(weights.hub_dir().glob("*"))  # no partial file left behind
 
 
