@@ -1,4 +1,11 @@
-"""The `bench` command: one sub-command per module in bench/commands, listed explicitly below."""
+"""casdm-bench: ablation studies of diffusion models trained with metric losses (Cas-DM).
+
+Define a study (a grid or search of training configurations) in studies/NAME.toml, then
+`bench run --study NAME` trains, samples and scores every cell (FID, sFID, IS, precision,
+recall; resumable, several workers may share it), `bench table`, `bench plot` and `bench report`
+turn the results into a paper table, figures and an HTML report, and `bench ui` opens the runs
+in MLflow. Start with `bench run --study quickstart` (minutes on a laptop CPU).
+"""
 
 import argparse
 import sys
@@ -27,7 +34,9 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         mod = importlib.import_module(f"bench.commands.{module}")

@@ -58,7 +58,7 @@ class QuietProgress:
 class RichProgress(QuietProgress):
     """Rich progress bars on stderr: the study, then the current trial's stages below it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -80,6 +80,7 @@ class RichProgress(QuietProgress):
             console=self.console,
         )
         self._study: Any = None
+        self._clock = clock  # the study ETA's clock
         self._study_start = 0.0
         self._finished = 0  # trials finished by this process (the ETA's rate)
         self._trial_tasks: list[Any] = []
@@ -99,7 +100,7 @@ class RichProgress(QuietProgress):
 
     def begin_study(self, name: str, total: int, done: int) -> None:
         self._study = self._bars.add_task(f"study {name}", total=total, completed=done, info="")
-        self._study_start = time.monotonic()
+        self._study_start = self._clock()
         self._finished = 0
 
     def advance_study(self) -> None:
@@ -111,7 +112,7 @@ class RichProgress(QuietProgress):
         left = max(0.0, (task.total or 0) - task.completed)
         # Rich's own estimate needs two finished trials within 30 s: never, for trials of
         # minutes. This one is the mean wall-clock of the trials this process finished.
-        per_trial = (time.monotonic() - self._study_start) / self._finished
+        per_trial = (self._clock() - self._study_start) / self._finished
         info = f"about {duration_text(per_trial * left)} left" if left else ""
         self._bars.update(self._study, info=info)
 

@@ -79,6 +79,7 @@ def test_study_records_meta_and_held_out_reference_row(tiny_run):
         "eta": 0.0,
         "random_weights": False,
         "lpips_trunk": None,
+        "overrides": [],  # the --set values, for the report's commands
     }
     assert "classifier" in meta["evaluator"]
     assert set(attrs["reference_metrics"]) == SCORE_KEYS
