@@ -33,8 +33,6 @@ def test_study_eta_is_shown_after_the_first_trial():
     assert task.completed == 2 and task.fields["info"] == "about 15 min left"  # 3 x 300 s
     bars.advance_study()
     assert task.fields["info"] == "about 15 min left"  # 2 left x 450 s
-    # Rich's own estimate still has nothing to go on: ours is the one shown.
-    assert task.time_remaining is None
 
 
 def test_summary_fits_80_columns_and_keeps_paths_whole(monkeypatch, capsys):
