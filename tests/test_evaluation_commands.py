@@ -115,7 +115,14 @@ def test_bench_eval_bad_sample_folders_exit_2_with_a_message(
     ("images", "extra", "message"),
     [
         (np.zeros((6, 8, 8, 1), np.uint8), (), "needs at least 10 images"),
-        (np.zeros((20, 8, 8, 3), np.uint8), (), "images have 3 channels"),
+        (
+            np.stack([np.zeros((20, 8, 8)), np.ones((20, 8, 8)), np.zeros((20, 8, 8))], -1).astype(
+                np.uint8
+            ),
+            (),
+            r"samples.npz holds 20 images of 8x8 pixels with 3 channel\(s\) \(RGB, in colour\);"
+            r".*convert\('L'\).*--evaluator inception",
+        ),
         (np.zeros((20, 8, 8, 1), np.uint8), ("--n", "30"), "--n 30: .* holds 20 images"),
         (np.zeros((20, 8, 12, 1), np.uint8), (), "samples must be square"),
         (np.zeros((20, 8, 8, 1), np.float32), (), "dtype float32"),
@@ -132,6 +139,19 @@ def test_bench_eval_bad_samples_exit_2_with_a_message(
     assert code == EXIT_BAD_INPUT and out == ""
     assert err.startswith("error: ")
     assert re.search(message, err), err
+
+
+def test_bench_eval_scores_grayscale_saved_as_rgb_like_grayscale(capsys, cache, samples, tmp_path):
+    code, gray, _ = bench_eval(
+        capsys, samples, "--dataset", "digits", "--cache-dir", cache, "--json"
+    )
+    assert code == 0
+    rgb = tmp_path / "rgb.npz"
+    with np.load(samples) as npz:
+        np.savez(rgb, arr_0=np.repeat(npz["arr_0"], 3, axis=-1))
+    code, out, err = bench_eval(capsys, rgb, "--dataset", "digits", "--cache-dir", cache, "--json")
+    assert code == 0 and "all three equal: scored as grayscale" in err
+    assert json.loads(out)["metrics"] == json.loads(gray)["metrics"]
 
 
 def test_bench_eval_unknown_dataset_exits_2_listing_the_valid_ones(capsys, samples, tmp_path):

@@ -70,6 +70,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: str) -> Any:
+    """Images [N, C, H, W] with a channel count the evaluator takes, or BenchError saying how.
+
+    RGB images whose three channels are equal (grayscale saved as RGB) become one channel, with
+    a notice on stderr; anything else is refused with the way forward.
+    """
+    import sys
+
+    from bench.errors import BenchError
+
+    n, c, h, w = images.shape
+    if c in channels:
+        return images
+    found = f"{source} holds {n} images of {w}x{h} pixels with {c} channel(s)"
+    if c == 3 and 1 in channels:
+        if bool((images[:, :1] == images[:, 1:]).all()):
+            print(f"notice: {found}, all three equal: scored as grayscale", file=sys.stderr)
+            return images[:, :1]
+        raise BenchError(
+            f"{found} (RGB, in colour); the {label} evaluator takes grayscale images (1 "
+            "channel), like the dataset it was trained on. Convert them first (for a folder: "
+            "PIL's Image.open(p).convert('L').save(p)), or score them with --evaluator "
+            "inception, which takes both"
+        )
+    allowed = " or ".join(map(str, channels))
+    raise BenchError(
+        f"{found}; the {label} evaluator takes {allowed} channel(s): convert the images, or "
+        "choose another --evaluator"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -123,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with make_progress(args.quiet) as progress:
         evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=args.cache_dir)
+        images = fit_channels(images, evaluator.channels, args.samples, evaluator.label)
         reference = reference_statistics(
             evaluator,
             data_cfg,
