@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,14 @@ def test_weights_fetch_downloads_the_named_files(capsys, monkeypatch):
     monkeypatch.setattr(weights, "fetch", lambda name, progress=None: fetched.append(name))
     assert bench.cli.main(["weights", "fetch", "vgg16", "alexnet", "--quiet"]) == 0
     assert fetched == ["vgg16", "alexnet"]
+
+
+def test_bench_eval_cache_is_the_users_outside_a_results_folder(tmp_path, monkeypatch):
+    from bench.commands.eval import default_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "casdm-bench"
+    assert not (tmp_path / "results").exists()  # nothing created in the working folder
+    (tmp_path / "results").mkdir()
+    assert default_cache_dir() == Path("results") / "cache"

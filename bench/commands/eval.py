@@ -63,11 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path("results") / "cache",
-        help="evaluator and reference-statistics cache (default: results/cache)",
+        help="evaluator and reference-statistics cache (default: results/cache where a "
+        "results/ folder exists, as in the checkout, else $XDG_CACHE_HOME/casdm-bench, by "
+        "default ~/.cache/casdm-bench)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def default_cache_dir() -> Path:
+    """results/cache beside the studies' results, else the user's cache folder (never a new
+    results/ in whatever folder `bench eval` happens to run in)."""
+    import os
+
+    if Path("results").is_dir():
+        return Path("results") / "cache"
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "casdm-bench"
 
 
 def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: str) -> Any:
@@ -103,6 +115,7 @@ def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: st
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from bench.errors import BenchError
     from bench.evaluation import (
@@ -152,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
         random_weights=args.random_weights,
     )
     device = resolve_device(args.device)
+    if args.cache_dir is None:
+        args.cache_dir = default_cache_dir()
+        if not args.quiet:
+            print(f"cache (evaluator, reference statistics): {args.cache_dir}", file=sys.stderr)
     with make_progress(args.quiet) as progress:
         evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=args.cache_dir)
         images = fit_channels(images, evaluator.channels, args.samples, evaluator.label)
