@@ -438,12 +438,7 @@ class _Worker:
                     break  # the creator died (or stalls): enqueue what is missing ourselves
                 time.sleep(0.5)
             if attrs.get("config_sha256", digest) != digest:
-                raise BenchError(
-                    f"study {self.study.name!r} in {describe_storage(store.url)} was created "
-                    f"from a different configuration than {self.study.path} with --set "
-                    f"{list(self.study.overrides)}; run it with the same study file and --set "
-                    "values, or use another --storage"
-                )
+                raise BenchError(config_mismatch(self.study, store.url, attrs))
             self.reap()
         if "cells_enqueued" not in attrs:
             store.optuna.set_user_attr("config_sha256", digest)
@@ -881,6 +876,33 @@ def _follow(study: Study, device: str | None, scorer: "Scorer") -> None:
             traceback.print_exc()
 
 
+def config_mismatch(study: Study, url: str, attrs: Mapping[str, Any]) -> str:
+    """Why `bench run` refuses to join a stored study created from another configuration."""
+    stored = attrs.get("meta", {}).get("overrides")
+    was = f" (it was run with --set {stored})" if stored is not None else ""
+    return (
+        f"study {study.name!r} in {describe_storage(url)} was created from a different "
+        f"configuration than {study.path} with --set {list(study.overrides)}{was}; run it with "
+        "the same study file and --set values, or use another --storage"
+    )
+
+
+def stored_mismatch(study: Study, storage: str) -> str | None:
+    """config_mismatch's message if `storage` holds `study` from another configuration."""
+    import optuna
+
+    try:
+        stored = optuna.load_study(
+            study_name=study.name, storage=open_storage(storage, create=False)
+        )
+    except (BenchError, KeyError):
+        return None
+    digest = stored.user_attrs.get("config_sha256")
+    if digest is None or digest == config_digest(study):
+        return None
+    return config_mismatch(study, storage, stored.user_attrs)
+
+
 def pending_cells(study: Study, storage: str) -> list[dict[str, Any]]:
     """Cells with no COMPLETE or RUNNING trial in `storage`; reads only, creates nothing."""
     import optuna
@@ -930,6 +952,9 @@ def plan_study(study: Study, storage: str, device: str | None = None) -> Plan:
     from bench.trial import resolve_device
     from casdm import weights
 
+    mismatch = stored_mismatch(study, storage)
+    if mismatch is not None:
+        raise BenchError(f"dry run: `bench run` would stop before any trial: {mismatch}")
     pending = pending_cells(study, storage)
     if not study.is_grid:
         # A search has no fixed cells: n_trials trials like its base config.

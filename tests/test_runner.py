@@ -340,6 +340,14 @@ def test_joining_a_study_created_from_another_config_is_refused(workspace):
     run_study(load_study("tiny", ONE_CELL), quiet=True)
     with pytest.raises(BenchError, match="created from a different configuration"):
         run_study(load_study("tiny", [*ONE_CELL, "train.steps=5"]), quiet=True)
+    # The dry run says so too, instead of "0 pending, nothing was run".
+    changed = load_study("tiny", [*ONE_CELL, "train.steps=5"])
+    with pytest.raises(BenchError) as err:
+        run_study(changed, dry_run=True)
+    message = str(err.value)
+    assert message.startswith("dry run: `bench run` would stop before any trial: study 'tiny'")
+    assert "it was run with --set ['architecture.name=ddpm', 'metric.name=none']" in message
+    assert run_study(load_study("tiny", ONE_CELL), dry_run=True).plan.cells == []
 
 
 def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(
