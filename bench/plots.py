@@ -230,7 +230,8 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
     if len(members) > 1:
         # Plain swatches: the first bar of a series may be a hatched baseline.
         handles = [Patch(color=c, label=t) for c, t in legend]
-        ax.legend(handles=handles, ncols=min(len(members), 3))
+        # Below the axes: inside, it would cover bars of some group.
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(members), 3))
     return figure
 
 

@@ -182,7 +182,8 @@ def test_sweep_band_is_the_student_t_interval(figures):
 
 def test_bars_mark_significance_and_hatch_the_baseline(figures):
     ax = figures["bars-fid"].axes[0]
-    assert legend_texts(ax) == ["DDPM (eps)", "Cas-DM"]
+    (legend,) = figures["bars-fid"].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["DDPM (eps)", "Cas-DM"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["weight=0", "weight=0.5", "weight=1"]
     hatched = [p for p in ax.patches if p.get_hatch()]
     assert len(hatched) == 2  # the two weight-0 baselines
