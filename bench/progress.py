@@ -108,7 +108,7 @@ class RichProgress(QuietProgress):
             return
         self._bars.advance(self._study)
         self._finished += 1
-        task = self._bars.tasks[self._study]
+        task = next(t for t in self._bars.tasks if t.id == self._study)  # ids are not indices
         left = max(0.0, (task.total or 0) - task.completed)
         # Rich's own estimate needs two finished trials within 30 s: never, for trials of
         # minutes. This one is the mean wall-clock of the trials this process finished.

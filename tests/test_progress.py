@@ -28,8 +28,12 @@ def test_study_eta_is_shown_after_the_first_trial():
     clock = iter([100.0, 400.0, 1000.0])  # begin, after trial 1 (5 min), after trial 2
     bars = RichProgress(clock=lambda: next(clock))
     bars.begin_study("s", total=5, done=1)  # one trial done by an earlier run
+    for _ in range(2):  # a trial's bars come and go before the study advances
+        bars.begin_trial("cell", 10)
+        bars.task("sampling")(1, 2)
+        bars.end_trial()
     bars.advance_study()
-    task = bars._bars.tasks[bars._study]
+    (task,) = bars._bars.tasks
     assert task.completed == 2 and task.fields["info"] == "about 15 min left"  # 3 x 300 s
     bars.advance_study()
     assert task.fields["info"] == "about 15 min left"  # 2 left x 450 s
