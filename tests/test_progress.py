@@ -27,6 +27,7 @@ def test_duration_text(seconds, text):
 def test_study_eta_is_shown_after_the_first_trial():
     clock = iter([100.0, 400.0, 1000.0])  # begin, after trial 1 (5 min), after trial 2
     bars = RichProgress(clock=lambda: next(clock))
+    bars.task("reference features")(5, 5)  # scoring the real data comes first
     bars.begin_study("s", total=5, done=1)  # one trial done by an earlier run
     for _ in range(2):  # a trial's bars come and go before the study advances
         bars.begin_trial("cell", 10)
