@@ -701,16 +701,20 @@ class _Worker:
 def trial_line(
     number: int, cell: str, wall_s: float, metrics: Mapping[str, float], study: Study
 ) -> str:
-    """The line printed when a trial finishes: its cell, time and table scores."""
-    from bench.evaluation.evaluator import METRIC_NAMES
+    """The lines printed when a trial finishes: its cell and time, then its table scores at
+    the table's precision (two lines, so that 80 columns hold them)."""
     from bench.progress import duration_text
+    from bench.tables import metric_formats
 
+    formats = metric_formats()
+    scale = {1000: "×10³"}  # KID, as the table's header says
     scores = "  ".join(
-        f"{METRIC_NAMES.get(key, key)} {metrics[key]:.4g}"
+        f"{formats[key].name}{scale.get(formats[key].scale, '')} "
+        f"{metrics[key] * formats[key].scale:.{formats[key].decimals}f}"
         for key in study.table.metrics
         if isinstance(metrics.get(key), int | float) and math.isfinite(metrics[key])
     )
-    return f"trial {number} ({cell}) done in {duration_text(wall_s)}: {scores}"
+    return f"trial {number} ({cell}) finished in {duration_text(wall_s)}\n  {scores}"
 
 
 def _view_columns(study: Study) -> tuple[list[str], list[str], str, bool]:
