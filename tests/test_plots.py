@@ -256,3 +256,12 @@ def test_files_are_written_and_not_blank(tmp_path, figures):
 def test_without_samples_or_curves_those_figures_are_left_out(tmp_path, study):
     figures = build_figures(make_results(tmp_path, with_samples=False), study, {})
     assert "samples" not in figures and "curves" not in figures
+
+
+def test_format_list_is_checked():
+    from bench.commands.plot import parse_formats
+    from bench.errors import BenchError
+
+    assert parse_formats("PDF, png,pdf") == ("pdf", "png")
+    with pytest.raises(BenchError, match="jpg is not one of pdf, png, svg"):
+        parse_formats("pdf,jpg")
