@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"no studies: {where} holds no *.toml file; pass --dir PATH for another folder",
             highlight=False,
+            soft_wrap=True,  # never break the path
         )
         return 0
     study_arg = "NAME" if args.dir is None else f"{folder}/NAME.toml"
