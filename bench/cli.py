@@ -1,7 +1,10 @@
-"""The `bench` command: one sub-command per module in bench/commands, listed explicitly below.
+"""casdm-bench: ablation studies of diffusion models trained with metric losses (Cas-DM).
 
-Only the chosen command's module is imported (with what it needs: torch for the commands that
-build a model), so `bench --help`, `bench list`, `bench show` and `bench table` start at once.
+Define a study (a grid or search of training configurations) in studies/NAME.toml, then
+`bench run --study NAME` trains, samples and scores every cell (FID, sFID, IS, precision,
+recall; resumable, several workers may share it), `bench table`, `bench plot` and `bench report`
+turn the results into a paper table, figures and an HTML report, and `bench ui` opens the runs
+in MLflow. Start with `bench run --study quickstart` (minutes on a laptop CPU).
 """
 
 import argparse
@@ -17,6 +20,8 @@ COMMANDS = [
     ("train", "train", "train one model from a config and save samples (no study)"),
     ("run", "run", "run (or join) an Optuna study defined in studies/NAME.toml"),
     ("table", "table", "write a study's results table as LaTeX, Markdown and CSV"),
+    ("plot", "plot", "draw a study's figures (sweeps, bars, curves, samples, cost) for a paper"),
+    ("report", "report", "write a study's self-contained HTML report (table, figures, setup)"),
     ("list", "listing", "list the studies in studies/"),
     ("show", "show", "show a study's trials and their metrics"),
     ("ui", "ui", "start the MLflow UI on a study's tracking store"),
@@ -29,7 +34,9 @@ COMMANDS = [
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command listed; `command`'s options (all, if None) filled in."""
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -6,6 +6,7 @@ casdm never imports rich: training calls `callback(record)`, sampling and featur
 its loss and images/s, sampling and feature extraction.
 """
 
+import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -57,7 +58,7 @@ class QuietProgress:
 class RichProgress(QuietProgress):
     """Rich progress bars on stderr: the study, then the current trial's stages below it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -79,6 +80,9 @@ class RichProgress(QuietProgress):
             console=self.console,
         )
         self._study: Any = None
+        self._clock = clock  # the study ETA's clock
+        self._study_start = 0.0
+        self._finished = 0  # trials finished by this process (the ETA's rate)
         self._trial_tasks: list[Any] = []
         self._train: Any = None
 
@@ -96,10 +100,21 @@ class RichProgress(QuietProgress):
 
     def begin_study(self, name: str, total: int, done: int) -> None:
         self._study = self._bars.add_task(f"study {name}", total=total, completed=done, info="")
+        self._study_start = self._clock()
+        self._finished = 0
 
     def advance_study(self) -> None:
-        if self._study is not None:
-            self._bars.advance(self._study)
+        if self._study is None:
+            return
+        self._bars.advance(self._study)
+        self._finished += 1
+        task = next(t for t in self._bars.tasks if t.id == self._study)  # ids are not indices
+        left = max(0.0, (task.total or 0) - task.completed)
+        # Rich's own estimate needs two finished trials within 30 s: never, for trials of
+        # minutes. This one is the mean wall-clock of the trials this process finished.
+        per_trial = (self._clock() - self._study_start) / self._finished
+        info = f"about {duration_text(per_trial * left)} left" if left else ""
+        self._bars.update(self._study, info=info)
 
     def begin_trial(self, label: str, train_steps: int) -> None:
         self._train = self._bars.add_task(f"  train {label}", total=train_steps, info="")
@@ -126,6 +141,15 @@ class RichProgress(QuietProgress):
 
     def log(self, message: str) -> None:
         self._bars.console.print(message, highlight=False)
+
+
+def duration_text(seconds: float) -> str:
+    """ "45 s", "12 min", "3.5 h": a duration as a person reads an estimate."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def make_progress(quiet: bool) -> QuietProgress:

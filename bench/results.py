@@ -34,6 +34,8 @@ HEARTBEAT_GRACE_S = 300
 
 # Trial user_attrs copied into every row of Results.frame next to the params and the scores.
 TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
+# Where each COMPLETE trial's files and MLflow run are (figures read samples.npz and curves).
+RUN_COLUMNS = ("workdir", "mlflow_run_id", "peak_memory_kind")
 # Results.frame holds each bench.costs.COSTS key as the column "cost.<key>" (None if unknown).
 COST_PREFIX = "cost."
 
@@ -111,7 +113,8 @@ def load_optuna_study(name: str, url: str) -> "optuna.Study":
 class Results:
     """A study's results: COMPLETE trials (one row each), the real-data row, meta, progress."""
 
-    # params, score keys (and their "bootstrap.*" keys), "cell", "trial", TRIAL_COLUMNS, costs
+    # params, score keys (and their "bootstrap.*" keys), "cell", "trial", TRIAL_COLUMNS, costs,
+    # RUN_COLUMNS
     frame: "pandas.DataFrame"
     reference: dict[str, float] | None  # held-out real data scored like the samples
     # dataset, resolution, evaluator, num_samples, sampler, steps, eta, random_weights,
@@ -187,6 +190,8 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
                 "duration_s": duration,
                 "failure": failure_kind(trial) if trial.state.name == "FAIL" else "",
                 "error": trial.user_attrs.get("error", ""),
+                "notices": trial.user_attrs.get("notices", []),
+                "owner": trial.user_attrs.get("owner", ""),
                 **metrics,
             }
         )
@@ -196,13 +201,13 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         row.update(_params(trial))
         row.update(metrics)
         row.update(trial.user_attrs.get("bootstrap", {}))  # "bootstrap.<score>.se", resamples
-        row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS})
+        row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS + RUN_COLUMNS})
         row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)
         builds[f"trial {trial.number}"] = trial.user_attrs.get("evaluator_build")
     score_keys = list(study.table.metrics)
     cost_columns = [COST_PREFIX + key for key in COSTS]
-    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns]
+    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns, *RUN_COLUMNS]
     frame = pandas.DataFrame(rows)
     for column in columns:
         if column not in frame:

@@ -407,8 +407,10 @@ class _Worker:
         base = configs[0]
         self.configs = configs
         self.meta = study_meta(base, self.scorer.label(base), configs)
+        self.meta["overrides"] = list(self.study.overrides)  # `bench report` reruns with them
         with file_lock(_lock_path(sqlite_path(tracking_uri))):
             self.tracker = Tracker(tracking_uri, self.study.name)
+            self.tracker.set_view(*_view_columns(self.study))
         self.tracking_uri = tracking_uri
         self.store = _Storage(storage, self.study, seed=base.seed)
         self.summary.created = self.store.created
@@ -440,12 +442,7 @@ class _Worker:
                     break  # the creator died (or stalls): enqueue what is missing ourselves
                 time.sleep(0.5)
             if attrs.get("config_sha256", digest) != digest:
-                raise BenchError(
-                    f"study {self.study.name!r} in {describe_storage(store.url)} was created "
-                    f"from a different configuration than {self.study.path} with --set "
-                    f"{list(self.study.overrides)}; run it with the same study file and --set "
-                    "values, or use another --storage"
-                )
+                raise BenchError(config_mismatch(self.study, store.url, attrs))
             self.reap()
         if "cells_enqueued" not in attrs:
             store.optuna.set_user_attr("config_sha256", digest)
@@ -628,6 +625,7 @@ class _Worker:
             raise
         progress.end_trial()
         progress.advance_study()
+        progress.log(trial_line(trial.number, cell, outcome.wall_s, outcome.metrics, study))
         self.summary.trials.append(
             TrialRecord(trial.number, cell, "COMPLETE", value, outcome.wall_s)
         )
@@ -783,9 +781,36 @@ class _Worker:
                 **{f"protocol.{key}": label for key, label in outcome.protocols.items()},
             }
         )
-        run.log_artifact(outcome.grid_png)
+        run.log_image(outcome.grid_png)  # upscaled: readable in the MLflow UI
         run.log_artifact(outcome.config_json)
         run.finish()
+
+
+def trial_line(
+    number: int, cell: str, wall_s: float, metrics: Mapping[str, float], study: Study
+) -> str:
+    """The lines printed when a trial finishes: its cell and time, then its table scores at
+    the table's precision (two lines, so that 80 columns hold them)."""
+    from bench.progress import duration_text
+    from bench.tables import metric_formats
+
+    formats = metric_formats()
+    scale = {1000: "×10³"}  # KID, as the table's header says
+    scores = "  ".join(
+        f"{formats[key].name}{scale.get(formats[key].scale, '')} "
+        f"{metrics[key] * formats[key].scale:.{formats[key].decimals}f}"
+        for key in study.table.metrics
+        if isinstance(metrics.get(key), int | float) and math.isfinite(metrics[key])
+    )
+    return f"trial {number} ({cell}) finished in {duration_text(wall_s)}\n  {scores}"
+
+
+def _view_columns(study: Study) -> tuple[list[str], list[str], str, bool]:
+    """What the MLflow runs table shows first: the study's axes and table metrics, best
+    objective first."""
+    axes = list(study.grid) if study.is_grid else list(study.search)
+    metrics = list(dict.fromkeys([study.objective_metric, *study.table.metrics]))
+    return axes, metrics, study.objective_metric, study.direction == "minimize"
 
 
 def _cuda_oom() -> type[BaseException]:
@@ -956,6 +981,33 @@ def _follow(study: Study, device: str | None, scorer: "Scorer", configs: list[Ru
             traceback.print_exc()
 
 
+def config_mismatch(study: Study, url: str, attrs: Mapping[str, Any]) -> str:
+    """Why `bench run` refuses to join a stored study created from another configuration."""
+    stored = attrs.get("meta", {}).get("overrides")
+    was = f" (it was run with --set {stored})" if stored is not None else ""
+    return (
+        f"study {study.name!r} in {describe_storage(url)} was created from a different "
+        f"configuration than {study.path} with --set {list(study.overrides)}{was}; run it with "
+        "the same study file and --set values, or use another --storage"
+    )
+
+
+def stored_mismatch(study: Study, storage: str) -> str | None:
+    """config_mismatch's message if `storage` holds `study` from another configuration."""
+    import optuna
+
+    try:
+        stored = optuna.load_study(
+            study_name=study.name, storage=open_storage(storage, create=False)
+        )
+    except (BenchError, KeyError):
+        return None
+    digest = stored.user_attrs.get("config_sha256")
+    if digest is None or digest == config_digest(study):
+        return None
+    return config_mismatch(study, storage, stored.user_attrs)
+
+
 def pending_cells(study: Study, storage: str) -> list[dict[str, Any]]:
     """Cells with no COMPLETE or RUNNING trial in `storage`; reads only, creates nothing."""
     import optuna
@@ -1016,6 +1068,9 @@ def plan_study(study: Study, storage: str, device: str | None = None) -> Plan:
     from bench.trial import resolve_device
     from casdm import weights
 
+    mismatch = stored_mismatch(study, storage)
+    if mismatch is not None:
+        raise BenchError(f"dry run: `bench run` would stop before any trial: {mismatch}")
     pending = pending_cells(study, storage)
     if not study.is_grid:
         # A search has no fixed cells: n_trials trials like its base config.

@@ -15,6 +15,14 @@ DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 
 # MLflow refuses longer parameter values; a flattened RunConfig never comes close.
 _MAX_PARAM_CHARS = 6000
+# MLflow 3's UI shows an experiment as model training (runs, metrics), not GenAI (traces), by
+# this experiment tag; VIEW_KEY names the saved view (columns, sort) the `bench ui` URL opens.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "bench"
+SAMPLE_GRID_MIN_PX = 512  # sample grids are logged upscaled (nearest) to at least this size
+# The study-level run (figures, report, table) is tagged ROLE_TAG = "study"; trial runs "trial".
+ROLE_TAG = "bench.role"
 
 
 def tracking_uri_for(results: Path) -> str:
@@ -98,9 +106,25 @@ class RunLog:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_artifact(self, path: Path) -> None:
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a file (sample grid PNG, config JSON) into the run's artifacts."""
-        self.client.log_artifact(self.run_id, str(path))
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_image(self, path: Path, min_px: int = SAMPLE_GRID_MIN_PX) -> None:
+        """An image under its own name, enlarged by a whole factor (nearest neighbour, so pixels
+        stay sharp blocks) until its shorter side is at least `min_px`: an 82 px grid of 8x8
+        digits is unreadable in the UI."""
+        import tempfile
+
+        from PIL import Image
+
+        with Image.open(path) as image:
+            factor = max(1, math.ceil(min_px / min(image.size)))
+            big = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / path.name
+            big.save(copy)
+            self.client.log_artifact(self.run_id, str(copy))
 
     def finish(self) -> None:
         """End the run as FINISHED."""
@@ -157,3 +181,49 @@ class Tracker:
     def run(self, run_id: str) -> RunLog:
         """An existing run of this store (a lost worker's, to be marked failed)."""
         return RunLog(self.client, run_id)
+
+    def set_view(
+        self, params: list[str], metrics: list[str], order_by: str, ascending: bool
+    ) -> None:
+        """The experiment's kind and the saved view `bench ui` opens: these params and metrics
+        as the runs table's columns, sorted by the metric `order_by`."""
+        import json
+        import time
+
+        columns = [
+            "attributes.`Run Name`",
+            *(f"params.`{key}`" for key in params),
+            *(f"metrics.`{key}`" for key in metrics),
+        ]
+        state: dict[str, Any] = {"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}
+        state.update(orderByKey=f"metrics.`{order_by}`", orderByAsc=ascending)
+        now = int(time.time() * 1000)
+        view = {"name": "bench", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        self.client.set_experiment_tag(
+            self.experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(view)
+        )
+
+    def study_run(self, study_name: str) -> RunLog:
+        """The study's summary run (figures, report, table): found by its ROLE_TAG, else new."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1
+        )
+        if found:
+            return RunLog(self.client, found[0].info.run_id)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{study_name} (study summary)",
+            tags={ROLE_TAG: "study", "optuna.study": study_name},
+        )
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        return RunLog(self.client, run.info.run_id)
+
+    def histories(self, run_id: str, prefix: str) -> dict[str, list[tuple[int, float]]]:
+        """Every metric of a run whose key starts with `prefix`: key -> [(step, value)]."""
+        run = self.client.get_run(run_id)
+        return {
+            key: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+            for key in run.data.metrics
+            if key.startswith(prefix)
+        }

@@ -43,13 +43,24 @@ class WeightsFile:
     url: str
     sha256_prefix: str
     used_by: str
+    without: str = ""  # how to run a smoke test without this file, if there is a way
 
 
-def _hub_file(name: str, url: str, used_by: str) -> WeightsFile:
+INCEPTION_WITHOUT = (
+    "--set eval.random_weights=true (an untrained Inception, labelled random weights in "
+    "every output: a smoke test, not a result)"
+)
+LPIPS_WITHOUT = (
+    "--set metric.trunk=random (LPIPS on an untrained trunk, labelled random-trunk in every "
+    "output: a smoke test, not a result)"
+)
+
+
+def _hub_file(name: str, url: str, used_by: str, without: str = "") -> WeightsFile:
     """A torch-hub style entry: the file name is the URL's last part, the hash the hex after '-'."""
     filename = url.rsplit("/", 1)[-1]
     sha256_prefix = filename.rsplit("-", 1)[-1].split(".", 1)[0]
-    return WeightsFile(name, filename, url, sha256_prefix, used_by)
+    return WeightsFile(name, filename, url, sha256_prefix, used_by, without)
 
 
 WEIGHTS: dict[str, WeightsFile] = {
@@ -58,6 +69,7 @@ WEIGHTS: dict[str, WeightsFile] = {
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
         "pt_inception-2015-12-05-6726825d.pth",
         "the inception evaluator, protocol legacy_pytorch (pytorch-fid's port)",
+        INCEPTION_WITHOUT,
     ),
     # clean-fid's TorchScript translation of the TF graph (cleanfid.downloads_helper's URL).
     # Its name carries no hash and none is published with it: status says "unverified".
@@ -68,21 +80,25 @@ WEIGHTS: dict[str, WeightsFile] = {
         "inception-2015-12-05.pt",
         "",
         "the inception evaluator, protocols clean and legacy_tensorflow",
+        INCEPTION_WITHOUT,
     ),
     "alexnet": _hub_file(
         "alexnet",
         "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
         "the lpips metric with net=alex",
+        LPIPS_WITHOUT,
     ),
     "vgg16": _hub_file(
         "vgg16",
         "https://download.pytorch.org/models/vgg16-397923af.pth",
         "the lpips metric with net=vgg",
+        LPIPS_WITHOUT,
     ),
     "squeezenet": _hub_file(
         "squeezenet",
         "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
         "the lpips metric with net=squeeze",
+        LPIPS_WITHOUT,
     ),
 }
 
@@ -194,4 +210,9 @@ def ensure(name: str) -> Path:
             f"`bench weights fetch {name}` (it writes to $TORCH_HOME/hub/checkpoints), or download "
             f"the URL by hand, and put the file in {path.parent}/ (set TORCH_HOME to choose "
             f"another folder)."
+            + (
+                f" To try the pipeline without it, run with {weights.without}."
+                if weights.without
+                else ""
+            )
         ) from err

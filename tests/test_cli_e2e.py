@@ -288,6 +288,11 @@ def test_train_and_sample_reject_bad_input_with_exit_2(workspace, capsys):
     assert "bad.toml: train.stepz: unknown key" in capsys.readouterr().err
     assert main(["sample", "missing.pt"]) == 2
     assert "no checkpoint at missing.pt" in capsys.readouterr().err
+    Path("notes.pt").write_text("not a checkpoint at all")
+    assert main(["sample", "notes.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.pt is not a checkpoint bench can sample from (truncated or corrupt)" in err
+    assert "bench run" in err and "weights_only" not in err and "retrained" not in err
     Path("run.toml").write_text(TINY_TRAIN_CONFIG)
     assert main(["train", "--config", "run.toml", "--out", "out", "--quiet"]) == 0
     capsys.readouterr()
@@ -305,7 +310,8 @@ def test_ui_execs_mlflow_on_the_tracking_store_bound_to_loopback(workspace, caps
     monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
     assert main(["ui", "--study", "tiny", "--port", "5123"]) == 0
     printed = capsys.readouterr().out
-    url = f"http://127.0.0.1:5123/#/experiments/{experiment_id}"
+    # The runs table, as model training (MLflow 3 opens the GenAI overview otherwise).
+    url = f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     assert (
         printed.splitlines()[-1]
         == f"MLflow UI on sqlite:///results/mlflow.db: {url}  (Ctrl-C stops it)"

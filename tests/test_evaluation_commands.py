@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,7 +122,14 @@ def test_bench_eval_bad_sample_folders_exit_2_with_a_message(
             ("--is-protocol", "torch-fidelity"),
             "needs at least 10 images",
         ),
-        (np.zeros((20, 8, 8, 3), np.uint8), (), "images have 3 channels"),
+        (
+            np.stack([np.zeros((20, 8, 8)), np.ones((20, 8, 8)), np.zeros((20, 8, 8))], -1).astype(
+                np.uint8
+            ),
+            (),
+            r"samples.npz holds 20 images of 8x8 pixels with 3 channel\(s\) \(RGB, in colour\);"
+            r".*convert\('L'\).*--evaluator inception",
+        ),
         (np.zeros((20, 8, 8, 1), np.uint8), ("--n", "30"), "--n 30: .* holds 20 images"),
         (np.zeros((20, 8, 12, 1), np.uint8), (), "samples must be square"),
         (np.zeros((20, 8, 8, 1), np.float32), (), "dtype float32"),
@@ -139,6 +147,19 @@ def test_bench_eval_bad_samples_exit_2_with_a_message(
     assert code == EXIT_BAD_INPUT and out == ""
     assert err.startswith("error: ")
     assert re.search(message, err), err
+
+
+def test_bench_eval_scores_grayscale_saved_as_rgb_like_grayscale(capsys, cache, samples, tmp_path):
+    code, gray, _ = bench_eval(
+        capsys, samples, "--dataset", "digits", "--cache-dir", cache, "--json"
+    )
+    assert code == 0
+    rgb = tmp_path / "rgb.npz"
+    with np.load(samples) as npz:
+        np.savez(rgb, arr_0=np.repeat(npz["arr_0"], 3, axis=-1))
+    code, out, err = bench_eval(capsys, rgb, "--dataset", "digits", "--cache-dir", cache, "--json")
+    assert code == 0 and "all three equal: scored as grayscale" in err
+    assert json.loads(out)["metrics"] == json.loads(gray)["metrics"]
 
 
 def test_bench_eval_unknown_dataset_exits_2_listing_the_valid_ones(capsys, samples, tmp_path):
@@ -197,3 +218,14 @@ def test_weights_fetch_downloads_the_named_files(capsys, monkeypatch):
     monkeypatch.setattr(weights, "fetch", lambda name, progress=None: fetched.append(name))
     assert bench.cli.main(["weights", "fetch", "vgg16", "alexnet", "--quiet"]) == 0
     assert fetched == ["vgg16", "alexnet"]
+
+
+def test_bench_eval_cache_is_the_users_outside_a_results_folder(tmp_path, monkeypatch):
+    from bench.commands.eval import default_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "casdm-bench"
+    assert not (tmp_path / "results").exists()  # nothing created in the working folder
+    (tmp_path / "results").mkdir()
+    assert default_cache_dir() == Path("results") / "cache"

@@ -277,6 +277,7 @@ def test_missing_weights_offline_give_one_actionable_error(protocol, tmp_path, m
     entry = weights.entry(PROTOCOLS[protocol].weights)
     for needed in (entry.filename, entry.url, str(weights.hub_dir()), "bench weights fetch"):
         assert needed in message
+    assert "--set eval.random_weights=true" in message
     assert not any(weights.hub_dir().glob("*"))  # no partial file left behind
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from bench.cli import main
 from bench.errors import BenchError
@@ -86,6 +87,7 @@ def test_study_records_meta_and_held_out_reference_row(tiny_run):
             "precision": PRECISION_RECALL_PROTOCOL,
             "recall": PRECISION_RECALL_PROTOCOL,
         },
+        "overrides": [],  # the --set values, for the report's commands
     }
     assert "classifier" in meta["evaluator"]
     assert set(attrs["reference_metrics"]) == SCORE_KEYS
@@ -125,6 +127,67 @@ def test_each_trial_is_an_mlflow_run_with_params_curves_metrics_and_grid(tiny_ru
         assert artifacts == {"samples.png", "config.json"}
         local = Path(client.download_artifacts(run.info.run_id, "samples.png", str(root)))
         assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # Logged enlarged by a whole factor (nearest): the trial folder's grid, pixel for pixel.
+        workdir = Path(trial.user_attrs["workdir"])
+        with Image.open(local) as big, Image.open(workdir / "samples.png") as small:
+            factor = big.width // small.width
+            assert min(big.size) >= 512 and big.size == (
+                small.width * factor,
+                small.height * factor,
+            )
+            assert np.array_equal(np.asarray(big)[::factor, ::factor], np.asarray(small))
+
+
+def test_experiment_opens_as_model_training_on_the_studys_columns(tiny_run):
+    import json
+
+    from bench.commands.ui import runs_page_query
+
+    client = MlflowClient(tiny_run.summary.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.bench"])
+    assert view["name"] == "bench" and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state["selectedColumns"] == [
+        "attributes.`Run Name`",
+        "params.`architecture.name`",
+        "params.`metric.name`",
+        "metrics.`fid`",
+        "metrics.`is_mean`",
+    ]
+    assert state["orderByKey"] == "metrics.`fid`" and state["orderByAsc"] is True
+    assert runs_page_query(experiment) == "workflowType=machine_learning&viewStateShareKey=bench"
+
+
+def test_plot_and_report_read_the_run_and_log_to_one_study_run(tiny_run, capsys):
+    from html.parser import HTMLParser
+
+    root = tiny_run.root
+    assert main(["plot", "tiny", "--format", "png"]) == 0
+    figures = root / "results" / "tiny" / "figures"
+    assert {p.name for p in figures.iterdir()} >= {"bars-fid.png", "curves.png", "samples.png"}
+    assert main(["report", "tiny"]) == 0
+    report = (root / "results" / "tiny" / "report.html").read_text()
+    images = []
+
+    class Images(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                images.append(dict(attrs)["src"])
+
+    Images().feed(report)
+    assert "curves" in report and all(src.startswith("data:image/png;base64,") for src in images)
+    client = MlflowClient(tiny_run.summary.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    summaries = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`bench.role` = 'study'"
+    )
+    assert len(summaries) == 1  # plot and report share it
+    run_id = summaries[0].info.run_id
+    assert {a.path for a in client.list_artifacts(run_id)} == {"figures", "report.html"}
+    logged = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert "figures/curves.png" in logged
 
 
 def test_trial_folder_holds_config_checkpoint_grid_and_adm_npz(tiny_run):
@@ -285,6 +348,14 @@ def test_joining_a_study_created_from_another_config_is_refused(workspace):
     run_study(load_study("tiny", ONE_CELL), quiet=True)
     with pytest.raises(BenchError, match="created from a different configuration"):
         run_study(load_study("tiny", [*ONE_CELL, "train.steps=5"]), quiet=True)
+    # The dry run says so too, instead of "0 pending, nothing was run".
+    changed = load_study("tiny", [*ONE_CELL, "train.steps=5"])
+    with pytest.raises(BenchError) as err:
+        run_study(changed, dry_run=True)
+    message = str(err.value)
+    assert message.startswith("dry run: `bench run` would stop before any trial: study 'tiny'")
+    assert "it was run with --set ['architecture.name=ddpm', 'metric.name=none']" in message
+    assert run_study(load_study("tiny", ONE_CELL), dry_run=True).plan.cells == []
 
 
 def test_a_failing_trial_is_marked_failed_and_rerun_with_retry_failed(

@@ -481,6 +481,20 @@ def test_cli_list_marks_a_broken_study_without_hiding_the_others(tmp_path, monke
     assert "12 cells" in out
 
 
+def test_cli_list_outside_a_checkout_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert f"no study folder studies/ ({tmp_path / 'studies'})" in err and "--dir PATH" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["list", "--dir", str(tmp_path / "empty")]) == 0
+    assert "holds no *.toml file; pass --dir PATH" in capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["list", "--dir", str(REPO / "studies")]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "9 cells" in out
+
+
 # --- significance, bootstrap and costs ----------------------------------------------------
 
 EFFECTS = """\

@@ -197,6 +197,7 @@ def test_offline_missing_file_error_says_what_where_and_how(torch_home, offline)
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message
     assert str(folder) in message
     assert "bench weights fetch alexnet" in message
+    assert "--set metric.trunk=random" in message  # the smoke run the README offers
     assert not any(folder.iterdir())
 
 

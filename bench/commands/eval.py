@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path("results") / "cache",
-        help="evaluator and reference-statistics cache (default: results/cache)",
+        help="evaluator and reference-statistics cache (default: results/cache where a "
+        "results/ folder exists, as in the checkout, else $XDG_CACHE_HOME/casdm-bench, by "
+        "default ~/.cache/casdm-bench)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def default_cache_dir() -> Path:
+    """results/cache beside the studies' results, else the user's cache folder (never a new
+    results/ in whatever folder `bench eval` happens to run in)."""
+    import os
+
+    if Path("results").is_dir():
+        return Path("results") / "cache"
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "casdm-bench"
+
+
+def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: str) -> Any:
+    """Images [N, C, H, W] with a channel count the evaluator takes, or BenchError saying how.
+
+    RGB images whose three channels are equal (grayscale saved as RGB) become one channel, with
+    a notice on stderr; anything else is refused with the way forward.
+    """
+    import sys
+
+    from bench.errors import BenchError
+
+    n, c, h, w = images.shape
+    if c in channels:
+        return images
+    found = f"{source} holds {n} images of {w}x{h} pixels with {c} channel(s)"
+    if c == 3 and 1 in channels:
+        if bool((images[:, :1] == images[:, 1:]).all()):
+            print(f"notice: {found}, all three equal: scored as grayscale", file=sys.stderr)
+            return images[:, :1]
+        raise BenchError(
+            f"{found} (RGB, in colour); the {label} evaluator takes grayscale images (1 "
+            "channel), like the dataset it was trained on. Convert them first (for a folder: "
+            "PIL's Image.open(p).convert('L').save(p)), or score them with --evaluator "
+            "inception, which takes both"
+        )
+    allowed = " or ".join(map(str, channels))
+    raise BenchError(
+        f"{found}; the {label} evaluator takes {allowed} channel(s): convert the images, or "
+        "choose another --evaluator"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,8 +189,13 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol or "",
     )
     device = resolve_device(args.device)
+    if args.cache_dir is None:
+        args.cache_dir = default_cache_dir()
+        if not args.quiet:
+            print(f"cache (evaluator, reference statistics): {args.cache_dir}", file=sys.stderr)
     with make_progress(args.quiet) as progress:
         evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=args.cache_dir)
+        images = fit_channels(images, evaluator.channels, args.samples, evaluator.label)
         reference = reference_statistics(
             evaluator,
             data_cfg,

@@ -1,25 +1,45 @@
 """`bench list`: the studies in studies/ with their description, size, architectures and data."""
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from bench.errors import BenchError
 from bench.study import STUDIES_DIR, available_studies, load_study, value_text
 from casdm.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # no options: it lists studies/ under the current folder
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="the folder of study files to list (default: studies/ under the current folder, "
+        "as in the casdm-bench checkout)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    names = available_studies()
+    folder = args.dir or STUDIES_DIR
+    where = f"{folder}/" if folder.is_absolute() else f"{folder}/ ({folder.resolve()})"
+    if not folder.is_dir():
+        raise BenchError(
+            f"no study folder {where}; run bench from the casdm-bench checkout (its studies/ "
+            "holds the shipped studies), pass --dir PATH, or run a study file directly with "
+            "`bench run --study PATH.toml`"
+        )
+    names = available_studies(folder)
     console = Console()
     if not names:
-        console.print(f"no studies: {STUDIES_DIR}/ holds no *.toml file (run from the repo root)")
+        console.print(
+            f"no studies: {where} holds no *.toml file; pass --dir PATH for another folder",
+            highlight=False,
+            soft_wrap=True,  # never break the path
+        )
         return 0
-    table = Table(title=f"studies in {STUDIES_DIR}/ (bench run --study NAME)")
+    study_arg = "NAME" if args.dir is None else f"{folder}/NAME.toml"
+    table = Table(title=f"studies in {folder}/ (bench run --study {study_arg})")
     for column in ("name", "description", "size", "architectures", "dataset"):
         table.add_column(
             column,
@@ -28,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for name in names:
         try:
-            study = load_study(name)
+            study = load_study(name if args.dir is None else str(folder / f"{name}.toml"))
         except InputError as err:
             # One broken file must not hide the others; its error says what to fix.
             table.add_row(name, f"[red]invalid: {err}[/red]", "", "", "")

@@ -237,18 +237,20 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
         return
 
     console = Console()
+    # The head above the table, not as its title: a title wider than the table wraps centred.
+    console.print(head, highlight=False)
     if summary.trials:
-        table = Table(title=head)
+        table = Table()
         for column in ("trial", "cell", "state", "objective", "time"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for t in summary.trials:
             style = "" if t.state == "COMPLETE" else "red"
             value = "" if t.value is None else f"{t.value:.4g}"
             table.add_row(str(t.number), t.cell, t.state, value, _duration(t.wall_s), style=style)
         console.print(table)
-    else:
-        console.print(head, highlight=False)
-    console.print(where, style="dim", highlight=False)
+    # One location a line, never broken inside a path (a terminal wraps it whole, if at all).
+    for line in where.split("; "):
+        console.print(line, style="dim", highlight=False, soft_wrap=True)
     _print_held_back(summary, lambda text: console.print(text, style="yellow", highlight=False))
 
 

@@ -8,6 +8,7 @@ from bench.errors import BenchError
 from bench.progress import make_progress
 from bench.study import check_names, check_shapes
 from bench.trial import load_trained, sample, save_samples
+from casdm.checkpoint import CheckpointError, UnsafeCheckpointError
 from casdm.config import ConfigError
 
 # SampleConfig / RunConfig keys -> the flags that set them, for error messages.
@@ -40,7 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    trained = load_trained(args.checkpoint, args.device)
+    try:
+        trained = load_trained(args.checkpoint, args.device)
+    except CheckpointError as err:
+        # load_checkpoint's remedy (delete it, the run retrains) is for a trial's own file.
+        if isinstance(err, UnsafeCheckpointError) or "retrained from step 0" not in str(err):
+            raise
+        kind = err.reason.split(" (", 1)[0]
+        raise BenchError(
+            f"{args.checkpoint} is not a checkpoint bench can sample from ({kind}); pass the "
+            "checkpoint.pt of a `bench run` trial (results/STUDY/trials/CELL/checkpoint.pt) "
+            "or of a `bench train --out DIR` run (DIR/checkpoint.pt)"
+        ) from None
     changes = {
         "num_samples": args.n,
         "sampler": args.sampler,

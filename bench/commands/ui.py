@@ -49,6 +49,16 @@ def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
     ]
 
 
+def runs_page_query(experiment) -> str:
+    """The query that opens the runs table as model training, with the study's saved view."""
+    from bench.tracking import VIEW_KEY, VIEW_TAG_PREFIX
+
+    query = "workflowType=machine_learning"
+    if VIEW_TAG_PREFIX + VIEW_KEY in experiment.tags:
+        query += f"&viewStateShareKey={VIEW_KEY}"
+    return query
+
+
 def run(args: argparse.Namespace) -> int:
     tracking_uri = args.tracking_uri or tracking_uri_for(args.results)
     if tracking_uri.startswith(("http://", "https://")):
@@ -75,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 f"no experiment {args.study!r} in {tracking_uri}; run `bench run --study "
                 f"{args.study}` first"
             )
-        url = f"{url}/#/experiments/{experiment.experiment_id}"
+        url = f"{url}/#/experiments/{experiment.experiment_id}/runs?{runs_page_query(experiment)}"
     if args.host not in LOOPBACK:
         print(
             f"warning: binding to {args.host} makes the MLflow UI (no authentication) "
