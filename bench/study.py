@@ -29,6 +29,7 @@ from casdm.catalog import (
 )
 from casdm.config import ConfigError, from_dict, merge, unflatten
 from casdm.errors import InputError
+from casdm.metric_shapes import check_images
 from casdm.registry import check_name
 
 STUDIES_DIR = Path("studies")
@@ -753,8 +754,6 @@ def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
 
 def check_shapes(config: RunConfig) -> None:
     """Cheap cross checks that would otherwise fail only after training starts."""
-    from casdm.metrics import check_images  # imports torch: the metrics' shape rules
-
     model, resolution = config.model, config.data.resolution
     levels = len(model.channel_mults)
     if resolution % 2 ** (levels - 1):

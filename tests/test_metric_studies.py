@@ -76,7 +76,6 @@ def test_one_digits_ablation_cell_runs_end_to_end(workspace):
         "sample.num_samples=20",
         "sample.batch_size=20",
         "eval.batch_size=20",
-        "eval.is_splits=2",
     ]
     study = load_study(str(STUDIES / "digits_ablation.toml"), smoke)
     summary = run_study(study, quiet=True)

@@ -83,3 +83,10 @@ def test_every_evaluator_resolves_to_a_builder():
     assert sorted(EVALUATORS) == ["classifier", "inception"]
     for name in EVALUATORS:
         assert callable(EVALUATORS[name]), name
+
+
+def test_every_metric_has_a_shape_rule_and_every_rule_a_metric():
+    """Study validation checks shapes from casdm.metric_shapes, keyed by the METRICS names."""
+    from casdm.metric_shapes import SHAPE_RULES
+
+    assert sorted(SHAPE_RULES) == sorted(catalog.METRICS)

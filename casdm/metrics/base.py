@@ -1,10 +1,12 @@
-"""The metric base class and what every metric shares: per-sample reduction, upsampling."""
+"""The metric base class and what every metric shares: per-sample reduction, shape checks,
+upsampling (the rules themselves are casdm.metric_shapes')."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from casdm.config import MetricConfig
+from casdm.metric_shapes import check_images, input_size
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -12,24 +14,12 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
 
-def upsampled_size(height: int, width: int, min_size: int) -> tuple[int, int]:
-    """(height, width) scaled so the shorter side is `min_size`; unchanged if already as large."""
-    short = min(height, width)
-    if short >= min_size:
-        return height, width
-    return round(height * min_size / short), round(width * min_size / short)
-
-
 class Metric(nn.Module):
     """Base of every metric: holds the config, its weight, name and label; never trainable.
 
-    Class hooks, usable without building the metric (study validation calls them):
-    `check_images(cfg, channels, height, width)` raises ConfigError for images the metric cannot
-    take, and `input_size(cfg, height, width)` is the size it actually measures images at.
+    Which images it takes and the size it measures them at are its `casdm.metric_shapes` rule,
+    checked without building the metric (study validation) and by `check_shape` here.
     """
-
-    # Whether images whose shorter side is below `metric.min_size` are upsampled first.
-    upsamples = False
 
     def __init__(self, cfg: MetricConfig):
         super().__init__()
@@ -48,20 +38,13 @@ class Metric(nn.Module):
         """Stay in eval mode whatever the caller asks: a metric is a fixed function, not a model."""
         return super().train(False)
 
-    @classmethod
-    def check_images(cls, cfg: MetricConfig, channels: int | None, height: int, width: int) -> None:
-        """Raise ConfigError if images of this shape cannot be measured (channels None: unknown)."""
-
-    @classmethod
-    def input_size(cls, cfg: MetricConfig, height: int, width: int) -> tuple[int, int]:
-        """The size images of `height` x `width` are measured at (after any upsampling)."""
-        if cls.upsamples and cfg.min_size:
-            return upsampled_size(height, width, cfg.min_size)
-        return height, width
+    def check_shape(self, x: torch.Tensor) -> None:
+        """Raise ConfigError if this metric cannot measure images shaped like x [B, C, H, W]."""
+        check_images(self.cfg, *x.shape[1:])
 
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] upsampled bilinearly to `input_size`, or unchanged."""
-        size = self.input_size(self.cfg, *x.shape[-2:])
+        """[B, C, H, W] upsampled bilinearly to the metric's input size, or unchanged."""
+        size = input_size(self.cfg, *x.shape[-2:])
         if size == tuple(x.shape[-2:]):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -5,8 +5,8 @@ import warnings
 import torch
 
 from casdm import weights
-from casdm.catalog import LPIPS_MIN_SIDE, LPIPS_TRUNKS
-from casdm.config import ConfigError, MetricConfig
+from casdm.catalog import LPIPS_TRUNKS
+from casdm.config import MetricConfig
 from casdm.metrics.base import Metric
 
 
@@ -17,10 +17,9 @@ class LPIPSMetric(Metric):
     gradient exactly where a prediction is furthest out of range, and LPIPS unit-normalises each
     feature vector, so out-of-range inputs do not blow the value up. 1-channel images are repeated
     to RGB; images whose shorter side is below `min_size` are upsampled bilinearly first, as
-    consistency models do with 224 (Song et al. 2023).
+    consistency models do with 224 (Song et al. 2023); the sizes it takes are its rule in
+    casdm.metric_shapes.
     """
-
-    upsamples = True
 
     def __init__(self, cfg: MetricConfig):
         super().__init__(cfg)
@@ -41,24 +40,6 @@ class LPIPSMetric(Metric):
         self.lpips.requires_grad_(False)
         self.train(False)
 
-    @classmethod
-    def check_images(cls, cfg: MetricConfig, channels: int | None, height: int, width: int) -> None:
-        """Raise ConfigError for images LPIPS cannot take: not 1 or 3 channels, or too small."""
-        if channels is not None and channels not in (1, 3):
-            raise ConfigError(
-                "metric.name",
-                f"metric lpips takes 1-channel or RGB images, got {channels} channels; "
-                f"use another metric.name (l2, l1, pseudo-huber, ssim) for this dataset",
-            )
-        need = LPIPS_MIN_SIDE[cfg.net]
-        if min(cls.input_size(cfg, height, width)) < need:
-            raise ConfigError(
-                "metric.min_size",
-                f"got {cfg.min_size}; LPIPS-{cfg.net} needs images of at least {need}x{need} "
-                f"and the images are {height}x{width}; set metric.min_size >= {need} (default "
-                f"64) so they are upsampled bilinearly first",
-            )
-
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Map [B, C, H, W] in [-1, 1] to what the trunk takes: RGB, shorter side >= min_size."""
         if x.shape[1] == 1:
@@ -66,5 +47,5 @@ class LPIPSMetric(Metric):
         return self.upsample(x)
 
     def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        self.check_images(self.cfg, *x0.shape[1:])
+        self.check_shape(x0)
         return self.lpips(self.prepare(x0_pred), self.prepare(x0)).flatten()  # [B]

@@ -1,11 +1,9 @@
 """Metrics on the pixel difference itself: L2, L1 and the Pseudo-Huber distance."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from casdm.config import MetricConfig
+from casdm.metric_shapes import pseudo_huber_c
 from casdm.metrics.base import Metric, mean_flat
 
 
@@ -21,11 +19,6 @@ class L1Metric(Metric):
 
     def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return mean_flat(F.l1_loss(x0_pred, x0, reduction="none"))  # [B]
-
-
-def pseudo_huber_c(cfg: MetricConfig, dims: int) -> float:
-    """c of the Pseudo-Huber distance: `metric.pseudo_huber_c`, else 0.00054 * sqrt(dims)."""
-    return cfg.pseudo_huber_c if cfg.pseudo_huber_c is not None else 0.00054 * math.sqrt(dims)
 
 
 class PseudoHuberMetric(Metric):
