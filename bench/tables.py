@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_interval
 from bench.costs import COSTS
+from bench.evaluation import METRIC_NAMES
 from bench.study import Study, natural_direction, value_text
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ class MetricFormat:
 
 def metric_formats() -> dict[str, MetricFormat]:
     """Display rules of every score key, in one place (names from bench.evaluation)."""
-    from bench.evaluation import METRIC_NAMES
-
     decimals = {
         "fid": 2,
         "sfid": 2,
@@ -482,11 +481,13 @@ def _caption(
         f"{REFERENCE_LABEL}: the {held_out} split, scored against the "
         f"{meta.get('reference_split', 'train')}-split reference like the samples."
     )
-    protocols = meta.get("protocols") or {}
-    if protocols:
-        from bench.evaluation.evaluator import METRIC_NAMES
-
-        shown = "; ".join(f"{METRIC_NAMES.get(k, k)}: {v}" for k, v in protocols.items())
+    shown_metrics = {metric for _, _, metric in cells}
+    by_label: dict[str, list[str]] = {}
+    for key, label in (meta.get("protocols") or {}).items():
+        if key in shown_metrics:
+            by_label.setdefault(str(label), []).append(METRIC_NAMES.get(key, key))
+    if by_label:
+        shown = "; ".join(f"{', '.join(names)}: {label}" for label, names in by_label.items())
         parts.append(f"Protocols: {shown}.")
     if meta.get("lpips_trunk") == "random":
         parts.append("LPIPS used a random (untrained) trunk: a smoke test, not a result.")
