@@ -13,6 +13,7 @@ from bench.results import (
     storage_url_for,
 )
 from bench.study import load_study
+from bench.table_render import TEXT_WIDTH_PT, choose_fit
 from bench.tables import FORMATS, build_table, render, write_tables
 
 
@@ -83,4 +84,14 @@ def run(args: argparse.Namespace) -> int:
     print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    fit = choose_fit(table)
+    if fit.width_pt > TEXT_WIDTH_PT and "latex" in formats:
+        print(
+            f"warning: the LaTeX table may not fit a two-column page: estimated at up to "
+            f"{fit.width_pt:.0f} pt in \\footnotesize across both columns, against a \\textwidth "
+            f"of {TEXT_WIDTH_PT:.0f} pt (the estimate errs wide: check your LaTeX log for an "
+            "overfull \\hbox); to narrow it, show fewer scores (--metrics fid,sfid,is), drop "
+            "cost columns ([table] cost), or try --layout wide",
+            file=sys.stderr,
+        )
     return 0
