@@ -28,6 +28,7 @@ from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_inter
 from bench.costs import COSTS
 from bench.evaluation import METRIC_NAMES
 from bench.study import Study, natural_direction, value_text
+from casdm.metric_shapes import caption_note
 
 if TYPE_CHECKING:
     from bench.results import Results
@@ -423,6 +424,16 @@ def _flags(
     return flags
 
 
+def _metric_notes(study: Study) -> list[str]:
+    """How the study's metric losses see its images, where they resize them (once each)."""
+    notes = []
+    for params in study.cells():
+        config = study.config(params)
+        side = config.data.resolution
+        notes.append(caption_note(config.metric, side, side))
+    return [note for note in dict.fromkeys(notes) if note]
+
+
 def _caption(
     results: "Results",
     study: Study,
@@ -489,6 +500,9 @@ def _caption(
     if by_label:
         shown = "; ".join(f"{', '.join(names)}: {label}" for label, names in by_label.items())
         parts.append(f"Protocols: {shown}.")
+    notes = _metric_notes(study)
+    if notes:
+        parts.append(f"Metric losses: {'; '.join(notes)}.")
     if meta.get("lpips_trunk") == "random":
         parts.append("LPIPS used a random (untrained) trunk: a smoke test, not a result.")
     if done < results.total:
