@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "optuna", "mlflow", "clean-fid", "lpips")
 PACKAGES += ("matplotlib", "casdm-bench")
 _PIPE = re.compile(r"(?<!\\)\|")
+_UNESCAPE = re.compile(r"\\([\\|*_`])")  # the Markdown renderer's backslash escapes
 
 
 def markdown_table_html(markdown: str) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def markdown_table_html(markdown: str) -> dict[str, Any]:
     header, rule, rows = cells[0], table_lines[1], cells[2:]
     align = ["r" if c.strip().endswith(":") else "" for c in _PIPE.split(rule)[1:-1]]
     return {
-        "caption": re.sub(r"\*\*(.+?)\*\*", r"\1", caption),
+        "caption": _UNESCAPE.sub(r"\1", re.sub(r"\*\*(.+?)\*\*", r"\1", caption)),
         "header": header,
         "rows": rows,
         "align": align,
@@ -52,7 +53,7 @@ def _cell_html(text: str) -> str:
     text = html.escape(text.strip())
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
     text = re.sub(r"(?<![\\*])\*(?!\*)(.+?)(?<!\\)\*", r"<em>\1</em>", text)
-    return re.sub(r"\\([\\|*_`])", r"\1", text)
+    return _UNESCAPE.sub(r"\1", text)
 
 
 def png_data_uri(figure: "Figure", dpi: int = 150) -> str:

@@ -99,3 +99,14 @@ def test_config_diff_is_against_the_base(tmp_path):
     study = load_study(str(path))
     diff = dict(config_diff(study, {"architecture.name": "ddpm", "metric.weight": 1.0, "seed": 2}))
     assert diff == {"architecture.name": "ddpm", "seed": "2"}
+
+
+def test_markdown_escapes_do_not_reach_the_html():
+    from bench.report import markdown_table_html
+
+    pieces = markdown_table_html(
+        "**Table (digits\\_ablation).** a\\_b caption\n\n| Model | FID |\n| :-- | --: |\n"
+        "| x0\\_ddpm | **1.00** |"
+    )
+    assert pieces["caption"] == "Table (digits_ablation). a_b caption"
+    assert pieces["rows"] == [["x0_ddpm", "<strong>1.00</strong>"]]
