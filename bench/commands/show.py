@@ -57,7 +57,15 @@ def run(args: argparse.Namespace) -> int:
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
     console.print(f"{results.total} trials planned; {states or 'none run yet'}", highlight=False)
     for key, value in results.meta.items():
-        console.print(f"  {key}: {value}", highlight=False)
+        if isinstance(value, dict):  # e.g. protocols: one line per distinct label
+            console.print(f"  {key}:", highlight=False)
+            by_value: dict[str, list[str]] = {}
+            for name, text in value.items():
+                by_value.setdefault(str(text), []).append(METRIC_NAMES.get(name, name))
+            for text, names in by_value.items():
+                console.print(f"    {', '.join(names)}: {text}", highlight=False)
+        else:
+            console.print(f"  {key}: {value}", highlight=False)
 
     trials = results.trials
     available = [m for m in SHOWN_METRICS if m in trials.columns]
