@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ArchitectureConfig:
-    """An ARCHITECTURES name plus the Cas-DM / Dual options (see DESIGN.md, "Architectures")."""
+    """An ARCHITECTURES name plus the Cas-DM / Dual options (their meaning: casdm/architectures.py)."""
 
     name: str = "cas-dm"
     # Cas-DM: what phi sees besides t: x0_star and x_t (default) or x0_star alone.
