@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ArchitectureConfig:
-    """An ARCHITECTURES name plus the Cas-DM / Dual options (their meaning: casdm/architectures.py)."""
+    """An ARCHITECTURES name plus the Cas-DM / Dual options (explained in casdm/architectures)."""
 
     name: str = "cas-dm"
     # Cas-DM: what phi sees besides t: x0_star and x_t (default) or x0_star alone.
