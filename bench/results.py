@@ -10,6 +10,7 @@ Storage URLs (`--storage`):
 """
 
 import dataclasses
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ SQLITE_TIMEOUT_S = 60
 # Heartbeats let another `bench run` take over the trials of a lost worker (bench.leases).
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 300
+# Seconds a worker retries opening a database server whose schema another worker is creating.
+SCHEMA_RACE_S = 30
 
 # Trial user_attrs copied into every row of Results.frame next to the params and the scores.
 TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
@@ -69,6 +72,7 @@ def open_storage(url: str, *, create: bool) -> "optuna.storages.BaseStorage":
     and never leave an empty database behind.
     """
     import optuna
+    import sqlalchemy.exc
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     kind, path = storage_file(url)
@@ -82,17 +86,27 @@ def open_storage(url: str, *, create: bool) -> "optuna.storages.BaseStorage":
     if kind == "journal":
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if kind == "sqlite" else {}
-    with warnings.catch_warnings():
-        # Heartbeats are "experimental" in Optuna 5 (since 2.9); the warning is noise here.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-            # A reader must not create tables in someone's database server either.
-            skip_table_creation=not create,
-        )
+    deadline = time.monotonic() + SCHEMA_RACE_S
+    while True:
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" in Optuna 5 (since 2.9); the warning is noise.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S,
+                    # A reader must not create tables in someone's database server either.
+                    skip_table_creation=not create,
+                )
+        except sqlalchemy.exc.IntegrityError:
+            # Workers started together on an empty database server all create Optuna's schema;
+            # PostgreSQL lets one win (the others hit a duplicate type or table). The winner's
+            # schema is complete once its transaction commits: open it again.
+            if kind != "rdb" or not create or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def load_optuna_study(name: str, url: str) -> "optuna.Study":
