@@ -46,6 +46,11 @@ def respace(schedule: Schedule, steps: int, device: torch.device) -> tuple[list[
     return ts, Schedule(1 - abar / abar_prev).to(device)
 
 
+def _x0_hat(pred: Prediction, clip_x0: bool) -> torch.Tensor:
+    """The model's x0 prediction, clipped to [-1, 1] when `clip_x0` (sample.clip_x0)."""
+    return pred.x0.clamp(-1, 1) if clip_x0 else pred.x0
+
+
 def _noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Standard normal noise shaped like `like`, drawn on the generator's device."""
     z = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
@@ -80,7 +85,7 @@ def ddim(
     x_t = x_T  # [B, C, H, W]
     for i in reversed(range(steps)):
         pred = model(x_t, torch.full((x_t.shape[0],), ts[i], device=x_t.device))
-        x0_hat = pred.x0.clamp(-1, 1) if clip_x0 else pred.x0
+        x0_hat = _x0_hat(pred, clip_x0)
         a, a_prev = abar[i], abar_prev[i]
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
         # max(0, .): 1 - abar_prev - sigma^2 >= 0 holds exactly for eta <= 1, not after rounding.
@@ -115,7 +120,7 @@ def ddpm(
     for i in reversed(range(steps)):
         B = x_t.shape[0]
         pred = model(x_t, torch.full((B,), ts[i], device=x_t.device))
-        x0_hat = pred.x0.clamp(-1, 1) if clip_x0 else pred.x0
+        x0_hat = _x0_hat(pred, clip_x0)
         mean, var = sub.posterior(x0_hat, x_t, torch.full((B,), i, device=x_t.device))
         x_t = mean + var.sqrt() * _noise(x_t, generator) if i > 0 else mean
     return x_t
