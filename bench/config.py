@@ -1,10 +1,15 @@
 """The whole run configuration: casdm's concerns plus evaluation, composed into one RunConfig."""
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from casdm.components import Shape
+import bench.evaluation  # noqa: F401  (defines the evaluator and score component kinds)
 
 from casdm.config import (
     ArchitectureConfig,
+    Choice,
     DataConfig,
     DiffusionConfig,
     MetricConfig,
@@ -12,18 +17,16 @@ from casdm.config import (
     SampleConfig,
     TrainConfig,
     check,
+    from_dict_checked,
 )
 
-# clean-fid's modes, each reproduced exactly by the inception evaluator.
-FID_PROTOCOLS = ("clean", "legacy_tensorflow", "legacy_pytorch")
-# The mode closest to the TensorFlow FID code behind published diffusion numbers (TTUR, ADM).
-DEFAULT_FID_PROTOCOL = "legacy_tensorflow"
+@dataclass(frozen=True, init=False)
+class EvalConfig(Choice):
+    """How samples are scored: an evaluator name and its options (bench.evaluation.evaluators:
+    inception takes protocol), and the reference set."""
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How samples are scored: an EVALUATORS name and the reference set."""
-
+    kind: ClassVar[str] = "evaluator"
+    selector: ClassVar[str] = "evaluator"
     evaluator: str = "classifier"
     # Reference statistics come from this split of the dataset; the table's "real data" row
     # scores the other (held-out) split against them.
@@ -40,24 +43,16 @@ class EvalConfig:
     is_splits: int = 10  # the number of splits of is_protocol = "torch-fidelity"
     # Random feature-network weights: tests and smoke runs only, labelled in every output.
     random_weights: bool = False
-    # Bootstrap resamples of each trial's samples for the sampling uncertainty of FID and IS
+    # Bootstrap resamples of each trial's samples for the sampling uncertainty of the scores
     # (bench.evaluation.bootstrap): 0 none, -1 automatic (100 up to 512 feature dims, else 20).
     bootstrap: int = -1
-    # The inception evaluator's protocol, one of FID_PROTOCOLS ("": DEFAULT_FID_PROTOCOL); the
-    # classifier evaluator has its own and takes none.
-    protocol: str = ""
+    options: Any = None
 
     def __post_init__(self):
         check(self.reference_images >= 0, "reference_images", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.is_splits >= 1, "is_splits", "must be >= 1")
         check(self.bootstrap >= -1, "bootstrap", "must be >= 0 (resamples), or -1 (automatic)")
-        check(
-            self.protocol in ("", *FID_PROTOCOLS),
-            "protocol",
-            f"must be one of {', '.join(FID_PROTOCOLS)} (or empty for {DEFAULT_FID_PROTOCOL}), "
-            f"got {self.protocol!r}",
-        )
         check(
             self.is_protocol == "torch-fidelity" or self.is_splits == 10,
             "is_splits",
@@ -89,3 +84,45 @@ class RunConfig:
             "sample.steps",
             f"must be <= diffusion.timesteps ({self.diffusion.timesteps}), got {self.sample.steps}",
         )
+
+    def components(self) -> dict[str, Choice]:
+        """{section: its component choice}: data, architecture, metric, sample, eval."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Choice)
+        }
+
+    def validate(self, channels: int | None = None) -> None:
+        """The cross checks that would otherwise fail only after training starts: the UNet's
+        shape rules, and every component's `validate` hook on the run's images (`channels`
+        None: not known before the dataset is loaded; checked again when the trial builds its
+        model). ConfigError with the whole key path (e.g. "metric.min_size")."""
+        resolution = self.data.resolution
+        self.model.check_resolution(resolution)
+        shape = Shape(channels, resolution, resolution)
+        for section, choice in self.components().items():
+            from_dict_checked(
+                type(choice),
+                section,
+                lambda choice=choice: choice.component.validate(choice.options, shape, self),
+            )
+
+    def required_weights(self) -> list[str]:
+        """casdm.weights names every component of this run needs (pretrained ones), sorted.
+
+        The evaluator's are left out under eval.random_weights."""
+        names = set()
+        for section, choice in self.components().items():
+            if section == "eval" and self.eval.random_weights:
+                continue
+            names.update(choice.component.required_weights(choice.options))
+        return sorted(names)
+
+    def caveats(self) -> list[str]:
+        """Sentences every table and report of this run must carry (e.g. a random LPIPS
+        trunk), from its components, in section order."""
+        out: list[str] = []
+        for choice in self.components().values():
+            out.extend(c for c in choice.component.caveats(choice.options) if c not in out)
+        return out

@@ -60,7 +60,6 @@ from bench.results import (
 from bench.study import Choices, Range, Study, slug
 from bench.tracking import Tracker, absolute_uri, sqlite_path, tracking_uri_for
 from casdm import faults
-from casdm.catalog import LPIPS_TRUNKS
 from casdm.config import flatten, to_dict
 from casdm.errors import InputError
 
@@ -183,20 +182,13 @@ def _configs_to_check(study: Study) -> list[RunConfig]:
 
 
 def required_weights(configs: list[RunConfig]) -> list[str]:
-    """casdm.weights names the configs' LPIPS trunks need (pretrained trunks only), sorted."""
-    return sorted(
-        {
-            LPIPS_TRUNKS[c.metric.net]
-            for c in configs
-            if c.metric.name == "lpips" and c.metric.trunk == "pretrained"
-        }
-    )
+    """casdm.weights names the configs' components need (pretrained networks), sorted."""
+    return sorted({name for c in configs for name in c.required_weights()})
 
 
-def lpips_trunks(configs: list[RunConfig]) -> str | None:
-    """The LPIPS trunk label: "pretrained", "random", "pretrained+random", or None (no LPIPS)."""
-    trunks = sorted({c.metric.trunk for c in configs if c.metric.name == "lpips"})
-    return "+".join(trunks) if trunks else None
+def study_caveats(configs: list[RunConfig]) -> list[str]:
+    """The caveats of every component the configs use (e.g. a random LPIPS trunk), once each."""
+    return list(dict.fromkeys(caveat for c in configs for caveat in c.caveats()))
 
 
 def _with_device(config: RunConfig, device: str | None) -> RunConfig:
@@ -655,7 +647,7 @@ class _Worker:
                 "optuna.trial_number": trial.number,
                 "cell": cell,
                 "metric": config.metric.label,
-                "lpips_trunk": config.metric.trunk if config.metric.name == "lpips" else "none",
+                "caveats": " ".join(config.caveats()),
                 "evaluator": self.meta["evaluator"],
                 "evaluator_random_weights": config.eval.random_weights,
             },
@@ -866,11 +858,11 @@ def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> d
         "num_samples": config.sample.num_samples,
         "sampler": config.sample.sampler,
         "steps": config.sample.steps,
-        "eta": config.sample.eta,
+        "sampler_caption": config.sample.component.describe(config.sample.options),
         "clip_x0": config.sample.clip_x0,
         "random_weights": config.eval.random_weights,
         "protocols": Scorer.protocols(config),
-        "lpips_trunk": lpips_trunks(configs),
+        "caveats": study_caveats(configs),
     }
 
 
@@ -1123,7 +1115,8 @@ def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[flo
     process does not skew the estimate) and `generate` for one sampler step 1 + MEASURE_REPEATS
     times (the median of all but the first), on a random-weight model with random images, at
     the run's batch sizes capped at MEASURE_BATCH, with 3 channels (the channel count barely
-    changes the cost); an LPIPS metric gets a random trunk (the same cost, no download).
+    changes the cost); each component runs with its `offline` options (e.g. a random LPIPS
+    trunk: the same cost, no download).
     """
     import torch
 
@@ -1136,7 +1129,10 @@ def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[flo
     shape = (3, config.data.resolution, config.data.resolution)
     schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
     model = build_model(config.architecture, config.model, schedule, *shape[:2])
-    metric = build_metric(dataclasses.replace(config.metric, trunk="random"), shape)
+    offline = dataclasses.replace(
+        config.metric, options=config.metric.component.offline(config.metric.options)
+    )
+    metric = build_metric(offline, shape)
     train_batch = min(MEASURE_BATCH, config.train.batch_size)
     images = torch.rand((train_batch, *shape), generator=torch.Generator().manual_seed(0))
     steps = dataclasses.replace(

@@ -19,18 +19,17 @@ from typing import Any, Literal
 
 from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.evaluation import EVALUATORS, METRIC_NAMES
-from casdm.catalog import (
-    ARCHITECTURES,
-    METRICS,
-    SAMPLERS,
-    SCHEDULES,
-    parse_dataset,
+from bench.evaluation import METRIC_NAMES
+from casdm.components import registry
+from casdm.config import (
+    Choice,
+    ConfigError,
+    flatten,
+    from_dict,
+    merge,
+    option_types,
+    unflatten,
 )
-from casdm.config import ConfigError, from_dict, merge, unflatten
-from casdm.errors import InputError
-from casdm.metric_shapes import check_images
-from casdm.registry import check_name
 
 STUDIES_DIR = Path("studies")
 
@@ -319,9 +318,47 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         labels=labels,
         overrides=tuple(overrides),
     )
-    for params in study.cells():
-        study.config(params)
+    configs = [study.config(params) for params in study.cells()]
+    for key, axis in search.items():
+        values = axis.choices if isinstance(axis, Choices) else (axis.low, axis.high)
+        configs.extend(study.config({key: value}) for value in values)
+    # [base] options are checked on the study as written: a --set that narrows a grid (e.g.
+    # metric.name=none) may leave them unused.
+    explicit = {} if overrides else {key: f"base.{key}" for key in flatten(base)}
+    explicit.update({key: f"grid.{key}" for key in grid})
+    explicit.update({key: f"search.{key}" for key in search})
+    explicit.update(sources)
+    _check_options_used(path, configs, explicit)
     return study
+
+
+def _check_options_used(path: Path, configs: list[RunConfig], explicit: dict[str, str]) -> None:
+    """Every component option the study sets (`explicit`: key -> where) must be taken by the
+    component of some cell.
+
+    An option of another component of the same kind is ignored where that component is not
+    chosen (one [base] serves a grid over metric.name), but one that no cell uses is a mistake.
+    """
+    for key, where in explicit.items():
+        section, _, leaf = key.partition(".")
+        choice = getattr(configs[0], section, None) if configs else None
+        if not isinstance(choice, Choice) or not leaf or "." in leaf:
+            continue
+        if leaf in {f.name for f in dataclasses.fields(choice) if f.name != "options"}:
+            continue
+        chosen = [getattr(config, section) for config in configs]
+        if any(leaf in {f.name for f in dataclasses.fields(c.options)} for c in chosen):
+            continue
+        kinds = registry(choice.kind)
+        takers = [n for n in kinds.names() if leaf in typing.get_type_hints(kinds.get(n).options)]
+        used = ", ".join(dict.fromkeys(c.component_name for c in chosen))
+        raise _error(
+            path,
+            where,
+            f"only the {' and '.join(takers)} {choice.kind} takes {leaf}, and no cell of this "
+            f"study uses it (its {choice.kind}s: {used}); remove {key}, or choose "
+            f"{choice.selector} = {takers[0]!r}",
+        )
 
 
 # --- reading the file ---------------------------------------------------------------------
@@ -628,18 +665,29 @@ def _read_labels(
 
 
 def field_type(key: str) -> Any:
-    """The annotation of a dotted RunConfig leaf key; ConfigError naming the allowed keys."""
+    """The annotation of a dotted RunConfig leaf key; ConfigError naming the allowed keys.
+
+    In a component's section (a Choice) a key may also be an option of any component of that
+    kind (`metric.net`: lpips's); its type is that option's.
+    """
     node: Any = RunConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
         prefix = ".".join(parts[:i])
         if not dataclasses.is_dataclass(node):
             raise ConfigError(key, f"{prefix} is a value, not a table of keys")
-        names = [f.name for f in dataclasses.fields(node)]
-        if part not in names:
+        names = [f.name for f in dataclasses.fields(node) if f.name != "options"]
+        if part in names:
+            node = typing.get_type_hints(node)[part]
+            continue
+        options = option_types(node, part) if issubclass(node, Choice) else []
+        if not options or i != len(parts) - 1:
             allowed = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
-            raise ConfigError(key, f"unknown key {part!r}; allowed: {allowed}")
-        node = typing.get_type_hints(node)[part]
+            more = ""
+            if issubclass(node, Choice):
+                more = f", or an option of a {node.kind} (see `bench list --components`)"
+            raise ConfigError(key, f"unknown key {part!r}; allowed: {allowed}{more}")
+        node = options[0]
     if dataclasses.is_dataclass(node):
         leaves = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(node))
         raise ConfigError(key, f"is a table, not a value; set one of: {leaves}")
@@ -661,16 +709,14 @@ def _check_key(path: Path, where: str, key: str) -> None:
 
 
 def _check_field(key: str, value: Any) -> None:
-    """Check one value alone, on default settings: its type, range and registry name."""
-    config = from_dict(RunConfig, unflatten({key: value}))
-    if key in _NAMED_KEYS:
-        check_names(config, keys=(key,))
+    """Check one value alone, on default settings: its type, range and component name."""
+    from_dict(RunConfig, unflatten({key: value}))
 
 
 def _check_base(path: Path, base: dict[str, Any], sources: dict[str, str]) -> None:
     """The [base] table alone: keys, types, ranges and names (cross checks come per cell)."""
     try:
-        check_names(from_dict(RunConfig, base))
+        from_dict(RunConfig, base)
     except ConfigError as err:
         raise _attributed(path, err, sources, "base") from None
 
@@ -713,70 +759,7 @@ def _attributed(path: Path, err: ConfigError, sources: dict[str, str], default: 
 def _build(path: Path, base: dict, params: dict[str, Any], sources: dict[str, str]) -> RunConfig:
     try:
         config = from_dict(RunConfig, merge(base, unflatten(params)))
-        check_names(config)
-        check_shapes(config)
+        config.validate()
     except ConfigError as err:
         raise _attributed(path, err, sources, "base") from None
     return config
-
-
-# Registry-named keys (checked by name: no implementation is imported).
-_NAMED_KEYS = (
-    "architecture.name",
-    "metric.name",
-    "sample.sampler",
-    "data.dataset",
-    "eval.evaluator",
-    "diffusion.schedule",
-)
-
-
-def check_names(config: RunConfig, keys: Sequence[str] = _NAMED_KEYS) -> None:
-    """Look every registry name of `config` up; ConfigError with the valid names otherwise."""
-    checks = {
-        "architecture.name": lambda: check_name(
-            ARCHITECTURES, config.architecture.name, "architecture"
-        ),
-        "metric.name": lambda: check_name(METRICS, config.metric.name, "metric"),
-        "sample.sampler": lambda: check_name(SAMPLERS, config.sample.sampler, "sampler"),
-        "data.dataset": lambda: parse_dataset(config.data.dataset),
-        "eval.evaluator": lambda: check_name(EVALUATORS, config.eval.evaluator, "evaluator"),
-        "diffusion.schedule": lambda: check_name(SCHEDULES, config.diffusion.schedule, "schedule"),
-    }
-    for key in keys:
-        try:
-            checks[key]()
-        except ConfigError:
-            raise
-        except InputError as err:
-            raise ConfigError(key, str(err)) from None
-
-
-def check_shapes(config: RunConfig) -> None:
-    """Cheap cross checks that would otherwise fail only after training starts."""
-    model, resolution = config.model, config.data.resolution
-    levels = len(model.channel_mults)
-    if resolution % 2 ** (levels - 1):
-        raise ConfigError(
-            "data.resolution",
-            f"got {resolution}; a UNet with {levels} levels (model.channel_mults = "
-            f"{list(model.channel_mults)}) needs a resolution divisible by {2 ** (levels - 1)}",
-        )
-    sides = [resolution // 2**i for i in range(levels)]
-    for side in model.attention_resolutions:
-        if side not in sides:
-            raise ConfigError(
-                "model.attention_resolutions",
-                f"{side} is not a feature-map side of this UNet; at resolution {resolution} "
-                f"its sides are {', '.join(map(str, sides))}",
-            )
-    for mult in {*model.channel_mults}:
-        if (model.base_channels * mult) % model.num_heads:
-            raise ConfigError(
-                "model.num_heads",
-                f"got {model.num_heads}; it must divide every level's width "
-                f"(model.base_channels x model.channel_mults = {model.base_channels * mult})",
-            )
-    # The metric's own shape check (window sizes, minimum input sizes); channels come from the
-    # dataset, unknown until it is loaded, and are checked when the trial builds the metric.
-    check_images(config.metric, None, resolution, resolution)

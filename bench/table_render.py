@@ -16,7 +16,8 @@ score), `bootstrap_se`, `best`, `reference` (true on the real-data lines), `base
 is a baseline), `test` ("paired t" or "Welch t"), `difference` (cell - baseline), `effect_size`
 (paired: mean/sd of the differences; Welch: Cohen's d), `p_value`, `p_holm`, `significant`
 ("better", "worse" or empty), `protocol` (the score's protocol label, if the run stored one),
-`random_trunk`, `random_weights`, and every cost (`cost.<key>`, bench.costs; empty if unknown).
+`caveats` (the components' caveats for the cell, e.g. a random LPIPS trunk; empty if none),
+`random_weights`, and every cost (`cost.<key>`, bench.costs; empty if unknown).
 """
 
 import csv
@@ -414,7 +415,7 @@ def _markdown(table: Table, layout: str) -> str:
 CSV_STATS = (
     "mean", "std", "n", "ci_low", "ci_high", "uncertainty", "bootstrap_se", "best", "reference",
     "baseline", "test", "difference", "effect_size", "p_value", "p_holm", "significant",
-    "protocol", "random_trunk", "random_weights",
+    "protocol", "caveats", "random_weights",
 )  # fmt: skip
 
 
@@ -460,7 +461,7 @@ def _csv(table: Table) -> str:
                     _raw(cell.p_holm),
                     significant,
                     table.protocols.get(metric, ""),
-                    _bool(flags.get("random_trunk", False)),
+                    flags.get("caveats", ""),
                     _bool(flags.get("random_weights", False)),
                     *cost,
                 ]
@@ -469,7 +470,7 @@ def _csv(table: Table) -> str:
     for metric, value in (table.reference or {}).items():
         writer.writerow(
             [REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", "", "", "", "",
-             "", "false", "true", "false", *blank, table.protocols.get(metric, ""), "false",
+             "", "false", "true", "false", *blank, table.protocols.get(metric, ""), "",
              _bool(any(f.get("random_weights") for f in table.flags.values())),
              *([""] * len(costs))]
         )  # fmt: skip

@@ -28,7 +28,7 @@ from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_inter
 from bench.costs import COSTS
 from bench.evaluation import METRIC_NAMES
 from bench.study import Study, natural_direction, value_text
-from casdm.metric_shapes import caption_note
+from casdm.config import MetricConfig
 
 if TYPE_CHECKING:
     from bench.results import Results
@@ -396,7 +396,7 @@ def _meta(results: "Results", study: Study) -> dict[str, Any]:
         "num_samples": config.sample.num_samples,
         "sampler": config.sample.sampler,
         "steps": config.sample.steps,
-        "eta": config.sample.eta,
+        "sampler_caption": config.sample.component.describe(config.sample.options),
         "random_weights": config.eval.random_weights,
         "reference_split": config.eval.reference_split,
         **{k: v for k, v in (results.meta or {}).items() if v is not None},
@@ -409,19 +409,32 @@ def _flags(
     rows: list[tuple[str, dict[str, Any]]],
     groups: list[tuple[str, dict[str, Any]]],
 ) -> dict[tuple[int, int], dict[str, Any]]:
-    """Per cell: whether LPIPS used a random trunk, the evaluator random weights (CSV)."""
+    """Per cell: its components' caveats (e.g. a random LPIPS trunk) and whether the evaluator
+    had random weights (CSV columns)."""
     flags = {}
     for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
         params = {**row, **group}
         try:
             config = study.config({**study.cells()[0], **params})
-            trunk = config.metric.name == "lpips" and config.metric.trunk == "random"
+            caveats = config.caveats()
             weights = bool(config.eval.random_weights or meta.get("random_weights"))
         except Exception:  # a search value outside the file's axes: fall back on the meta
-            trunk = meta.get("lpips_trunk") == "random"
+            caveats = study_caveats(meta)
             weights = bool(meta.get("random_weights"))
-        flags[r, g] = {"random_trunk": trunk, "random_weights": weights}
+        flags[r, g] = {"caveats": " ".join(caveats), "random_weights": weights}
     return flags
+
+
+def study_caveats(meta: dict[str, Any]) -> list[str]:
+    """The caveats of a study's components (study meta "caveats"). Studies stored before
+    components had caveats say "lpips_trunk" instead; a random trunk there gives lpips's."""
+    if "caveats" in meta:
+        return list(meta["caveats"])
+    if "random" in str(meta.get("lpips_trunk") or ""):
+        return MetricConfig(name="lpips", trunk="random").component.caveats(
+            MetricConfig(name="lpips", trunk="random").options
+        )
+    return []
 
 
 def _metric_notes(study: Study) -> list[str]:
@@ -430,7 +443,7 @@ def _metric_notes(study: Study) -> list[str]:
     for params in study.cells():
         config = study.config(params)
         side = config.data.resolution
-        notes.append(caption_note(config.metric, side, side))
+        notes.append(config.metric.component.caption_note(config.metric.options, side, side))
     return [note for note in dict.fromkeys(notes) if note]
 
 
@@ -444,12 +457,12 @@ def _caption(
     baseline: dict[str, Any],
 ) -> str:
     """Setup, what ± means, bold, markers, protocols, smoke-test labels, progress."""
-    eta = f", η = {value_text(float(meta['eta']))}" if meta["sampler"] == "ddim" else ""
+    options = f", {meta['sampler_caption']}" if meta.get("sampler_caption") else ""
     seeds = len(study.grid.get("seed", [None]))
     parts = [
         f"{meta['dataset']} {meta['resolution']}×{meta['resolution']}, "
         f"{meta['evaluator']} evaluator, {int(meta['num_samples']):,} samples per model, "
-        f"{meta['sampler'].upper()} sampler with {meta['steps']} steps{eta}."
+        f"{meta['sampler'].upper()} sampler with {meta['steps']} steps{options}."
     ]
     kinds = {cell.uncertainty for cell in cells.values()}
     level = f"{CONFIDENCE:.0%}"
@@ -503,8 +516,7 @@ def _caption(
     notes = _metric_notes(study)
     if notes:
         parts.append(f"Metric losses: {'; '.join(notes)}.")
-    if meta.get("lpips_trunk") == "random":
-        parts.append("LPIPS used a random (untrained) trunk: a smoke test, not a result.")
+    parts.extend(study_caveats(meta))
     if done < results.total:
         failed = results.states.get("FAIL", 0) if results.states else 0
         note = f"; {failed} failed" if failed else ""

@@ -14,11 +14,9 @@ a function of the eps loss alone, bit for bit, whatever the metric. The others h
 import torch
 from torch import nn
 
-from casdm.catalog import ARCHITECTURES
 from casdm.config import ArchitectureConfig, ModelConfig
 from casdm.metrics import Metric, mean_flat
 from casdm.prediction import Prediction
-from casdm.registry import lookup
 from casdm.schedule import Schedule
 from casdm.unet import UNet
 
@@ -34,6 +32,7 @@ def unet(
     model: ModelConfig, in_channels: int, out_channels: int, resolution: int, base_channels: int
 ) -> UNet:
     """A UNet with the shape options of `model` and the given width and channel counts."""
+    model.check_resolution(resolution)
     return UNet(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -121,14 +120,62 @@ class X0DDPM(SingleUNet):
         return x0_mse + metric_term(metric, x0_theta, x0, terms), terms
 
 
-class CasDM(nn.Module):
+class BlendedX0(nn.Module):
+    """The architectures with two x0 estimates blended by a weight r (Cas-DM, Dual): their
+    shared options (casdm.specs.architectures.BlendOptions) and loss.
+
+    Subclasses implement `predict(x_t, t) -> (eps_theta, x0_blend, r)`; the loss is
+    ||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_blend||^2 + w * metric(x0_blend, x0).
+    """
+
+    def __init__(self, arch: ArchitectureConfig, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
+        self.r_mode = arch.options.r_mode
+        self.r_fixed = arch.options.r_fixed
+        self.lambda_x0 = arch.options.lambda_x0
+
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def blend(
+        self, logits: torch.Tensor | None, x0_prime: torch.Tensor, x0_other: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_blend, r): r * x0_prime + (1 - r) * x0_other, r from `logits` per `r_mode`."""
+        r = blend_weight(logits, self.r_mode, self.r_fixed, x0_prime)
+        return r * x0_prime + (1 - r) * x0_other, r
+
+    def r_channels(self) -> int:
+        """Output channels of r's logits: 1, or 0 when r is fixed."""
+        return 0 if self.r_mode == "fixed" else 1
+
+    def loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
+    ) -> tuple[torch.Tensor, Terms]:
+        """||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_blend||^2 + w * metric(x0_blend, x0)."""
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps_theta, x0_blend, r = self.predict(x_t, t)
+        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B]
+        x0_mse = mean_flat((x0 - x0_blend) ** 2)  # [B]
+        terms = {
+            "eps_mse": eps_mse.detach().mean(),
+            "x0_mse": x0_mse.detach().mean(),
+            "r": r.detach().mean(),
+        }
+        loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_blend, x0, terms)
+        return loss, terms
+
+
+class CasDM(BlendedX0):
     """Cascaded Diffusion Model (An et al. 2024): eps net theta, then x0 net phi fed sg(theta).
 
     1. x0_star = clip(x0_from_eps(x_t, t, sg(eps_theta)), -1, 1)
     2. phi(concat(x0_star, x_t), t) -> x0_prime and r (options: phi_input, r_mode)
     3. x0_hat = r * x0_prime + (1 - r) * x0_star
     4. theta learns from ||eps - eps_theta||^2 alone; the x0 MSE and the metric act on x0_hat
-       and reach phi only
+       and reach phi only (the loss of BlendedX0, with x0_blend = x0_hat)
     5. sampling: x0 = x0_hat, eps = eps_theta (option sampling_eps: the eps implied by x0_hat)
     """
 
@@ -140,18 +187,15 @@ class CasDM(nn.Module):
         channels: int,
         resolution: int,
     ):
-        super().__init__()
-        self.schedule = schedule
-        self.phi_input = arch.phi_input
-        self.r_mode = arch.r_mode
-        self.r_fixed = arch.r_fixed
-        self.sampling_eps = arch.sampling_eps
-        self.lambda_x0 = arch.lambda_x0
+        super().__init__(arch, schedule)
+        options = arch.options
+        self.phi_input = options.phi_input
+        self.sampling_eps = options.sampling_eps
         self.theta = unet(model, channels, channels, resolution, model.base_channels)
-        phi_in = 2 * channels if arch.phi_input == "x0_star+x_t" else channels
-        phi_out = channels if arch.r_mode == "fixed" else channels + 1  # x0_prime, r logits
-        phi_base = max(8, 8 * round(model.base_channels * arch.phi_width / 8))
-        self.phi = unet(model, phi_in, phi_out, resolution, phi_base)
+        phi_in = 2 * channels if options.phi_input == "x0_star+x_t" else channels
+        phi_base = max(8, 8 * round(model.base_channels * options.phi_width / 8))
+        # phi gives x0_prime and r's logits.
+        self.phi = unet(model, phi_in, channels + self.r_channels(), resolution, phi_base)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """theta and phi, clipped separately: phi's gradients never rescale theta's step."""
@@ -171,10 +215,8 @@ class CasDM(nn.Module):
         x0_star = self.schedule.x0_from_eps(x_t, t, eps_theta.detach()).clamp(-1, 1)
         phi_in = torch.cat([x0_star, x_t], dim=1) if self.phi_input == "x0_star+x_t" else x0_star
         out = self.phi(phi_in, t)  # [B, C (+1), H, W]
-        x0_prime = out[:, :C]
-        logits = out[:, C:] if self.r_mode != "fixed" else None
-        r = blend_weight(logits, self.r_mode, self.r_fixed, x_t)
-        x0_hat = r * x0_prime + (1 - r) * x0_star
+        logits = out[:, C:] if self.r_channels() else None
+        x0_hat, r = self.blend(logits, out[:, :C], x0_star)
         return eps_theta, x0_hat, r
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
@@ -183,24 +225,8 @@ class CasDM(nn.Module):
             return Prediction(self.schedule.eps_from_x0(x_t, t, x0_hat), x0_hat)
         return Prediction(eps_theta, x0_hat)
 
-    def loss(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
-    ) -> tuple[torch.Tensor, Terms]:
-        """||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_hat||^2 + w * metric(x0_hat, x0)."""
-        x_t = self.schedule.q_sample(x0, t, noise)
-        eps_theta, x0_hat, r = self.predict(x_t, t)
-        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B], theta's only signal
-        x0_mse = mean_flat((x0 - x0_hat) ** 2)  # [B], reaches phi only
-        terms = {
-            "eps_mse": eps_mse.detach().mean(),
-            "x0_mse": x0_mse.detach().mean(),
-            "r": r.detach().mean(),
-        }
-        loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_hat, x0, terms)
-        return loss, terms
 
-
-class DualOutput(nn.Module):
+class DualOutput(BlendedX0):
     """Dual-output diffusion (Benny & Wolf, CVPR 2022): one UNet gives eps, x0' and a weight r.
 
     x0_blend = r * x0' + (1 - r) * x0_from_eps(eps_theta); since q(x_{t-1} | x_t, x0) is linear
@@ -216,12 +242,8 @@ class DualOutput(nn.Module):
         channels: int,
         resolution: int,
     ):
-        super().__init__()
-        self.schedule = schedule
-        self.r_mode = arch.r_mode
-        self.r_fixed = arch.r_fixed
-        self.lambda_x0 = arch.lambda_x0
-        out = 2 * channels if arch.r_mode == "fixed" else 2 * channels + 1  # eps, x0', r logits
+        super().__init__(arch, schedule)
+        out = 2 * channels + self.r_channels()  # eps, x0', r logits
         self.net = unet(model, channels, out, resolution, model.base_channels)
 
     def predict(
@@ -230,31 +252,15 @@ class DualOutput(nn.Module):
         """(eps_theta, x0_blend, r), all from the shared UNet."""
         C = x_t.shape[1]
         out = self.net(x_t, t)  # [B, 2C (+1), H, W]
-        eps_theta, x0_prime = out[:, :C], out[:, C : 2 * C]
-        logits = out[:, 2 * C :] if self.r_mode != "fixed" else None
-        r = blend_weight(logits, self.r_mode, self.r_fixed, x_t)
-        x0_blend = r * x0_prime + (1 - r) * self.schedule.x0_from_eps(x_t, t, eps_theta)
+        eps_theta = out[:, :C]
+        logits = out[:, 2 * C :] if self.r_channels() else None
+        x0_eps = self.schedule.x0_from_eps(x_t, t, eps_theta)
+        x0_blend, r = self.blend(logits, out[:, C : 2 * C], x0_eps)
         return eps_theta, x0_blend, r
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         _, x0_blend, _ = self.predict(x_t, t)
         return Prediction(self.schedule.eps_from_x0(x_t, t, x0_blend), x0_blend)
-
-    def loss(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, metric: Metric
-    ) -> tuple[torch.Tensor, Terms]:
-        """||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_blend||^2 + w * metric(x0_blend, x0)."""
-        x_t = self.schedule.q_sample(x0, t, noise)
-        eps_theta, x0_blend, r = self.predict(x_t, t)
-        eps_mse = mean_flat((noise - eps_theta) ** 2)  # [B]
-        x0_mse = mean_flat((x0 - x0_blend) ** 2)  # [B]
-        terms = {
-            "eps_mse": eps_mse.detach().mean(),
-            "x0_mse": x0_mse.detach().mean(),
-            "r": r.detach().mean(),
-        }
-        loss = eps_mse + self.lambda_x0 * x0_mse + metric_term(metric, x0_blend, x0, terms)
-        return loss, terms
 
 
 def build_model(
@@ -265,6 +271,4 @@ def build_model(
     resolution: int,
 ) -> nn.Module:
     """The architecture `arch.name` for images of `channels` x `resolution` x `resolution`."""
-    return lookup(ARCHITECTURES, arch.name, "architecture")(
-        arch, model, schedule, channels, resolution
-    )
+    return arch.component.load()(arch, model, schedule, channels, resolution)

@@ -7,10 +7,16 @@ Every default lives here. `from_dict` builds any of these classes from plain dat
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+from casdm.catalog import SCHEDULES
+from casdm.components import registry
 from casdm.errors import InputError
+
+if TYPE_CHECKING:
+    from casdm.components import Component
 
 C = TypeVar("C")
 
@@ -29,16 +35,191 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Which images to train on: `digits`, `cifar10`, `folder:PATH` or `npz:PATH` (DATASETS)."""
+class Choice:
+    """A section that names a component of `kind` and holds that component's own options.
 
+    Subclasses are frozen dataclasses (init=False) whose fields are the section's own settings,
+    one of them the `selector` naming the component, plus `options`: an instance of the
+    component's options type. The constructor takes the section's fields and the options'
+    fields alike (`MetricConfig(name="lpips", weight=0.3, net="vgg")`); `from_dict` and
+    `to_dict` read and write them flat in the section, as TOML and `--set` address them
+    (`metric.net`). A key that is an option of another component of the same kind is checked
+    against that component's type and then ignored, so one base configuration serves a grid
+    over the component name (and configurations written before options were per component
+    keep loading).
+    """
+
+    kind: ClassVar[str] = ""
+    selector: ClassVar[str] = "name"
+
+    def __init__(self, **kwargs: Any):
+        own = {f.name for f in dataclasses.fields(self)} - {"options"}
+        options = kwargs.pop("options", None)
+        for f in dataclasses.fields(self):
+            if f.name == "options":
+                continue
+            value = kwargs.pop(f.name) if f.name in kwargs else _default(f)
+            object.__setattr__(self, f.name, value)
+        component = self.component
+        if options is not None and not isinstance(options, component.options):
+            # e.g. dataclasses.replace(section, name=other): keep the options both share.
+            shared = {f.name for f in dataclasses.fields(component.options)}
+            kept = {k: v for k, v in dataclasses.asdict(options).items() if k in shared}
+            options = component.options(**{**kept, **kwargs})
+        elif options is None:
+            allowed = {f.name for f in dataclasses.fields(component.options) if f.init}
+            for key in kwargs:
+                check(
+                    key in allowed,
+                    key,
+                    f"unknown key for {self.kind} {component.name!r}; allowed: "
+                    f"{', '.join(sorted(own | allowed))}",
+                )
+            options = component.options(**kwargs)
+        elif kwargs:
+            raise TypeError(f"pass options= or option keywords, not both: {sorted(kwargs)}")
+        object.__setattr__(self, "options", options)
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        """The section's own checks (subclasses)."""
+
+    def __getattr__(self, name: str) -> Any:
+        """An option of the chosen component reads like a field: `config.metric.net`."""
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r} ({self.kind} "
+            f"{self.component_name!r} takes options: "
+            f"{', '.join(f.name for f in dataclasses.fields(options)) or 'none'})"
+        )
+
+    @property
+    def component_name(self) -> str:
+        """The registry name of the chosen component (the selector's value)."""
+        return getattr(self, self.selector)
+
+    @property
+    def component(self) -> "Component":
+        """The chosen component (UnknownComponentError if no registry holds it)."""
+        try:
+            return registry(self.kind).get(self.component_name)
+        except InputError as err:
+            raise ConfigError(self.selector, str(err)) from None
+
+    @property
+    def label(self) -> str:
+        """The component's human label for these options (tables, captions, logs)."""
+        return self.component.label(self.options)
+
+    @classmethod
+    def from_plain(cls, data: dict[str, Any], prefix: str) -> "Choice":
+        """The section from flat plain data (see the class docstring); keys named by path."""
+        hints = typing.get_type_hints(cls)
+        own = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+        fields = {k: _coerce(v, hints[k], _path(prefix, k)) for k, v in data.items() if k in own}
+        name = fields.get(cls.selector, _default(_field(cls, cls.selector)))
+        probe = cls.__new__(cls)
+        object.__setattr__(probe, cls.selector, name)
+        try:
+            component = probe.component
+        except ConfigError as err:
+            raise ConfigError(_path(prefix, cls.selector), str(err).split(": ", 1)[-1]) from None
+        mine = typing.get_type_hints(component.options)
+        options = {}
+        for key, value in data.items():
+            if key in own:
+                continue
+            path = _path(prefix, key)
+            if key in mine:
+                options[key] = _coerce(value, mine[key], path)
+                continue
+            other = option_types(cls, key)
+            check(
+                bool(other),
+                path,
+                f"unknown key; {cls.kind} {component.name!r} takes: "
+                f"{', '.join(sorted([*own, *mine]))}",
+            )
+            _coerce_any(value, other, path)  # another component's option: checked, unused
+        return from_dict_checked(cls, prefix, lambda: cls(**fields, **options))
+
+
+def _path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"missing value for {f.name}")
+
+
+def option_types(cls: type[Choice], key: str) -> list[Any]:
+    """The types any registered component of `cls`'s kind gives its option `key` (may be [])."""
+    kind = registry(cls.kind)
+    found = []
+    for name in kind.names():
+        hints = typing.get_type_hints(kind.get(name).options)
+        if key in hints:
+            found.append(hints[key])
+    return found
+
+
+def _coerce_any(value: Any, types_: list[Any], key: str) -> Any:
+    """`value` coerced to the first of `types_` that accepts it (ConfigError if none does)."""
+    errors = []
+    for tp in types_:
+        try:
+            return _coerce(value, tp, key)
+        except ConfigError as err:
+            errors.append(str(err).split(": ", 1)[-1])
+    raise ConfigError(key, errors[0])
+
+
+@dataclass(frozen=True, init=False)
+class DataConfig(Choice):
+    """Which images to train on: a dataset name, `name:PATH` for those that take a path
+    (`folder:PATH`, `npz:PATH`), and the dataset's options."""
+
+    kind: ClassVar[str] = "dataset"
+    selector: ClassVar[str] = "dataset"
     dataset: str = "digits"
     resolution: int = 16
     data_dir: str = "data"  # where downloadable datasets (cifar10) are stored
+    options: Any = None
 
     def __post_init__(self):
         check(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
+        name, takes_path = self.component_name, self.component.takes_path
+        check(
+            bool(self.path) or not takes_path,
+            "dataset",
+            f"dataset {self.dataset!r} needs a path: write '{name}:PATH'",
+        )
+        check(
+            ":" not in self.dataset or takes_path,
+            "dataset",
+            f"dataset {name!r} takes no path, got {self.dataset!r}; write {name!r}",
+        )
+
+    @property
+    def component_name(self) -> str:
+        return self.dataset.partition(":")[0]
+
+    @property
+    def path(self) -> str | None:
+        """The path after `name:` (folder:PATH, npz:PATH), or None."""
+        return self.dataset.partition(":")[2] or None
 
 
 @dataclass(frozen=True)
@@ -61,28 +242,40 @@ class ModelConfig:
         check(self.num_heads >= 1, "num_heads", "must be >= 1")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
+    def check_resolution(self, resolution: int) -> None:
+        """ConfigError (keys of a whole run: "data.resolution", "model.*") unless this UNet can
+        take square images of side `resolution`."""
+        levels = len(self.channel_mults)
+        if resolution % 2 ** (levels - 1):
+            raise ConfigError(
+                "data.resolution",
+                f"got {resolution}; a UNet with {levels} levels (model.channel_mults = "
+                f"{list(self.channel_mults)}) needs a resolution divisible by {2 ** (levels - 1)}",
+            )
+        sides = [resolution // 2**i for i in range(levels)]
+        for side in self.attention_resolutions:
+            if side not in sides:
+                raise ConfigError(
+                    "model.attention_resolutions",
+                    f"{side} is not a feature-map side of this UNet; at resolution {resolution} "
+                    f"its sides are {', '.join(map(str, sides))}",
+                )
+        for mult in {*self.channel_mults}:
+            if (self.base_channels * mult) % self.num_heads:
+                raise ConfigError(
+                    "model.num_heads",
+                    f"got {self.num_heads}; it must divide every level's width "
+                    f"(model.base_channels x model.channel_mults = {self.base_channels * mult})",
+                )
 
-@dataclass(frozen=True)
-class ArchitectureConfig:
-    """An ARCHITECTURES name plus the Cas-DM / Dual options (explained in casdm/architectures)."""
 
+@dataclass(frozen=True, init=False)
+class ArchitectureConfig(Choice):
+    """An architecture name and that architecture's options (casdm.specs.architectures)."""
+
+    kind: ClassVar[str] = "architecture"
     name: str = "cas-dm"
-    # Cas-DM: what phi sees besides t: x0_star and x_t (default) or x0_star alone.
-    phi_input: Literal["x0_star+x_t", "x0_star"] = "x0_star+x_t"
-    # Cas-DM / Dual: the blending weight r is per pixel, per sample, or a fixed constant.
-    r_mode: Literal["pixel", "sample", "fixed"] = "pixel"
-    r_fixed: float = 0.5
-    # Cas-DM sampling: theta's eps drives the DDIM direction, or the eps implied by x0_hat.
-    sampling_eps: Literal["theta", "x0_hat"] = "theta"
-    # Cas-DM: phi's base width relative to theta's.
-    phi_width: float = 1.0
-    # Cas-DM / Dual: weight of the x0 MSE term.
-    lambda_x0: float = 1.0
-
-    def __post_init__(self):
-        check(0.0 <= self.r_fixed <= 1.0, "r_fixed", f"must be in [0, 1], got {self.r_fixed}")
-        check(self.phi_width > 0, "phi_width", f"must be > 0, got {self.phi_width}")
-        check(self.lambda_x0 >= 0, "lambda_x0", f"must be >= 0, got {self.lambda_x0}")
+    options: Any = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +286,11 @@ class DiffusionConfig:
     timesteps: int = 1000
 
     def __post_init__(self):
+        check(
+            self.schedule in SCHEDULES,
+            "schedule",
+            f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(sorted(SCHEDULES))}",
+        )
         check(self.timesteps >= 2, "timesteps", f"must be >= 2, got {self.timesteps}")
         # Ho et al.'s betas scale as 1000/T and reach 1 (destroying the signal) at T <= 20.
         check(
@@ -102,50 +300,18 @@ class DiffusionConfig:
         )
 
 
-@dataclass(frozen=True)
-class MetricConfig:
-    """A METRICS name, its loss weight and the options of the metrics that take any.
+@dataclass(frozen=True, init=False)
+class MetricConfig(Choice):
+    """A metric loss name, its weight in the training loss, and that loss's options
+    (casdm.specs.metrics: e.g. lpips takes net, trunk, min_size)."""
 
-    Options apply to the metrics named in their comment; the others ignore them (so one base
-    config can serve a grid over metric.name), but every value is validated.
-    """
-
-    name: str = "none"  # none, l2, l1, pseudo-huber, ssim, ms-ssim, lpips
+    kind: ClassVar[str] = "metric"
+    name: str = "none"
     weight: float = 1.0
-    # lpips: the trunk network.
-    net: Literal["alex", "vgg", "squeeze"] = "alex"
-    # lpips: `pretrained`: ImageNet trunk (downloaded once); `random`: untrained, tests/smoke only.
-    trunk: Literal["pretrained", "random"] = "pretrained"
-    # lpips, ms-ssim: images whose shorter side is below this are upsampled bilinearly first
-    # (0 disables).
-    min_size: int = 64
-    # ssim, ms-ssim: side and standard deviation of the Gaussian window (Wang et al.: 11, 1.5).
-    win_size: int = 11
-    win_sigma: float = 1.5
-    # pseudo-huber: c in sqrt(||x - y||^2 + c^2) - c; unset: 0.00054 * sqrt(C * H * W).
-    pseudo_huber_c: float | None = None
+    options: Any = None
 
     def __post_init__(self):
         check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
-        check(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size}")
-        check(
-            self.win_size >= 3 and self.win_size % 2 == 1,
-            "win_size",
-            f"must be an odd number >= 3 (ssim, ms-ssim Gaussian window), got {self.win_size}",
-        )
-        check(self.win_sigma > 0, "win_sigma", f"must be > 0, got {self.win_sigma}")
-        check(
-            self.pseudo_huber_c is None or self.pseudo_huber_c > 0,
-            "pseudo_huber_c",
-            f"must be > 0 (or left unset for 0.00054 * sqrt(C * H * W)), got {self.pseudo_huber_c}",
-        )
-
-    @property
-    def label(self) -> str:
-        """Short human label, naming a random LPIPS trunk wherever it is shown."""
-        if self.name != "lpips":
-            return self.name
-        return f"lpips-{self.net}" + ("(random-trunk)" if self.trunk == "random" else "")
 
 
 @dataclass(frozen=True)
@@ -182,23 +348,24 @@ class TrainConfig:
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    """Sampling: a SAMPLERS name, number of steps, DDIM's eta, how many images."""
+@dataclass(frozen=True, init=False)
+class SampleConfig(Choice):
+    """Sampling: a sampler name and its options (casdm.specs.samplers: ddim takes eta), the
+    number of steps, x0 clipping, and how many images in batches of what size."""
 
+    kind: ClassVar[str] = "sampler"
+    selector: ClassVar[str] = "sampler"
     sampler: str = "ddim"
     steps: int = 50
-    eta: float = 0.0
     # Clip the predicted x0 to [-1, 1] at every step (DDPM, ADM's clip_denoised, diffusers'
     # clip_sample); false uses the model's x0 as predicted.
     clip_x0: bool = True
     num_samples: int = 500
     batch_size: int = 250
+    options: Any = None
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        check(0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
-        check(self.sampler == "ddim" or self.eta == 0, "eta", "only the ddim sampler takes eta")
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
@@ -248,23 +415,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[C], data: Any, prefix: str = "") -> C:
     """Build the dataclass `cls` from nested plain data, naming the key path of any bad value."""
     check(isinstance(data, dict), prefix, f"expected a table of keys, got {data!r}")
+    if issubclass(cls, Choice):
+        return cls.from_plain(data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
+        path = _path(prefix, key)
         check(key in names, path, f"unknown key; allowed: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
+    return from_dict_checked(cls, prefix, lambda: cls(**kwargs))
+
+
+def from_dict_checked(cls: type[C], prefix: str, build: Callable[[], C]) -> C:
+    """`build()`, with the key of a ConfigError it raises prefixed by `prefix`."""
     try:
-        return cls(**kwargs)
+        return build()
     except ConfigError as err:
         path = f"{prefix}.{err.key}" if prefix and err.key else (prefix or err.key)
         raise ConfigError(path, str(err).split(": ", 1)[-1]) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (tuples become lists), ready for JSON or TOML."""
-    return _plain(dataclasses.asdict(config))
+    """Plain nested dict of a config (tuples become lists; a Choice's options flat in its
+    section), ready for JSON or TOML."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "options" and isinstance(config, Choice):
+            out.update(to_dict(value))
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = _plain(value)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -312,6 +496,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "ArchitectureConfig",
+    "Choice",
     "ConfigError",
     "DataConfig",
     "DiffusionConfig",

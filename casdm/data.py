@@ -1,4 +1,4 @@
-"""Datasets (registry DATASETS), image decoding and the ADM .npz layout.
+"""Datasets (components of casdm.specs.datasets), image decoding and the ADM .npz layout.
 
 Images reach models as float32 [N, C, H, W] in [-1, 1]. Every dataset is first brought to uint8
 at the run's resolution (so real images are exactly what a saved sample could be), then mapped
@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from casdm.catalog import DATASETS, parse_dataset
+from casdm.components import Dataset
 from casdm.config import DataConfig
 from casdm.errors import DataError
 from casdm.files import atomic_write
@@ -65,8 +65,8 @@ class ImageSet:
 
 # What a dataset loader returns: uint8 [N, res, res, C] images and int64 [N] labels (or None).
 Loaded = tuple[np.ndarray, np.ndarray | None]
-# A dataset loader: (path, resolution, data_dir, split) -> Loaded.
-Loader = Callable[[Path | None, int, Path, Split], Loaded]
+# A dataset loader: (path, resolution, data_dir, split, options) -> Loaded.
+Loader = Callable[[Path | None, int, Path, Split, Any], Loaded]
 
 
 def from_uint8(images: Tensor) -> Tensor:
@@ -86,17 +86,23 @@ def load_dataset(cfg: DataConfig, split: Split) -> ImageSet:
     """The `split` of `cfg.dataset` at `cfg.resolution` (square), cached in-process."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    kind, path = parse_dataset(cfg.dataset)
-    resolved = Path(path).expanduser().resolve() if path else None
+    resolved = Path(cfg.path).expanduser().resolve() if cfg.path else None
     data_dir = Path(cfg.data_dir).expanduser().resolve()
-    return _load(cfg.dataset, kind, resolved, cfg.resolution, data_dir, split)
+    return _load(cfg.dataset, cfg.component, resolved, cfg.resolution, data_dir, split, cfg.options)
 
 
 @functools.lru_cache(maxsize=4)
 def _load(
-    name: str, kind: str, path: Path | None, resolution: int, data_dir: Path, split: Split
+    name: str,
+    component: Dataset,
+    path: Path | None,
+    resolution: int,
+    data_dir: Path,
+    split: Split,
+    options: Any,
 ) -> ImageSet:
-    images, labels = DATASETS[kind](path, resolution, data_dir, split)
+    loader: Loader = component.load()
+    images, labels = loader(path, resolution, data_dir, split, options)
     return ImageSet(
         images=from_uint8(_nchw(images)),
         labels=None if labels is None else torch.from_numpy(labels).long(),
@@ -193,7 +199,9 @@ def _split_indices(
     return np.sort(train if split == "train" else test)
 
 
-def _digits(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
+def load_digits_split(
+    path: Path | None, resolution: int, data_dir: Path, split: Split, options: Any
+) -> Loaded:
     """scikit-learn's bundled 8x8 digits (values 0..16), 80/20 stratified split: 1,437 / 360.
 
     The split is cached in `data_dir`/digits (one file per scikit-learn version, whose
@@ -219,7 +227,9 @@ def _digits_split(split: Split) -> Loaded:
     return images[keep], digits.target[keep].astype(np.int64)
 
 
-def _cifar10(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
+def load_cifar10(
+    path: Path | None, resolution: int, data_dir: Path, split: Split, options: Any
+) -> Loaded:
     """torchvision's CIFAR-10 in `data_dir`, downloaded on first use; official split."""
     from torchvision.datasets import CIFAR10  # only this dataset needs torchvision here
 
@@ -237,7 +247,9 @@ def _cifar10(path: Path | None, resolution: int, data_dir: Path, split: Split) -
     return _resize(dataset.data, resolution), labels  # data: uint8 [N, 32, 32, 3]
 
 
-def _folder(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
+def load_folder(
+    path: Path | None, resolution: int, data_dir: Path, split: Split, options: Any
+) -> Loaded:
     """Every image under `path` (recursive, sorted), centre-cropped and resized; 90/10 split."""
     files = _image_files(path)
     mode, _ = _scan(files)
@@ -245,7 +257,9 @@ def _folder(path: Path | None, resolution: int, data_dir: Path, split: Split) ->
     return np.stack([_center_crop(_decode(files[i], mode), resolution) for i in keep]), None
 
 
-def _npz(path: Path | None, resolution: int, data_dir: Path, split: Split) -> Loaded:
+def load_npz(
+    path: Path | None, resolution: int, data_dir: Path, split: Split, options: Any
+) -> Loaded:
     """The images of an ADM .npz (`arr_0`), resized; 90/10 split of its rows."""
     images = _open_npz(path)
     keep = _split_indices(len(images), split, 0.1, f"npz file {path}")

@@ -1,10 +1,12 @@
 """Samplers with one signature (as in k-diffusion): `sampler(model, schedule, x_T, *, steps,
-generator, eta, clip_x0) -> x0`, plus `generate`, which draws a whole sample set in batches.
+generator, clip_x0, **options) -> x0`, each taking its own options as keywords (ddim: eta;
+casdm.specs.samplers), plus `generate`, which draws a whole sample set in batches.
 
 Every sampler reads only `model(x_t, t) -> Prediction(eps, x0)`, never the architecture, and
 visits an evenly strided subsequence of `steps` of the T training steps (see `respace`).
 """
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -14,10 +16,8 @@ import torch
 from torch import nn
 
 from casdm import distributed
-from casdm.catalog import SAMPLERS
 from casdm.config import ConfigError, SampleConfig
 from casdm.prediction import Prediction
-from casdm.registry import lookup
 from casdm.schedule import Schedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], Prediction]
@@ -65,8 +65,8 @@ def ddim(
     *,
     steps: int,
     generator: torch.Generator,
-    eta: float = 0.0,
     clip_x0: bool = True,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """DDIM, Song et al. 2021, Eq. 12, over `steps` respaced steps; eta=0 is deterministic.
 
@@ -103,7 +103,6 @@ def ddpm(
     *,
     steps: int,
     generator: torch.Generator,
-    eta: float = 0.0,
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """Ancestral sampling from q(x_{t-1} | x_t, x0_hat), Ho et al. 2020, Eq. 6-7, respaced.
@@ -111,10 +110,7 @@ def ddpm(
     x0_hat is the model's Prediction.x0, clipped to [-1, 1] when clip_x0 (improved-diffusion's
     clip_denoised); the posterior is parametrized by x0_hat, so Prediction.eps is not used.
     The last step returns the posterior mean, which is x0_hat. Noise comes from `generator` only.
-    DDPM has no eta; it is in the signature so that every sampler is called the same way.
     """
-    if eta != 0:
-        raise ConfigError("sample.eta", f"only the ddim sampler takes eta, got eta={eta} for ddpm")
     ts, sub = respace(schedule, steps, x_T.device)
     x_t = x_T  # [B, C, H, W]
     for i in reversed(range(steps)):
@@ -159,7 +155,8 @@ def generate(
     stochastic samplers draw their noise from a stream of each rank's own (`rank_seed`), so
     they give an equally distributed but different set of samples.
     """
-    sampler = lookup(SAMPLERS, cfg.sampler, "sampler")
+    sampler = cfg.component.load()
+    options = dataclasses.asdict(cfg.options)
     device = torch.device(device)
     rank = distributed.rank()
     mine = distributed.shard(cfg.num_samples, rank, distributed.world_size())
@@ -183,8 +180,8 @@ def generate(
                 x_T,
                 steps=cfg.steps,
                 generator=noise_generator,
-                eta=cfg.eta,
                 clip_x0=cfg.clip_x0,
+                **options,
             )
             # Images are stored in [-1, 1]: the last update returns x0_hat, in [-1, 1] up to
             # rounding with clip_x0; without it, clamping here is the quantisation to pixels.

@@ -96,11 +96,6 @@ class UNet(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        if resolution % 2 ** (len(channel_mults) - 1):
-            raise ValueError(
-                f"resolution {resolution} must be divisible by 2^{len(channel_mults) - 1} "
-                f"for {len(channel_mults)} levels (channel_mults={tuple(channel_mults)})"
-            )
         self.base_channels = base_channels
         emb_dim = 4 * base_channels
         self.time_embed = nn.Sequential(

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS, EvalConfig
+from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import (
     EVALUATORS,
@@ -20,11 +20,11 @@ from bench.evaluation import (
     reference_statistics,
     score,
 )
+from bench.evaluation.evaluators import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS
 from bench.progress import make_progress
 from bench.trial import resolve_device
 from casdm.config import DataConfig
-from casdm.data import parse_dataset, read_images
-from casdm.registry import lookup
+from casdm.data import read_images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="the DATASETS entry whose reference statistics the samples are scored against "
+        help="the dataset whose reference statistics the samples are scored against "
         "(digits, cifar10, folder:PATH, npz:PATH); loaded at the samples' resolution",
     )
     parser.add_argument(
@@ -148,9 +148,10 @@ def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: st
 
 
 def run(args: argparse.Namespace) -> int:
-    kind, _ = parse_dataset(args.dataset)  # an unknown dataset fails before any work
+    # An unknown dataset or evaluator fails before any work.
+    kind = DataConfig(dataset=args.dataset).component_name
     evaluator_name = args.evaluator or ("classifier" if kind == "digits" else "inception")
-    lookup(EVALUATORS, evaluator_name, "evaluator")
+    EVALUATORS.get(evaluator_name)
     if args.protocol and evaluator_name != "inception":
         raise BenchError(
             f"--protocol {args.protocol} is an Inception protocol; the {evaluator_name} evaluator "
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         is_protocol=args.is_protocol,
         is_splits=args.is_splits,
         random_weights=args.random_weights,
-        protocol=args.protocol or "",
+        **({"protocol": args.protocol} if args.protocol else {}),
     )
     device = resolve_device(args.device)
     if args.cache_dir is None:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.progress import make_progress
-from bench.study import check_names, check_shapes
 from bench.trial import load_trained, sample, save_samples
 from casdm.checkpoint import CheckpointError, UnsafeCheckpointError
-from casdm.config import ConfigError
+from casdm.config import ConfigError, SampleConfig, from_dict, to_dict
 
 # SampleConfig / RunConfig keys -> the flags that set them, for error messages.
 FLAGS = {
@@ -33,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sampler", help="ddim or ddpm (default: the run's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    parser.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
+    parser.add_argument(
+        "--eta", type=float, help="the ddim sampler's eta (default: the run's, else 0)"
+    )
     parser.add_argument("--seed", type=int, help="seed of x_T and the sampler (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -61,14 +62,19 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
-    if args.sampler not in (None, "ddim") and args.eta is None:
-        changes["eta"] = 0.0  # the run's DDIM eta means nothing to another sampler
     try:
-        cfg = dataclasses.replace(trained.config.sample, **changes)
+        run_sampler = trained.config.sample
+        # Another sampler starts from its own default options, not the run's sampler's.
+        kept = to_dict(run_sampler)
+        if args.sampler not in (None, run_sampler.sampler):
+            for key in to_dict(run_sampler.options):
+                del kept[key]
+        cfg = from_dict(SampleConfig, {**kept, **changes})
+        if args.eta is not None and "eta" not in to_dict(cfg.options):
+            raise ConfigError("eta", f"sampler {cfg.sampler!r} takes no eta (ddim does)")
         seed = trained.config.seed if args.seed is None else args.seed
         trained.config = dataclasses.replace(trained.config, sample=cfg, seed=seed)
-        check_names(trained.config, keys=("sample.sampler",))
-        check_shapes(trained.config)
+        trained.config.validate()
     except ConfigError as err:
         flag = FLAGS.get(err.key.rpartition(".")[2], err.key)
         raise BenchError(f"{flag}: {str(err).split(': ', 1)[-1]}") from None

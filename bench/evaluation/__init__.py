@@ -1,4 +1,4 @@
-"""Sample-quality evaluation: evaluators (EVALUATORS), reference statistics and `score`.
+"""Sample-quality evaluation: evaluators (components), reference statistics and `score`.
 
 evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=cache_dir)
 reference = reference_statistics(evaluator, data_cfg, eval_cfg, cache_dir=cache_dir)
@@ -12,7 +12,7 @@ checked against); the functions and classes below load their module on first use
 import importlib
 from typing import Any
 
-from casdm.registry import Registry
+from casdm.components import define_kind
 
 # Display names of the keys `score` returns, in table order.
 METRIC_NAMES = {
@@ -25,13 +25,8 @@ METRIC_NAMES = {
     "recall": "Recall",
 }
 
-# name -> builder (eval_cfg, data_cfg, *, device, cache_dir) -> Evaluator
-EVALUATORS = Registry(
-    {
-        "inception": "bench.evaluation.inception:build_inception",
-        "classifier": "bench.evaluation.classifier:build_classifier",
-    }
-)
+# The evaluator components (feature networks); built-ins in bench.evaluation.evaluators.
+EVALUATORS = define_kind("evaluator", "bench.evaluation.evaluators")
 
 # The package's torch-side API: name -> the module that defines it.
 _LAZY = {

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import DEFAULT_FID_PROTOCOL
-from bench.evaluation.inception import PROTOCOLS, inception_evaluator, random_inception
+from bench.evaluation.evaluators import DEFAULT_FID_PROTOCOL, PROTOCOLS
+from bench.evaluation.inception import inception_evaluator, random_inception
 from bench.evaluation.reference import ROOTS, Reference, reference_radii
 from bench.evaluation.scoring import score
 from bench.evaluation.stream import collect

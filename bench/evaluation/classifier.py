@@ -19,12 +19,12 @@ from torch import nn
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
+from bench.evaluation.evaluators import CLASSIFIER_PROTOCOL
 from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
 from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from casdm.config import DataConfig
 from casdm.data import from_uint8, load_dataset, to_uint8
 
-PROTOCOL = "trained-classifier"  # features of a CNN trained here: no published protocol
 FORMAT = 1  # bump when the network or its training changes: old cache files are then unused
 SPATIAL_CHANNELS = 8  # the mid-level map keeps its first 8 channels, as ADM's sFID keeps 7
 SPATIAL_SIZE = 8  # ... pooled to at most 8x8, so sFID stays <= 512-d at any resolution
@@ -108,7 +108,7 @@ class ClassifierEvaluator(Evaluator):
             dims=tuple(f.shape[1] for f in probe),
             channels=(channels,),
             device=device,
-            protocol=PROTOCOL,
+            protocol=CLASSIFIER_PROTOCOL,
             files=files,
         )
         self.resolution = resolution
@@ -194,12 +194,6 @@ def build_classifier(
 ) -> ClassifierEvaluator:
     """The classifier for `data_cfg`, from the cache or trained now (then cached)."""
     # random_weights concerns pretrained networks; this one is always trained here.
-    if eval_cfg.protocol:
-        raise BenchError(
-            f"eval.protocol {eval_cfg.protocol!r} is an Inception protocol; the classifier "
-            f"evaluator scores with its own trained network ({PROTOCOL}). Leave eval.protocol "
-            "empty, or use eval.evaluator = 'inception'"
-        )
     key = {
         "format": FORMAT,
         "dataset": data_cfg.dataset,

@@ -10,10 +10,9 @@ from torch import nn
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
-from bench.evaluation import EVALUATORS, METRIC_NAMES
+from bench.evaluation import METRIC_NAMES
 from casdm import distributed
 from casdm.config import DataConfig
-from casdm.registry import lookup
 
 
 class Features(NamedTuple):
@@ -131,7 +130,7 @@ def build_evaluator(
     Under torchrun rank 0 builds it first (training the classifier or fetching weights into
     `cache_dir`); the other ranks then load what it cached.
     """
-    build: Builder = lookup(EVALUATORS, eval_cfg.evaluator, "evaluator")
+    build: Builder = eval_cfg.component.load()
     return distributed.main_first(
         lambda: build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
     )

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import DEFAULT_FID_PROTOCOL, EvalConfig
+from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
+from bench.evaluation.evaluators import PROTOCOLS, Protocol
 from casdm import weights
 from casdm.config import DataConfig
 from casdm.errors import MissingWeightsError
@@ -48,43 +49,6 @@ SIZE = 299  # the network's input resolution
 SPATIAL_CHANNELS = 7  # ADM's sFID keeps the first 7 channels of mixed_6/conv: 17 * 17 * 7 = 2023
 DIMS = (2048, 17 * 17 * SPATIAL_CHANNELS, 1008)
 TORCHSCRIPT_FILE = "inception-2015-12-05.pt"  # the name clean-fid's InceptionV3W loads
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One of clean-fid's modes: which weights file, and whether the network resizes itself."""
-
-    name: str
-    weights: str  # casdm.weights entry
-    torchscript: bool  # clean-fid's InceptionV3W (else its pytorch-fid port InceptionV3)
-    resize_inside: bool  # the TorchScript forward resizes (legacy_tensorflow)
-    description: str
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "clean": Protocol(
-        "clean",
-        "inception_torchscript",
-        torchscript=True,
-        resize_inside=False,
-        description="clean-fid 'clean': PIL bicubic resize, TorchScript TF Inception",
-    ),
-    "legacy_tensorflow": Protocol(
-        "legacy_tensorflow",
-        "inception_torchscript",
-        torchscript=True,
-        resize_inside=True,
-        description="clean-fid 'legacy_tensorflow': TF-style bilinear resize inside the "
-        "TorchScript TF Inception (the TTUR/ADM convention)",
-    ),
-    "legacy_pytorch": Protocol(
-        "legacy_pytorch",
-        "inception",
-        torchscript=False,
-        resize_inside=False,
-        description="clean-fid 'legacy_pytorch': PyTorch bilinear resize, pytorch-fid's port",
-    ),
-}
 
 
 def cleanfid_inputs(images: torch.Tensor, mode: str) -> torch.Tensor:
@@ -486,7 +450,7 @@ def build_inception(
     """The inception evaluator of eval_cfg.protocol: its weights file (fetched and checked by
     casdm.weights), or random weights if asked for."""
     del data_cfg, cache_dir  # the same network for every dataset; nothing to cache
-    protocol = eval_cfg.protocol or DEFAULT_FID_PROTOCOL
+    protocol = eval_cfg.options.resolved.name
     if eval_cfg.random_weights:
         return random_inception(protocol, device=device)
     path = weights.ensure(PROTOCOLS[protocol].weights)

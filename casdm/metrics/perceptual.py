@@ -5,7 +5,6 @@ import warnings
 import torch
 
 from casdm import weights
-from casdm.catalog import LPIPS_TRUNKS
 from casdm.config import MetricConfig
 from casdm.metrics.base import Metric
 
@@ -18,24 +17,23 @@ class LPIPSMetric(Metric):
     feature vector, so out-of-range inputs do not blow the value up. 1-channel images are repeated
     to RGB; images whose shorter side is below `min_size` are upsampled bilinearly first, as
     consistency models do with 224 (Song et al. 2023); the sizes it takes are its rule in
-    casdm.metric_shapes.
+    casdm.specs.metrics.
     """
 
     def __init__(self, cfg: MetricConfig):
         super().__init__(cfg)
         import lpips  # imported here: it pulls in torchvision, which only this metric needs
 
-        self.net = cfg.net
-        self.min_size = cfg.min_size
-        if cfg.trunk == "pretrained":
-            # Fail with our actionable error rather than torchvision's URLError when offline;
-            # torchvision then loads the very file `ensure` checked, from the same hub folder.
-            weights.ensure(LPIPS_TRUNKS[cfg.net])
+        options = cfg.options
+        # Fail with our actionable error rather than torchvision's URLError when offline;
+        # torchvision then loads the very file `ensure` checked, from the same hub folder.
+        for name in cfg.component.required_weights(options):
+            weights.ensure(name)
         with warnings.catch_warnings():
             # torchvision's deprecation notices for the `pretrained=` keyword lpips still uses.
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             self.lpips = lpips.LPIPS(
-                net=cfg.net, pretrained=True, pnet_rand=cfg.trunk == "random", verbose=False
+                net=options.net, pretrained=True, pnet_rand=options.trunk == "random", verbose=False
             )
         self.lpips.requires_grad_(False)
         self.train(False)

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from casdm.metric_shapes import pseudo_huber_c
+from casdm.specs.metrics import pseudo_huber_c
 from casdm.metrics.base import Metric, mean_flat
 
 
@@ -32,5 +32,5 @@ class PseudoHuberMetric(Metric):
 
     def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         diff = (x0_pred - x0).flatten(1)  # [B, D]
-        c = pseudo_huber_c(self.cfg, diff.shape[1])
+        c = pseudo_huber_c(self.options, diff.shape[1])
         return torch.sqrt(diff.pow(2).sum(dim=1) + c * c) - c  # [B]

@@ -6,7 +6,7 @@ data_range = 1. SSIM's luminance term compares means, so it is not shift-invaria
 Predictions are not clamped (clamping would zero the gradient where a prediction is furthest
 out of range). The Gaussian window (`metric.win_size`, `metric.win_sigma`) is applied without
 padding; SSIM is averaged over the valid window positions and over channels. The image sizes
-each takes are its rule in casdm.metric_shapes.
+each takes are its rule in casdm.specs.metrics.
 """
 
 import pytorch_msssim
@@ -30,8 +30,8 @@ class SSIMMetric(Metric):
             to_unit_range(x0),
             data_range=1.0,
             size_average=False,
-            win_size=self.cfg.win_size,
-            win_sigma=self.cfg.win_sigma,
+            win_size=self.options.win_size,
+            win_sigma=self.options.win_sigma,
         )
         return 1 - similarity  # [B]
 
@@ -49,7 +49,7 @@ class MSSSIMMetric(Metric):
             self.upsample(to_unit_range(x0)),
             data_range=1.0,
             size_average=False,
-            win_size=self.cfg.win_size,
-            win_sigma=self.cfg.win_sigma,
+            win_size=self.options.win_size,
+            win_sigma=self.options.win_sigma,
         )
         return 1 - similarity  # [B]
