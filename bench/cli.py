@@ -9,6 +9,7 @@ in MLflow. Start with `bench run --study quickstart` (minutes on a laptop CPU).
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first: a package's components (architectures, metric losses, "
+        "samplers, datasets, evaluators, scores) that register themselves; repeatable. "
+        "Installed packages can instead declare the 'casdm_bench.components' entry-point group",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -47,9 +56,41 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins(argv: list[str]) -> list[str]:
+    """Import the modules of leading `--plugin MODULE` options; the rest of argv.
+
+    They are also put in $CASDM_PLUGINS, so that the processes a command starts (torchrun
+    ranks, workers) load the same components.
+    """
+    modules = []
+    while argv and (argv[0] == "--plugin" or argv[0].startswith("--plugin=")):
+        if argv[0] == "--plugin":
+            if len(argv) < 2:
+                raise InputError("--plugin needs a module name: bench --plugin MODULE COMMAND")
+            modules.append(argv[1])
+            argv = argv[2:]
+        else:
+            modules.append(argv[0].partition("=")[2])
+            argv = argv[1:]
+    if modules:
+        from casdm import components
+
+        known = [m for m in os.environ.get(components.PLUGINS_ENV, "").split(",") if m]
+        os.environ[components.PLUGINS_ENV] = ",".join(dict.fromkeys([*known, *modules]))
+        for module in modules:
+            components.load_plugin(module)
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # The first argument names the command (`bench` itself has no other option than -h).
+    try:
+        argv = load_plugins(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # The first argument names the command (`bench` itself has no other option than -h and
+    # --plugin, taken above).
     command = argv[0] if argv and argv[0] in {name for name, _, _ in COMMANDS} else ""
     args = build_parser(command).parse_args(argv)
     try:

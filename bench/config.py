@@ -4,9 +4,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from casdm.components import Shape
 import bench.evaluation  # noqa: F401  (defines the evaluator and score component kinds)
-
+from casdm.components import Shape
 from casdm.config import (
     ArchitectureConfig,
     Choice,
@@ -19,6 +18,7 @@ from casdm.config import (
     check,
     from_dict_checked,
 )
+
 
 @dataclass(frozen=True, init=False)
 class EvalConfig(Choice):

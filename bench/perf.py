@@ -21,7 +21,8 @@ import torch
 
 from bench.errors import BenchError
 from casdm import distributed
-from casdm.architectures import ARCHITECTURES, build_model, count_parameters
+from casdm.architectures import build_model, count_parameters
+from casdm.components import registry
 from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig, TrainConfig
 from casdm.files import atomic_write_text
 from casdm.metrics import build_metric
@@ -89,7 +90,7 @@ def model_benchmarks(
 
     rows: list[dict[str, Any]] = []
     trained: dict[str, torch.nn.Module] = {}
-    runs = [(name, "none") for name in ARCHITECTURES] + [("cas-dm", "l2")]
+    runs = [(name, "none") for name in registry("architecture").names()] + [("cas-dm", "l2")]
     for arch, metric_name in runs:
         if progress is not None:
             progress(f"train {arch} (metric {metric_name})")

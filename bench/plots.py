@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.study import Study, natural_direction, value_text
 from bench.tables import WORSE, Cell, Table, metric_formats
+from casdm.components import registry
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -76,9 +77,8 @@ def points(table: Table) -> list[Point]:
 
 def colours(study: Study) -> dict[str, str]:
     """Value text of the series axis -> colour, the same for an architecture in every study."""
-    from casdm.architectures import ARCHITECTURES
 
-    known = list(ARCHITECTURES)
+    known = registry("architecture").names()
     extra = [value_text(v) for v in study.values(SERIES_AXIS) if value_text(v) not in known]
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(known + extra)}
 

@@ -16,6 +16,7 @@ See "Adding a component" in docs/DESIGN.md.
 import dataclasses
 import importlib
 import importlib.metadata
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple
 from casdm.errors import InputError
 
 ENTRY_POINT_GROUP = "casdm_bench.components"
+PLUGINS_ENV = "CASDM_PLUGINS"  # comma-separated plugin modules, for child processes
 
 
 class UnknownComponentError(InputError):
@@ -144,7 +146,7 @@ class Registry:
         if name not in self._components:
             valid = ", ".join(sorted(self._components))
             raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid} (a {self.kind} from "
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid} (one from "
                 f"another package is found through the {ENTRY_POINT_GROUP!r} entry-point group "
                 "or `bench --plugin MODULE`; `bench list --components` lists them all)"
             )
@@ -227,7 +229,8 @@ def load_plugin(module: str) -> None:
 
 
 def load_entry_points() -> None:
-    """Import every module of the `casdm_bench.components` entry-point group, once."""
+    """Import, once, every module of the `casdm_bench.components` entry-point group and those
+    named in $CASDM_PLUGINS (comma-separated; `bench --plugin` sets it for child processes)."""
     global _entry_points_loaded
     with _plugin_lock:
         if _entry_points_loaded:
@@ -235,6 +238,8 @@ def load_entry_points() -> None:
         _entry_points_loaded = True
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             load_plugin(entry.value.split(":")[0])
+        for module in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
+            load_plugin(module.strip())
 
 
 def loaded_plugins() -> list[str]:

@@ -68,13 +68,16 @@ class Choice:
             options = component.options(**{**kept, **kwargs})
         elif options is None:
             allowed = {f.name for f in dataclasses.fields(component.options) if f.init}
-            for key in kwargs:
+            for key in list(kwargs):
+                if key in allowed:
+                    continue
                 check(
-                    key in allowed,
+                    bool(option_types(type(self), key)),
                     key,
                     f"unknown key for {self.kind} {component.name!r}; allowed: "
                     f"{', '.join(sorted(own | allowed))}",
                 )
+                _check_foreign(type(self), key, kwargs.pop(key), key)  # checked, unused here
             options = component.options(**kwargs)
         elif kwargs:
             raise TypeError(f"pass options= or option keywords, not both: {sorted(kwargs)}")
@@ -137,14 +140,13 @@ class Choice:
             if key in mine:
                 options[key] = _coerce(value, mine[key], path)
                 continue
-            other = option_types(cls, key)
             check(
-                bool(other),
+                bool(option_types(cls, key)),
                 path,
                 f"unknown key; {cls.kind} {component.name!r} takes: "
                 f"{', '.join(sorted([*own, *mine]))}",
             )
-            _coerce_any(value, other, path)  # another component's option: checked, unused
+            _check_foreign(cls, key, value, path)
         return from_dict_checked(cls, prefix, lambda: cls(**fields, **options))
 
 
@@ -175,15 +177,22 @@ def option_types(cls: type[Choice], key: str) -> list[Any]:
     return found
 
 
-def _coerce_any(value: Any, types_: list[Any], key: str) -> Any:
-    """`value` coerced to the first of `types_` that accepts it (ConfigError if none does)."""
-    errors = []
-    for tp in types_:
+def _check_foreign(cls: type[Choice], key: str, value: Any, path: str) -> None:
+    """Check `value` as option `key` of the components of `cls`'s kind that take it (type and
+    range, the other options at their defaults): ConfigError at `path` if none accepts it."""
+    kind = registry(cls.kind)
+    error = None
+    for name in kind.names():
+        options = kind.get(name).options
+        if key not in typing.get_type_hints(options):
+            continue
         try:
-            return _coerce(value, tp, key)
+            from_dict(options, {key: value}, "")
+            return
         except ConfigError as err:
-            errors.append(str(err).split(": ", 1)[-1])
-    raise ConfigError(key, errors[0])
+            error = error or err
+    if error is not None:
+        raise ConfigError(path, str(error).split(": ", 1)[-1])
 
 
 @dataclass(frozen=True, init=False)
@@ -215,6 +224,19 @@ class DataConfig(Choice):
     @property
     def component_name(self) -> str:
         return self.dataset.partition(":")[0]
+
+    @property
+    def component(self) -> "Component":
+        try:
+            return super().component
+        except ConfigError as err:
+            kinds = registry(self.kind)
+            forms = [f"'{n}:PATH'" for n in kinds.names() if kinds.get(n).takes_path]
+            raise ConfigError(
+                "dataset",
+                f"{str(err).split(': ', 1)[-1]}; datasets that take a path are written "
+                f"{', '.join(forms)}",
+            ) from None
 
     @property
     def path(self) -> str | None:

@@ -5,11 +5,14 @@ import itertools
 import pytest
 import torch
 
-from casdm.architectures import ARCHITECTURES, build_model, count_parameters
-from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig
-from casdm.metrics import METRICS, build_metric
-from casdm.registry import UnknownNameError
+from casdm.architectures import build_model, count_parameters
+from casdm.components import registry
+from casdm.config import ArchitectureConfig, ConfigError, MetricConfig, ModelConfig
+from casdm.metrics import build_metric
 from casdm.schedule import Schedule
+
+ARCHITECTURES = registry("architecture").names()
+METRICS = registry("metric").names()
 
 B, C, RES, T = 2, 1, 8, 100
 TINY = ModelConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,))
@@ -65,7 +68,7 @@ def test_registry_names():
 
 
 def test_unknown_architecture_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid architectures: cas-dm, ddpm, dual, x0-ddpm"):
+    with pytest.raises(ConfigError, match="valid architectures: cas-dm, ddpm, dual, x0-ddpm"):
         make("edm")
 
 

@@ -14,19 +14,19 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from casdm import data
-from casdm.config import DataConfig
+from casdm.components import registry
+from casdm.config import ConfigError, DataConfig
 from casdm.data import (
-    DATASETS,
     from_uint8,
     load_dataset,
-    parse_dataset,
     read_images,
     save_grid_png,
     save_npz,
     to_uint8,
 )
 from casdm.errors import DataError
-from casdm.registry import UnknownNameError
+
+DATASETS = registry("dataset").names()
 
 
 def _solid(size: tuple[int, int], value: int, mode: str = "RGB") -> Image.Image:
@@ -354,8 +354,8 @@ def test_truncated_or_foreign_npz_is_rejected(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names_and_path_forms():
-    with pytest.raises(UnknownNameError) as err:
-        parse_dataset("mnist")
+    with pytest.raises(ConfigError) as err:
+        DataConfig(dataset="mnist")
     message = str(err.value)
     assert "unknown dataset 'mnist'" in message
     assert "cifar10, digits, folder, npz" in message
@@ -365,16 +365,20 @@ def test_unknown_dataset_lists_valid_names_and_path_forms():
 @pytest.mark.parametrize("spec", ["folder", "folder:", "npz"])
 def test_path_datasets_without_a_path_are_rejected(spec):
     kind = spec.rstrip(":")
-    with pytest.raises(DataError, match=f"needs a path: write '{kind}:PATH'"):
-        parse_dataset(spec)
+    with pytest.raises(ConfigError, match=f"needs a path: write '{kind}:PATH'"):
+        DataConfig(dataset=spec)
 
 
-def test_parse_dataset_splits_kind_and_path():
-    assert parse_dataset("digits") == ("digits", None)
-    assert parse_dataset("folder:/data/a:b") == ("folder", "/data/a:b")
-    assert parse_dataset("npz:ref.npz") == ("npz", "ref.npz")
-    with pytest.raises(DataError, match="takes no path"):
-        parse_dataset("digits:/tmp")
+def test_a_dataset_spec_splits_into_component_and_path():
+    def parts(spec):
+        cfg = DataConfig(dataset=spec)
+        return cfg.component_name, cfg.path
+
+    assert parts("digits") == ("digits", None)
+    assert parts("folder:/data/a:b") == ("folder", "/data/a:b")
+    assert parts("npz:ref.npz") == ("npz", "ref.npz")
+    with pytest.raises(ConfigError, match="takes no path"):
+        DataConfig(dataset="digits:/tmp")
 
 
 def test_uint8_round_trip_is_exact_for_every_value():

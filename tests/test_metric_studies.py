@@ -9,7 +9,12 @@ import pytest
 from bench.errors import BenchError
 from bench.runner import run_study
 from bench.study import load_study
-from casdm.metrics import build_metric, caption_note
+from casdm.metrics import build_metric
+
+
+def caption_note(cfg, height, width):
+    return cfg.component.caption_note(cfg.options, height, width)
+
 
 STUDIES = Path(__file__).parents[1] / "studies"
 ARCHITECTURES = ("ddpm", "x0-ddpm", "cas-dm", "dual")

@@ -5,7 +5,9 @@ import torch
 
 from bench.errors import BenchError
 from bench.perf import model_benchmarks
-from casdm.architectures import ARCHITECTURES
+from casdm.components import registry
+
+ARCHITECTURES = registry("architecture").names()
 
 
 @pytest.fixture(scope="module")

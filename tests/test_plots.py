@@ -162,9 +162,9 @@ def test_sweep_has_a_line_per_architecture_at_the_table_means(figures):
 
 
 def colours_for(name: str) -> str:
-    from casdm.architectures import ARCHITECTURES
+    from casdm.components import registry
 
-    return PALETTE[list(ARCHITECTURES).index(name)]
+    return PALETTE[registry("architecture").names().index(name)]
 
 
 def test_sweep_band_is_the_student_t_interval(figures):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from casdm.components import registry
 from casdm.config import ConfigError, SampleConfig
 from casdm.prediction import Prediction
-from casdm.registry import UnknownNameError
-from casdm.samplers import SAMPLERS, ddim, ddpm, generate, respace
+from casdm.samplers import ddim, ddpm, generate, respace
 from casdm.schedule import Schedule
 
 T = 40
@@ -127,7 +127,8 @@ def test_clip_x0_false_uses_the_predicted_x0_as_is(sampler):
 
     def run(clip_x0):
         g = torch.Generator().manual_seed(5)
-        return SAMPLERS[sampler](Toy(), schedule, x_T, steps=7, generator=g, clip_x0=clip_x0)
+        sample = registry("sampler").get(sampler).load()
+        return sample(Toy(), schedule, x_T, steps=7, generator=g, clip_x0=clip_x0)
 
     ref = {"ddim": reference_ddim, "ddpm": reference_ddpm}[sampler]
     args = (0.0,) if sampler == "ddim" else ()
@@ -230,7 +231,9 @@ def test_same_generator_seed_gives_identical_samples_and_another_seed_differs(na
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        return SAMPLERS[name](Toy(), schedule, x_T, steps=10, generator=g, eta=eta)
+        sampler = registry("sampler").get(name).load()
+        options = {"eta": eta} if name == "ddim" else {}
+        return sampler(Toy(), schedule, x_T, steps=10, generator=g, **options)
 
     assert torch.equal(run(1), run(1))
     assert not torch.allclose(run(1), run(2))
@@ -251,11 +254,17 @@ def test_steps_outside_1_to_T_is_a_config_error_naming_sample_steps(steps):
         ddim(Toy(), schedule, torch.randn(1, *SHAPE), steps=steps, generator=torch.Generator())
 
 
-def test_ddpm_rejects_eta_and_ddim_rejects_eta_above_1():
+def test_ddpm_takes_no_eta_and_ddim_rejects_eta_above_1():
     schedule = Schedule.named("linear", T)
     x_T = torch.randn(1, *SHAPE)
-    with pytest.raises(ConfigError, match=r"sample\.eta: only the ddim sampler takes eta"):
+    with pytest.raises(TypeError, match="eta"):
         ddpm(Toy(), schedule, x_T, steps=3, generator=torch.Generator(), eta=0.5)
+    # One configuration serves several samplers: eta is ddim's option, unused by ddpm.
+    assert not hasattr(SampleConfig(sampler="ddpm", eta=0.5), "eta")
+    with pytest.raises(ConfigError, match=r"etta: unknown key for sampler 'ddpm'; allowed: "):
+        SampleConfig(sampler="ddpm", etta=0.5)
+    with pytest.raises(ConfigError, match=r"eta: must be in \[0, 1\], got 1.5"):
+        SampleConfig(eta=1.5)
     with pytest.raises(ConfigError, match=r"sample\.eta: DDIM's eta must be in \[0, 1\], got 1.5"):
         ddim(Toy(), schedule, x_T, steps=3, generator=torch.Generator(), eta=1.5)
 
@@ -308,12 +317,10 @@ def test_generate_deterministic_ddim_sample_i_depends_on_seed_and_i_only():
 
 
 def test_generate_unknown_sampler_lists_the_valid_ones():
-    schedule = Schedule.named("linear", T)
-    cfg = sample_config(sampler="euler")
     with pytest.raises(
-        UnknownNameError, match="unknown sampler 'euler'; valid samplers: ddim, ddpm"
+        ConfigError, match="sampler: unknown sampler 'euler'; valid samplers: ddim, ddpm"
     ):
-        generate(Toy(), schedule, cfg, SHAPE, seed=0, device="cpu")
+        sample_config(sampler="euler")
 
 
 def test_generate_passes_sample_clip_x0_to_the_sampler():

@@ -1,6 +1,8 @@
-"""`bench list`: the studies in studies/ with their description, size, architectures and data."""
+"""`bench list`: the studies in studies/ with their description, size, architectures and data;
+`bench list --components`: every component a study may name, with its options."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from rich.console import Console
@@ -8,6 +10,7 @@ from rich.table import Table
 
 from bench.errors import BenchError
 from bench.study import STUDIES_DIR, available_studies, load_study, value_text
+from casdm.components import ENTRY_POINT_GROUP, kinds, loaded_plugins, registry
 from casdm.errors import InputError
 
 
@@ -18,9 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the folder of study files to list (default: studies/ under the current folder, "
         "as in the casdm-bench checkout)",
     )
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="list the components instead (architectures, metric losses, samplers, datasets, "
+        "evaluators, scores: built-in and from plugins) with their options and defaults",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.components:
+        return list_components()
     folder = args.dir or STUDIES_DIR
     where = f"{folder}/" if folder.is_absolute() else f"{folder}/ ({folder.resolve()})"
     if not folder.is_dir():
@@ -67,3 +78,47 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(table)
     return 0
+
+
+# The section of a RunConfig that names each kind, for the "set with" column.
+SECTIONS = {
+    "architecture": "architecture.name",
+    "metric": "metric.name",
+    "sampler": "sample.sampler",
+    "dataset": "data.dataset",
+    "evaluator": "eval.evaluator",
+    "score": "[table] scores, objective.score",
+}
+
+
+def list_components() -> int:
+    """One table per kind: name, its options with their defaults, what it is, where from."""
+    import bench.evaluation  # noqa: F401  (defines the evaluator and score kinds)
+
+    console = Console()
+    for kind in kinds():
+        components = registry(kind)
+        title = f"{kind}s (set with {SECTIONS.get(kind, kind)})"
+        table = Table(title=title, title_justify="left")
+        for column in ("name", "options (default)", "what", "from"):
+            table.add_column(column, no_wrap=column == "name", overflow="fold")
+        for name in components:
+            component = components.get(name)
+            options = ", ".join(
+                f"{f.name}={value_text(_default(f))}" for f in dataclasses.fields(component.options)
+            )
+            table.add_row(name, options or "-", component.summary, component.target.split(":")[0])
+        console.print(table)
+    plugins = loaded_plugins()
+    console.print(
+        f"plugins: {', '.join(plugins) if plugins else 'none'} (entry-point group "
+        f"{ENTRY_POINT_GROUP!r}, or bench --plugin MODULE)",
+        highlight=False,
+    )
+    return 0
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"

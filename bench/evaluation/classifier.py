@@ -19,8 +19,8 @@ from torch import nn
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
-from bench.evaluation.evaluators import CLASSIFIER_PROTOCOL
 from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
+from bench.evaluation.evaluators import CLASSIFIER_PROTOCOL
 from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from casdm.config import DataConfig
 from casdm.data import from_uint8, load_dataset, to_uint8

@@ -5,7 +5,7 @@ cache_dir) -> bench.evaluation.evaluator.Evaluator`, imported when the evaluator
 """
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from casdm.components import Component, NoOptions, register
 from casdm.config import check

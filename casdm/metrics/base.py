@@ -66,4 +66,6 @@ class NoMetric(Metric):
 
 def check_images(cfg: MetricConfig, shape: Shape | None) -> None:
     """ConfigError (key "metric.<option>") unless metric `cfg` can measure images of `shape`."""
-    from_dict_checked(MetricConfig, "metric", lambda: cfg.component.validate(cfg.options, shape, None))
+    from_dict_checked(
+        MetricConfig, "metric", lambda: cfg.component.validate(cfg.options, shape, None)
+    )

@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from casdm.specs.metrics import pseudo_huber_c
 from casdm.metrics.base import Metric, mean_flat
+from casdm.specs.metrics import pseudo_huber_c
 
 
 class L2Metric(Metric):
