@@ -121,6 +121,7 @@ class Registry:
                 f"{component.name!r} is a {component.kind or 'component of no kind'}, "
                 f"registered as a {self.kind}"
             )
+        self._ensure_builtins()  # a plugin cannot take a built-in's name first
         with self._lock:
             existing = self._components.get(component.name)
             if existing is not None and existing != component:
