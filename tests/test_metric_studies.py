@@ -58,8 +58,8 @@ def test_lpips_budget_is_a_smaller_metric_loss_study():
     assert config.train.steps * 8 == full.train.steps
     assert config.model.base_channels * 2 == full.model.base_channels
     assert (config.sample.num_samples, config.eval.evaluator) == (10_000, "inception")
-    assert config.metric.net == "vgg" and config.metric.min_size == 64
     lpips = next(c for c in configs if c.metric.name == "lpips")
+    assert lpips.metric.net == "vgg" and lpips.metric.min_size == 64
     assert caption_note(lpips.metric, 32, 32) == (
         "lpips-vgg on images upsampled bilinearly from 32x32 to 64x64"
     )

@@ -240,7 +240,7 @@ def test_csv_is_tidy_and_pivots_back_to_the_table(study):
         "row", "column", "architecture.name", "metric.name", "metric", "mean", "std", "n",
         "ci_low", "ci_high", "uncertainty", "bootstrap_se", "best", "reference", "baseline",
         "test", "difference", "effect_size", "p_value", "p_holm", "significant", "protocol",
-        "random_trunk", "random_weights", "cost.params_m", "cost.train_images_per_s",
+        "caveats", "random_weights", "cost.params_m", "cost.train_images_per_s",
         "cost.train_hours", "cost.device_hours", "cost.sample_s_per_1k", "cost.nfe",
         "cost.peak_memory_mb",
     ]  # fmt: skip
@@ -635,13 +635,16 @@ def test_protocol_labels_and_random_markers_reach_the_csv(study):
     assert set(frame["random_weights"]) == {True}
 
 
-def test_random_trunk_is_marked_per_cell_in_the_csv(study, tmp_path):
+def test_a_random_trunk_is_a_caveat_of_its_cells_in_the_csv(study, tmp_path):
     path = tmp_path / "random.toml"
     path.write_text(STUDY.replace("[grid]", '[base.metric]\ntrunk = "random"\n\n[grid]'))
     frame = pd.read_csv(io.StringIO(render(build_table(make_results(), load_study(str(path))),
                                            "csv")))  # fmt: skip
     models = frame[~frame["reference"]]
-    assert (models["random_trunk"] == (models["metric.name"] == "lpips")).all()
+    caveat = "LPIPS used a random (untrained) trunk: a smoke test, not a result."
+    lpips = models["metric.name"] == "lpips"
+    assert (models.loc[lpips, "caveats"] == caveat).all()
+    assert models.loc[~lpips, "caveats"].isna().all()
 
 
 def test_cli_table_layout_and_metrics(study, tmp_path, capsys):
