@@ -556,7 +556,8 @@ def _suggest(trial: "optuna.Trial", key: str, axis: Range | Choices) -> Any:
 
 
 def study_meta(config: RunConfig, evaluator: str, configs: list[RunConfig]) -> dict[str, Any]:
-    """The study user_attr "meta" the tables' captions read (contract: bench/results.py).
+    """The study user_attr "meta" the tables' captions read (docs/DESIGN.md: what a study
+    leaves in its storage).
 
     "protocols": {score key: the protocol it follows} (bench.evaluation.protocols).
     """
