@@ -8,7 +8,7 @@ Every trial records a `cost` dict (Optuna user attr "cost", MLflow metrics "cost
 - device_hours: train_hours x processes (torchrun ranks; one device each)
 - sample_s_per_1k: sampling wall-clock per 1,000 images (empty when the samples of a stopped
   run were reused, so nothing was timed)
-- nfe: network evaluations per sample (the sampler's steps)
+- nfe: network evaluations per sample (the sampler's, for its steps)
 - peak_memory_mb: CUDA max allocated, or the process's max RSS on the CPU (peak_memory_kind)
 """
 

@@ -1,24 +1,8 @@
 """Who runs a trial, and the rule that decides when a RUNNING trial has lost its worker.
 
-A worker that claims a trial records on it (Optuna user attrs, so every storage kind holds them):
-- "owner": {"host", "boot", "pid", "started"}: the machine (host name and boot id) and the
-  process (pid and its start time, which tells a reused pid apart);
-- "heartbeat": the Unix time of its last sign of life, refreshed every HEARTBEAT_INTERVAL_S by
-  a thread while the trial runs (RDB storages also get Optuna's native heartbeat, so Optuna's
-  own tools see the trial alive).
-
-The lease rule, applied by every worker when it joins a study and before each claim:
-1. On the owner's own machine, a trial whose owner process is gone is stale at once (a worker
-   killed with SIGKILL, or a machine that rebooted).
-2. Anywhere, a trial whose last heartbeat (or, before its first, its start) is older than the
-   lease (LEASE_S, `bench run --lease SECONDS`) is stale: its worker is presumed dead or cut
-   off. Workers' clocks must agree to well within the lease (NTP does).
-
-A stale trial is marked FAIL with user attrs failure="lost" and the reason, its MLflow run
-FAILED, and its cell enqueued again; the new trial resumes from the trial folder's checkpoint.
-A worker presumed dead that was only cut off cannot count its cell twice: its next heartbeat
-finds the trial finished and training stops at the next log step (TakenOver); had it finished
-first, Optuna refuses to finish a trial that is already finished, and the result is discarded.
+A worker records its process ("owner") and a heartbeat on every trial it holds; a trial whose
+owner is gone (on its own machine) or whose heartbeat is older than the lease is stale. The
+lease rule and what happens to a stale trial: the claim protocol in docs/DESIGN.md.
 """
 
 import contextlib
@@ -37,7 +21,7 @@ from bench.results import HEARTBEAT_GRACE_S, HEARTBEAT_INTERVAL_S
 if TYPE_CHECKING:
     import optuna
 
-# Seconds without a heartbeat after which a RUNNING trial is taken over (rule 2); also the
+# Seconds without a heartbeat after which a RUNNING trial is taken over (anywhere); also the
 # grace period of Optuna's own heartbeat on RDB storages, so both rules agree.
 LEASE_S = float(HEARTBEAT_GRACE_S)
 
@@ -87,7 +71,7 @@ def owner_gone(owner: dict[str, Any]) -> bool:
 
 
 def stale_reason(trial: "optuna.trial.FrozenTrial", lease_s: float, now: float) -> str | None:
-    """Why the RUNNING `trial` has lost its worker (the rule above), or None if it has not."""
+    """Why the RUNNING `trial` has lost its worker (the lease rule), or None if it has not."""
     owner = trial.user_attrs.get("owner")
     if isinstance(owner, dict) and owner_gone(owner):
         return (

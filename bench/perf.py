@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ PERF_TIMESTEPS = 1000
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds_per_image(history: list[dict[str, float]], warmup: int) -> float:
+    """The median seconds per image of the training steps that `train` logged after the first
+    `warmup` (with log_every=1: one record per step), so that one step slowed by another
+    process does not skew it."""
+    return statistics.median(1 / record["images_per_s"] for record in history[warmup:])
+
+
+def call_seconds(call: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The median wall time of `repeats` calls of `call` after one untimed call (which warms up
+    caches and kernels), with `device` synchronised before and after each."""
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        call()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def model_benchmarks(
@@ -102,7 +123,7 @@ def model_benchmarks(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         result = train(model, metric, images, cfg, seed=seed, device=device)
-        step_s = statistics.median(batch_size / r["images_per_s"] for r in result.history[warmup:])
+        step_s = batch_size * seconds_per_image(result.history, warmup)
         row = {
             "benchmark": "train",
             "architecture": arch,
@@ -123,14 +144,8 @@ def model_benchmarks(
             progress(f"sample {arch} (ddim, {sample_steps} steps)")
         x_T = torch.randn((batch_size, *shape), generator=generator).to(device)
         noise = torch.Generator(device=device).manual_seed(seed)
-        times = []
-        for _ in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            ddim(model, schedule, x_T, steps=sample_steps, generator=noise)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        batch_s = statistics.median(times[1:])  # the first call warms up caches and kernels
+        sample = partial(ddim, model, schedule, x_T, steps=sample_steps, generator=noise)
+        batch_s = call_seconds(sample, repeats, device)
         rows.append(
             {
                 "benchmark": "sample",

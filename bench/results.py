@@ -2,7 +2,7 @@
 
 Storage URLs (`--storage`):
 - `sqlite:///PATH` (default `sqlite:///results/optuna.db`): one machine; concurrent `bench run`
-  processes on it are serialised by a lock file next to the database (see bench/runner.py).
+  processes on it are serialised by a lock file next to the database (bench.claims).
 - `journal:///ABSOLUTE/PATH.log`, `journal://RELATIVE/PATH.log`, or any path ending in `.log`:
   Optuna's JournalStorage on an append-only file; works on NFS, so many machines can share it.
 - any other SQLAlchemy URL, e.g. `postgresql+psycopg2://user:pw@host/db` (`pip install

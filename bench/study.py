@@ -157,6 +157,16 @@ class Study:
             return [axis.low, axis.high]
         return [self._value(key, {})]
 
+    def trial_configs(self) -> list[RunConfig]:
+        """Every config a trial may run: each grid cell, or each search choice at its bounds."""
+        configs = [self.config(params) for params in self.cells()]
+        if not self.is_grid:
+            for params in self.cells():
+                for key, axis in self.search.items():
+                    values = axis.choices if isinstance(axis, Choices) else (axis.low, axis.high)
+                    configs.extend(self.config({**params, key: value}) for value in values)
+        return configs
+
     def results_dir(self, root: Path = Path("results")) -> Path:
         """Where this study's tables and trial folders go: root / name."""
         return root / self.name
@@ -318,10 +328,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         labels=labels,
         overrides=tuple(overrides),
     )
-    configs = [study.config(params) for params in study.cells()]
-    for key, axis in search.items():
-        values = axis.choices if isinstance(axis, Choices) else (axis.low, axis.high)
-        configs.extend(study.config({key: value}) for value in values)
+    configs = study.trial_configs()
     # [base] options are checked on the study as written: a --set that narrows a grid (e.g.
     # metric.name=none) may leave them unused.
     explicit = {} if overrides else {key: f"base.{key}" for key in flatten(base)}

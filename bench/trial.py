@@ -242,7 +242,7 @@ class Scorer:
 
     An evaluator build (`build`: its weights' and reference statistics' hashes) is bit-identical
     on one machine, but a classifier trained, or statistics computed, on another CPU or GPU
-    differ in the last bits. A study therefore shares one build (bench.runner): `files` are what
+    differ in the last bits. A study therefore shares one build (bench.worker): `files` are what
     a worker publishes, `adopt` takes a published build into this cache.
     """
 
@@ -464,6 +464,6 @@ def run_trial(
         bootstrap=bootstrap,
         sample_s=sample_s,
         num_samples=config.sample.num_samples,
-        nfe=config.sample.steps,  # both samplers evaluate the network once per step
+        nfe=config.sample.component.network_evaluations(config.sample.options, config.sample.steps),
         processes=distributed.world_size(),
     )

@@ -1,4 +1,4 @@
-"""The lease rule (bench.leases) and taking over the trials of lost workers (bench.runner)."""
+"""The lease rule (bench.leases) and taking over the trials of lost workers (bench.claims)."""
 
 import os
 import socket
@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from bench import leases
-from bench.runner import _Storage, run_study
+from bench.claims import Storage
+from bench.runner import run_study
 from bench.study import load_study
 
 
@@ -74,7 +75,7 @@ def test_reap_fails_lost_trials_and_leaves_live_ones(workspace, kind):
     study = load_study("claims")
     cells = study.cells()[:3]
     url = "sqlite:///reap.db" if kind == "sqlite" else f"journal:///{workspace.root / 'r.log'}"
-    store = _Storage(url, study, seed=0)
+    store = Storage(url, study, seed=0)
     store.enqueue_missing(cells, study)
     lost, _ = store.claim(cells)
     store.storage.set_trial_user_attr(store.trial_id(lost.number), "owner", dead_process())
@@ -84,7 +85,7 @@ def test_reap_fails_lost_trials_and_leaves_live_ones(workspace, kind):
     store.storage.set_trial_user_attr(store.trial_id(remote.number), "heartbeat", time.time())
     mine, _ = store.claim(cells)  # owned by this (live) process
 
-    reaped = _Storage(url, study, seed=0).reap(lease_s=300)
+    reaped = Storage(url, study, seed=0).reap(lease_s=300)
     assert [t.number for t in reaped] == [lost.number]
     assert reaped[0].user_attrs["failure"] == "lost" and "is gone" in reaped[0].user_attrs["error"]
     states = {t.number: t.state.name for t in store.trials()}
@@ -100,7 +101,7 @@ def test_a_worker_whose_trial_was_taken_over_discards_its_result(workspace, monk
 
     def partitioned(config, workdir, **kwargs):
         # Another worker decides this one is lost (an expired lease) while it still trains.
-        taken = _Storage(workspace.storage, study, seed=0).reap(lease_s=1e-9)
+        taken = Storage(workspace.storage, study, seed=0).reap(lease_s=1e-9)
         assert len(taken) == 1
         return real(config, workdir, **kwargs)
 
@@ -124,7 +125,7 @@ def test_a_worker_that_learns_it_was_taken_over_stops_training(workspace, monkey
     real = bench.trial.run_trial
 
     def partitioned(config, workdir, **kwargs):
-        _Storage(workspace.storage, study, seed=0).reap(lease_s=1e-9)  # taken over
+        Storage(workspace.storage, study, seed=0).reap(lease_s=1e-9)  # taken over
         time.sleep(0.5)  # many heartbeat intervals: the next beat finds the trial finished
         return real(config, workdir, **kwargs)
 
@@ -141,7 +142,7 @@ def test_a_worker_that_learns_it_was_taken_over_stops_training(workspace, monkey
 def test_heartbeats_are_recorded_while_a_trial_is_held(workspace, monkeypatch):
     monkeypatch.setattr(leases, "HEARTBEAT_INTERVAL_S", 0.05)
     study = load_study("claims")
-    store = _Storage("sqlite:///beat.db", study, seed=0)
+    store = Storage("sqlite:///beat.db", study, seed=0)
     store.enqueue_missing(study.cells()[:1], study)
     trial, _ = store.claim(study.cells()[:1])
     trial_id = store.trial_id(trial.number)
@@ -155,18 +156,18 @@ def test_heartbeats_are_recorded_while_a_trial_is_held(workspace, monkeypatch):
 
 
 def test_a_joiner_does_not_wait_for_a_creator_that_died_before_enqueueing(workspace, monkeypatch):
-    import bench.runner
+    import bench.worker
 
     study = load_study("tiny", ["architecture.name=ddpm", "metric.name=none"])
-    creator = _Storage(workspace.storage, study, seed=0)  # created, then "killed": no cells
+    creator = Storage(workspace.storage, study, seed=0)  # created, then "killed": no cells
     creator.optuna.set_user_attr("creator", dead_process())
-    monkeypatch.setattr(bench.runner, "ENQUEUE_WAIT_S", 1e9)
+    monkeypatch.setattr(bench.worker, "ENQUEUE_WAIT_S", 1e9)
     naps = []
 
     def sleep(seconds):
         naps.append(seconds)
         assert len(naps) < 5, "the joiner waits for a creator that is gone"
 
-    monkeypatch.setattr(bench.runner.time, "sleep", sleep)
+    monkeypatch.setattr(bench.worker.time, "sleep", sleep)
     summary = run_study(study, quiet=True)
     assert [t.state for t in summary.trials] == ["COMPLETE"] and naps == []

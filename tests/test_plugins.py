@@ -73,8 +73,8 @@ def test_options_are_addressed_like_built_in_ones(plugin):
 
 
 def test_flow_euler_equals_ddim_for_an_eps_model_without_clipping(plugin):
-    from casdm.config import ArchitectureConfig, ModelConfig
     from casdm.architectures import build_model
+    from casdm.config import ArchitectureConfig, ModelConfig
     from casdm.samplers import ddim
     from casdm.schedule import Schedule
 
@@ -95,8 +95,8 @@ def test_flow_euler_equals_ddim_for_an_eps_model_without_clipping(plugin):
 
 
 def test_v_prediction_is_consistent_with_eps_and_x0(plugin):
-    from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig
     from casdm.architectures import build_model
+    from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig
     from casdm.metrics import build_metric
     from casdm.schedule import Schedule
 

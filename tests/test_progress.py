@@ -6,7 +6,7 @@ import pytest
 
 from bench.commands.run import print_summary
 from bench.progress import RichProgress, duration_text
-from bench.runner import RunSummary, TrialRecord, trial_line
+from bench.worker import RunSummary, TrialRecord, trial_line
 
 
 def test_trial_line_names_the_cell_time_and_the_table_scores():

@@ -11,11 +11,12 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from bench.claims import Storage, _encoded, config_digest
 from bench.cli import main
 from bench.errors import BenchError
 from bench.evaluation.metrics import PRECISION_RECALL_PROTOCOL
 from bench.results import describe_storage, load_results, open_storage, storage_file
-from bench.runner import _encoded, _Storage, config_digest, run_study
+from bench.runner import run_study
 from bench.study import load_study
 from casdm.architectures import build_model, count_parameters
 from casdm.errors import DataError, MissingWeightsError
@@ -258,7 +259,7 @@ def test_concurrent_workers_claim_every_cell_exactly_once(workspace, kind):
         "sqlite:///claims.db" if kind == "sqlite" else "journal:///" + str(workspace.root / "j.log")
     )
     cells = study.cells()
-    creator = _Storage(url, study, seed=0)
+    creator = Storage(url, study, seed=0)
     assert creator.created
     assert creator.enqueue_missing(cells, study) == (16, [])
     claimed: list[int] = []
@@ -266,7 +267,7 @@ def test_concurrent_workers_claim_every_cell_exactly_once(workspace, kind):
 
     def worker() -> None:
         try:
-            store = _Storage(url, study, seed=0)
+            store = Storage(url, study, seed=0)
             while (got := store.claim(cells)) is not None:
                 trial, index = got
                 claimed.append(index)
@@ -288,7 +289,7 @@ def test_concurrent_workers_claim_every_cell_exactly_once(workspace, kind):
 def test_a_cell_enqueued_twice_runs_once_and_the_copy_is_pruned(workspace):
     study = load_study("claims")
     cells = study.cells()[:3]
-    store = _Storage("sqlite:///dup.db", study, seed=0)
+    store = Storage("sqlite:///dup.db", study, seed=0)
     store.enqueue_missing(cells, study)
     store.optuna.enqueue_trial(_encoded(cells[1]))  # trial 3 duplicates trial 1's cell
     order = []
@@ -315,13 +316,13 @@ def test_a_joining_worker_reenqueues_failed_cells_by_their_failure(
 ):
     study = load_study("claims")
     cells = study.cells()[:3]
-    store = _Storage("sqlite:///retry.db", study, seed=0)
+    store = Storage("sqlite:///retry.db", study, seed=0)
     store.enqueue_missing(cells, study)
     trial, index = store.claim(cells)
     if failure is not None:
         trial.set_user_attr("failure", failure)
     store.optuna.tell(trial, state=optuna.trial.TrialState.FAIL)
-    joiner = _Storage("sqlite:///retry.db", study, seed=0)
+    joiner = Storage("sqlite:///retry.db", study, seed=0)
     assert not joiner.created
     count, held_back = joiner.enqueue_missing(cells, study, retry_failed=retry_failed)
     assert (count, held_back) == ((1, []) if enqueued else (0, [cells[index]]))

@@ -385,7 +385,7 @@ def test_render_rejects_an_unknown_format(study):
 
 
 def _storage(tmp_path: Path, study, scores=SCORES) -> str:
-    """An Optuna storage laid out as the runner leaves it (see the harness contract)."""
+    """An Optuna storage laid out as the runner leaves it (docs/DESIGN.md)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -17,10 +17,12 @@ from bench import threads
 from bench.commands import add_overrides
 from bench.errors import BenchError
 from bench.leases import LEASE_S
+from bench.planning import Plan
 from bench.results import describe_storage
-from bench.runner import Plan, RunSummary, run_study
+from bench.runner import run_study
 from bench.study import load_study
 from bench.trial import resolve_device
+from bench.worker import RunSummary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
