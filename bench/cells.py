@@ -15,3 +15,8 @@ def required_weights(configs: list[RunConfig]) -> list[str]:
 def study_caveats(configs: list[RunConfig]) -> list[str]:
     """The caveats of every component the configs use (e.g. a random LPIPS trunk), once each."""
     return list(dict.fromkeys(caveat for c in configs for caveat in c.caveats()))
+
+
+def with_device(config: RunConfig, device: str | None) -> RunConfig:
+    """`config` with `device` (None: as it is)."""
+    return config if device is None else dataclasses.replace(config, device=device)
