@@ -4,6 +4,8 @@ Checked before any database exists (the claim protocol in docs/DESIGN.md): every
 trial may run and the pretrained weights they need.
 """
 
+import dataclasses
+
 from bench.config import RunConfig
 
 

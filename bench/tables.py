@@ -28,7 +28,6 @@ from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_inter
 from bench.costs import COSTS
 from bench.evaluation import METRIC_NAMES
 from bench.study import Study, natural_direction, value_text
-from casdm.config import MetricConfig
 
 if TYPE_CHECKING:
     from bench.results import Results
@@ -427,14 +426,16 @@ def _flags(
 
 def study_caveats(meta: dict[str, Any]) -> list[str]:
     """The caveats of a study's components (study meta "caveats"). Studies stored before
-    components had caveats say "lpips_trunk" instead; a random trunk there gives lpips's."""
+    components had caveats recorded only a metric loss's random trunk ("lpips_trunk")."""
     if "caveats" in meta:
         return list(meta["caveats"])
     if "random" in str(meta.get("lpips_trunk") or ""):
-        return MetricConfig(name="lpips", trunk="random").component.caveats(
-            MetricConfig(name="lpips", trunk="random").options
-        )
+        return [RANDOM_TRUNK_CAVEAT]
     return []
+
+
+# What studies stored before components had caveats get for a random trunk.
+RANDOM_TRUNK_CAVEAT = "The metric loss used a random (untrained) trunk: a smoke test, not a result."
 
 
 def _metric_notes(study: Study) -> list[str]:

@@ -11,6 +11,8 @@ a function of the eps loss alone, bit for bit, whatever the metric. The others h
 (ddpm, x0-ddpm) or one shared trunk (dual), through which the metric gradient flows anyway.
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -68,8 +70,9 @@ def metric_term(
     return metric.weight * value
 
 
-class SingleUNet(nn.Module):
-    """The one-UNet architectures' shared constructor: a UNet from C to C channels."""
+class DiffusionModel(nn.Module):
+    """The constructor every architecture is built with (`build_model`): it keeps the schedule
+    and calls `build` with the architecture's options to create the networks."""
 
     def __init__(
         self,
@@ -81,6 +84,17 @@ class SingleUNet(nn.Module):
     ):
         super().__init__()
         self.schedule = schedule
+        self.build(arch.options, model, channels, resolution)
+
+    def build(self, options: Any, model: ModelConfig, channels: int, resolution: int) -> None:
+        """Create the networks for images of `channels` x `resolution` x `resolution`."""
+        raise NotImplementedError
+
+
+class SingleUNet(DiffusionModel):
+    """The one-UNet architectures: a UNet from C to C channels."""
+
+    def build(self, options: Any, model: ModelConfig, channels: int, resolution: int) -> None:
         self.net = unet(model, channels, channels, resolution, model.base_channels)
 
 
@@ -120,7 +134,7 @@ class X0DDPM(SingleUNet):
         return x0_mse + metric_term(metric, x0_theta, x0, terms), terms
 
 
-class BlendedX0(nn.Module):
+class BlendedX0(DiffusionModel):
     """The architectures with two x0 estimates blended by a weight r (Cas-DM, Dual): their
     shared options (casdm.specs.architectures.BlendOptions) and loss.
 
@@ -128,12 +142,11 @@ class BlendedX0(nn.Module):
     ||eps - eps_theta||^2 + lambda_x0 ||x0 - x0_blend||^2 + w * metric(x0_blend, x0).
     """
 
-    def __init__(self, arch: ArchitectureConfig, schedule: Schedule):
-        super().__init__()
-        self.schedule = schedule
-        self.r_mode = arch.options.r_mode
-        self.r_fixed = arch.options.r_fixed
-        self.lambda_x0 = arch.options.lambda_x0
+    def build(self, options: Any, model: ModelConfig, channels: int, resolution: int) -> None:
+        """The blend's options; subclasses create their networks after calling this."""
+        self.r_mode = options.r_mode
+        self.r_fixed = options.r_fixed
+        self.lambda_x0 = options.lambda_x0
 
     def predict(
         self, x_t: torch.Tensor, t: torch.Tensor
@@ -179,16 +192,8 @@ class CasDM(BlendedX0):
     5. sampling: x0 = x0_hat, eps = eps_theta (option sampling_eps: the eps implied by x0_hat)
     """
 
-    def __init__(
-        self,
-        arch: ArchitectureConfig,
-        model: ModelConfig,
-        schedule: Schedule,
-        channels: int,
-        resolution: int,
-    ):
-        super().__init__(arch, schedule)
-        options = arch.options
+    def build(self, options: Any, model: ModelConfig, channels: int, resolution: int) -> None:
+        super().build(options, model, channels, resolution)
         self.phi_input = options.phi_input
         self.sampling_eps = options.sampling_eps
         self.theta = unet(model, channels, channels, resolution, model.base_channels)
@@ -234,15 +239,8 @@ class DualOutput(BlendedX0):
     returned for sampling is the one implied by x0_blend, so DDIM steps stay consistent with it.
     """
 
-    def __init__(
-        self,
-        arch: ArchitectureConfig,
-        model: ModelConfig,
-        schedule: Schedule,
-        channels: int,
-        resolution: int,
-    ):
-        super().__init__(arch, schedule)
+    def build(self, options: Any, model: ModelConfig, channels: int, resolution: int) -> None:
+        super().build(options, model, channels, resolution)
         out = 2 * channels + self.r_channels()  # eps, x0', r logits
         self.net = unet(model, channels, out, resolution, model.base_channels)
 

@@ -303,3 +303,4 @@ class Dataset(Component):
 
     kind: ClassVar[str] = "dataset"
     takes_path: bool = False
+    evaluator: str = "inception"  # the evaluator `bench eval` scores against it by default

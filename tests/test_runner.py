@@ -78,10 +78,10 @@ def test_study_records_meta_and_held_out_reference_row(tiny_run):
         "num_samples": 20,
         "sampler": "ddim",
         "steps": 3,
-        "eta": 0.0,
+        "sampler_caption": "η = 0",
         "clip_x0": True,
         "random_weights": False,
-        "lpips_trunk": None,
+        "caveats": [],
         "protocols": {
             "is_mean": "ADM evaluator: consecutive chunks of 5,000 samples",
             "is_std": "ADM evaluator: consecutive chunks of 5,000 samples",

@@ -78,7 +78,7 @@ META = {
     "steps": 20,
     "eta": 0.0,
     "random_weights": False,
-    "lpips_trunk": "pretrained",
+    "caveats": [],
 }
 
 
@@ -208,10 +208,15 @@ def test_caption_names_dataset_evaluator_samples_sampler_and_steps(study):
 
 
 def test_caption_labels_random_weights(study):
-    meta = {**META, "evaluator": "Inception (random weights)", "lpips_trunk": "random"}
+    caveat = "LPIPS used a random (untrained) trunk: a smoke test, not a result."
+    meta = {**META, "evaluator": "Inception (random weights)", "caveats": [caveat]}
     caption = build_table(make_results(meta=meta), study).caption
     assert "Inception (random weights) evaluator" in caption
-    assert "LPIPS used a random (untrained) trunk" in caption
+    assert caveat in caption
+    # A study stored before components had caveats recorded the trunk alone.
+    legacy = {**META, "lpips_trunk": "random"}
+    caption = build_table(make_results(meta=legacy), study).caption
+    assert "The metric loss used a random (untrained) trunk: a smoke test" in caption
 
 
 def test_caption_falls_back_to_the_study_config_without_runner_meta(study):

@@ -1,6 +1,7 @@
 """`bench eval SAMPLES --dataset NAME`: score a folder or .npz of samples, as ADM's evaluator."""
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -149,18 +150,19 @@ def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: st
 
 def run(args: argparse.Namespace) -> int:
     # An unknown dataset or evaluator fails before any work.
-    kind = DataConfig(dataset=args.dataset).component_name
-    evaluator_name = args.evaluator or ("classifier" if kind == "digits" else "inception")
-    EVALUATORS.get(evaluator_name)
-    if args.protocol and evaluator_name != "inception":
+    dataset = DataConfig(dataset=args.dataset).component
+    evaluator_name = args.evaluator or dataset.evaluator
+    evaluator = EVALUATORS.get(evaluator_name)
+    takes = {f.name for f in dataclasses.fields(evaluator.options)}
+    if args.protocol and "protocol" not in takes:
         raise BenchError(
             f"--protocol {args.protocol} is an Inception protocol; the {evaluator_name} evaluator "
             "has its own (use --evaluator inception --protocol ...)"
         )
-    if args.random_weights and evaluator_name != "inception":
+    if args.random_weights and not evaluator.required_weights(evaluator.options()):
         raise BenchError(
-            f"--random-weights replaces pretrained Inception weights; the {evaluator_name} "
-            "evaluator has none to replace (use --evaluator inception --random-weights)"
+            f"--random-weights replaces pretrained weights; the {evaluator_name} evaluator "
+            "has none to replace (use --evaluator inception --random-weights)"
         )
     images = read_images(args.samples)  # uint8 [N, C, H, W]
     if args.n is not None:

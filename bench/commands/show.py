@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                 by_value.setdefault(str(text), []).append(METRIC_NAMES.get(name, name))
             for text, names in by_value.items():
                 console.print(f"    {', '.join(names)}: {text}", highlight=False)
+        elif isinstance(value, list):  # e.g. caveats
+            console.print(f"  {key}: {' '.join(map(str, value)) or 'none'}", highlight=False)
         else:
             console.print(f"  {key}: {value}", highlight=False)
 

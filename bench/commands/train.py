@@ -9,7 +9,7 @@ from bench.commands import add_overrides
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.progress import make_progress
-from bench.study import check_names, check_shapes, parse_override
+from bench.study import parse_override
 from bench.trial import sample, save_samples, train_run
 from casdm.config import ConfigError, from_dict, merge, unflatten
 
@@ -46,8 +46,7 @@ def load_run_config(path: Path | None, overrides: list[str]) -> RunConfig:
         data = merge(data, unflatten({key: value}))
     try:
         config = from_dict(RunConfig, data)
-        check_names(config)
-        check_shapes(config)
+        config.validate()
     except ConfigError as err:
         where = f"{path}" if path is not None else "--set"
         raise BenchError(f"{where}: {err}") from None

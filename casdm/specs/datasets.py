@@ -7,6 +7,7 @@ DIGITS = register(
         name="digits",
         target="casdm.data:load_digits_split",
         options=NoOptions,
+        evaluator="classifier",  # its 8x8 images are far from ImageNet's
         summary="scikit-learn's 8x8 handwritten digits, embedded (1,437 train / 360 test)",
     )
 )

@@ -69,9 +69,9 @@ class VDDPM(SingleUNet):
         x0_theta = abar.sqrt() * x_t - (1 - abar).sqrt() * v
         return self.v_weight * v_mse + metric_term(metric, x0_theta, x0, terms), terms
 
-    def __init__(self, arch, model, schedule, channels, resolution):
-        super().__init__(arch, model, schedule, channels, resolution)
-        self.v_weight = arch.options.v_weight
+    def build(self, options, model, channels, resolution):
+        super().build(options, model, channels, resolution)  # self.net
+        self.v_weight = options.v_weight
 
 
 V_DDPM = register(
