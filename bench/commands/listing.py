@@ -80,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# The section of a RunConfig that names each kind, for the "set with" column.
-SECTIONS = {
-    "architecture": "architecture.name",
-    "metric": "metric.name",
-    "sampler": "sample.sampler",
-    "dataset": "data.dataset",
-    "evaluator": "eval.evaluator",
-    "score": "[table] scores, objective.score",
+# Each kind's heading and the keys that name one.
+HEADINGS = {
+    "architecture": ("architectures", "architecture.name"),
+    "metric": ("metric losses", "metric.name"),
+    "sampler": ("samplers", "sample.sampler"),
+    "dataset": ("datasets", "data.dataset"),
+    "evaluator": ("evaluators", "eval.evaluator"),
+    "score": ("scores", "[table] scores, objective.score"),
 }
 
 
@@ -98,7 +98,8 @@ def list_components() -> int:
     console = Console()
     for kind in kinds():
         components = registry(kind)
-        title = f"{kind}s (set with {SECTIONS.get(kind, kind)})"
+        heading, keys = HEADINGS.get(kind, (f"{kind}s", kind))
+        title = f"{heading} (set with {keys})"
         table = Table(title=title, title_justify="left")
         for column in ("name", "options (default)", "what", "from"):
             table.add_column(column, no_wrap=column == "name", overflow="fold")
