@@ -137,7 +137,7 @@ def measure_step_seconds(config: RunConfig, device: "torch.device") -> tuple[flo
     from casdm.train import train
 
     shape = (3, config.data.resolution, config.data.resolution)
-    schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
+    schedule = Schedule.from_config(config.diffusion)
     model = build_model(config.architecture, config.model, schedule, *shape[:2])
     offline = dataclasses.replace(
         config.metric, options=config.metric.component.offline(config.metric.options)

@@ -127,7 +127,7 @@ def train_run(
     device = resolve_device(config.device)
     data = load_dataset(config.data, "train")
     image_shape = tuple(data.images.shape[1:])  # (C, H, W)
-    schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
+    schedule = Schedule.from_config(config.diffusion)
     # The initial weights (and a random LPIPS trunk) come from the run's seed alone, not from
     # whatever the process drew before, so a trial is reproducible in any process.
     with torch.random.fork_rng(devices=[]):
@@ -174,7 +174,7 @@ def load_trained(checkpoint: Path, device: str = "auto") -> Trained:
             "a `bench run` trial or a `bench train` run"
         )
     config, image_shape = read_config_document(state["config"], f"checkpoint {checkpoint}")
-    schedule = Schedule.named(config.diffusion.schedule, config.diffusion.timesteps)
+    schedule = Schedule.from_config(config.diffusion)
     model = build_model(config.architecture, config.model, schedule, image_shape[0], image_shape[1])
     try:
         model.load_state_dict(state["ema"])

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from casdm.errors import InputError
+from casdm.registry import UnknownNameError
 
 ENTRY_POINT_GROUP = "casdm_bench.components"
 PLUGINS_ENV = "CASDM_PLUGINS"  # comma-separated plugin modules, for child processes
 
 
-class UnknownComponentError(InputError):
+class UnknownComponentError(UnknownNameError):
     """A component name that no registry (built-in or plugin) holds; lists the valid ones."""
 
 
@@ -185,7 +186,7 @@ def define_kind(kind: str, builtin: str) -> Registry:
     return _REGISTRIES[kind]
 
 
-for _kind in ("architecture", "metric", "sampler", "dataset"):
+for _kind in ("architecture", "metric", "sampler", "dataset", "schedule"):
     define_kind(_kind, f"casdm.specs.{_kind}s")
 
 
@@ -294,6 +295,13 @@ class Sampler(Component):
     def describe(self, options: Any) -> str:
         """Its options for a caption, e.g. "η = 0" (empty when it takes none)."""
         return ", ".join(f"{k} = {v}" for k, v in dataclasses.asdict(options).items())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule(Component):
+    """A noise schedule: `load()(T, **options) -> betas` float64 [T] in (0, 1)."""
+
+    kind: ClassVar[str] = "schedule"
 
 
 @dataclass(frozen=True, kw_only=True)

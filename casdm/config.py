@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from casdm.catalog import SCHEDULES
 from casdm.components import registry
 from casdm.errors import InputError
 
@@ -300,26 +299,19 @@ class ArchitectureConfig(Choice):
     options: Any = None
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The noise schedule: a SCHEDULES name and the number of steps T."""
+@dataclass(frozen=True, init=False)
+class DiffusionConfig(Choice):
+    """The noise schedule: a schedule name, its options (casdm.specs.schedules) and the number
+    of steps T."""
 
+    kind: ClassVar[str] = "schedule"
+    selector: ClassVar[str] = "schedule"
     schedule: str = "linear"
     timesteps: int = 1000
+    options: Any = None
 
     def __post_init__(self):
-        check(
-            self.schedule in SCHEDULES,
-            "schedule",
-            f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(sorted(SCHEDULES))}",
-        )
         check(self.timesteps >= 2, "timesteps", f"must be >= 2, got {self.timesteps}")
-        # Ho et al.'s betas scale as 1000/T and reach 1 (destroying the signal) at T <= 20.
-        check(
-            self.schedule != "linear" or self.timesteps > 20,
-            "timesteps",
-            f"must be > 20 for the linear schedule, got {self.timesteps}",
-        )
 
 
 @dataclass(frozen=True, init=False)

@@ -1,12 +1,12 @@
 """Noise schedules and the forward process in float64 (Ho et al. 2020; Nichol & Dhariwal 2021)."""
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
-from casdm.catalog import SCHEDULES
-from casdm.registry import lookup
+from casdm.config import DiffusionConfig
 
 
 def linear_betas(T: int) -> torch.Tensor:
@@ -48,8 +48,14 @@ class Schedule(nn.Module):
 
     @classmethod
     def named(cls, name: str, T: int) -> "Schedule":
-        """Build a registered schedule (`linear` or `cosine`) with T steps."""
-        return cls(lookup(SCHEDULES, name, "schedule")(T))
+        """The registered schedule `name` with T steps and its default options."""
+        return cls.from_config(DiffusionConfig(schedule=name, timesteps=T))
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig) -> "Schedule":
+        """The schedule `cfg.schedule` with `cfg.timesteps` steps and its options."""
+        betas = cfg.component.load()(cfg.timesteps, **dataclasses.asdict(cfg.options))
+        return cls(betas)
 
     @property
     def T(self) -> int:

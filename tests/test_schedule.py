@@ -2,10 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from casdm.registry import UnknownNameError
+from casdm.config import ConfigError
 from casdm.schedule import Schedule
 
 
@@ -48,6 +49,34 @@ def test_q_sample_and_x0_from_eps_and_eps_from_x0_invert_each_other(name):
 
 def test_unknown_schedule_name_lists_the_valid_ones():
     with pytest.raises(
-        UnknownNameError, match="unknown schedule 'cosin'; valid schedules: cosine, linear"
+        ConfigError, match="schedule: unknown schedule 'cosin'; valid schedules: cosine, linear"
     ):
         Schedule.named("cosin", 10)
+
+
+def test_cosine_options_reach_the_betas():
+    from casdm.config import DiffusionConfig
+
+    def nichol_dhariwal(T, s, max_beta=0.999):  # Eq. 17, written again with numpy
+        f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
+        return np.minimum(1 - f[1:] / f[:-1], max_beta)
+
+    default = Schedule.from_config(DiffusionConfig(schedule="cosine", timesteps=50))
+    np.testing.assert_allclose(default.betas.numpy(), nichol_dhariwal(50, 0.008), rtol=1e-12)
+    shifted = Schedule.from_config(
+        DiffusionConfig(schedule="cosine", timesteps=50, s=0.02, max_beta=0.5)
+    )
+    np.testing.assert_allclose(shifted.betas.numpy(), nichol_dhariwal(50, 0.02, 0.5), rtol=1e-12)
+
+
+def test_the_linear_schedule_needs_more_than_20_steps_and_cosine_does_not():
+    from bench.config import RunConfig
+    from casdm.config import from_dict
+
+    linear = from_dict(RunConfig, {"diffusion": {"timesteps": 20}, "sample": {"steps": 10}})
+    with pytest.raises(
+        ConfigError, match=r"diffusion\.timesteps: must be > 20 for the linear schedule, got 20"
+    ):
+        linear.validate()
+    cosine = {"diffusion": {"schedule": "cosine", "timesteps": 20}, "sample": {"steps": 10}}
+    from_dict(RunConfig, cosine).validate()

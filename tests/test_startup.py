@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from casdm import catalog
 from casdm.components import registry
-from casdm.registry import Registry
 
 STUDIES = Path(__file__).parent / "studies"
 
@@ -68,7 +66,9 @@ def test_a_bad_registry_name_is_reported_without_torch(tmp_path):
     assert done.stdout.split() == ["True", "False"], done.stderr
 
 
-@pytest.mark.parametrize("kind", ["architecture", "metric", "sampler", "dataset", "evaluator"])
+@pytest.mark.parametrize(
+    "kind", ["architecture", "metric", "sampler", "dataset", "schedule", "evaluator"]
+)
 def test_every_component_resolves_to_a_callable(kind):
     import bench.evaluation  # noqa: F401  (defines the evaluator kind)
 
@@ -78,9 +78,3 @@ def test_every_component_resolves_to_a_callable(kind):
         component = components.get(name)
         assert component.kind == kind and component.name == name
         assert callable(component.load()), (kind, name)
-
-
-def test_every_schedule_resolves_to_a_callable():
-    assert isinstance(catalog.SCHEDULES, Registry) and len(catalog.SCHEDULES) >= 2
-    for name in catalog.SCHEDULES:
-        assert callable(catalog.SCHEDULES[name]), name
