@@ -86,6 +86,7 @@ HEADINGS = {
     "metric": ("metric losses", "metric.name"),
     "sampler": ("samplers", "sample.sampler"),
     "dataset": ("datasets", "data.dataset"),
+    "schedule": ("noise schedules", "diffusion.schedule"),
     "evaluator": ("evaluators", "eval.evaluator"),
     "score": ("scores", "[table] scores, objective.score"),
 }
