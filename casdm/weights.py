@@ -103,6 +103,17 @@ WEIGHTS: dict[str, WeightsFile] = {
 }
 
 
+def register(file: WeightsFile) -> WeightsFile:
+    """Add a pretrained file a plugin's component needs (its `required_weights` names it), so
+    that `bench weights`, the checks before a study and `ensure` know it. The same entry twice
+    is a no-op; another under a taken name is an error."""
+    existing = WEIGHTS.get(file.name)
+    if existing is not None and existing != file:
+        raise ValueError(f"weights name {file.name!r} is taken ({existing.url}); choose another")
+    WEIGHTS[file.name] = file
+    return file
+
+
 def entry(name: str) -> WeightsFile:
     """The WEIGHTS entry `name`, or UnknownNameError listing the valid names."""
     return lookup(WEIGHTS, name, "weights file")

@@ -233,3 +233,25 @@ def test_pretrained_lpips_loads_the_registered_file(monkeypatch, tmp_path, offli
     assert metric.label == "lpips-squeeze"
     first_conv = metric.lpips.net.slice1[0].weight
     assert torch.equal(first_conv, trunk.features[0].weight)
+
+
+def test_a_plugin_registers_its_weights_file_and_ensure_fetches_and_checks_it(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(weights, "WEIGHTS", dict(weights.WEIGHTS))  # undone after the test
+    content = b"plugin weights"
+    source = tmp_path / "plugin-weights.pth"
+    source.write_bytes(content)
+    file = weights.WeightsFile(
+        "plugin_net",
+        "plugin-weights.pth",
+        source.as_uri(),
+        hashlib.sha256(content).hexdigest()[:8],
+        "an example plugin's metric loss",
+    )
+    assert weights.register(file) is file and weights.register(file) is file
+    assert weights.status("plugin_net") == "missing"
+    assert weights.ensure("plugin_net").read_bytes() == content
+    assert weights.status("plugin_net") == "present"
+    with pytest.raises(ValueError, match="weights name 'alexnet' is taken"):
+        weights.register(dataclasses.replace(file, name="alexnet"))
