@@ -33,7 +33,7 @@ from bench.evaluation.inception import (
     random_inception_weights,
     torchscript_standin,
 )
-from bench.evaluation.metrics import KID_SEED, kernel_inception_distance
+from bench.evaluation.formulas import KID_SEED, kernel_inception_distance
 from bench.evaluation.stream import batches, collect
 from casdm import weights
 from casdm.config import ConfigError, DataConfig

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.evaluation.metrics import PRECISION_RECALL_PROTOCOL
+from bench.evaluation.formulas import PRECISION_RECALL_PROTOCOL
 from bench.results import describe_storage, load_results, open_storage, storage_file
 from bench.runner import _encoded, _Storage, config_digest, run_study
 from bench.study import load_study
