@@ -321,7 +321,8 @@ def _latex_header(key: str) -> str:
     if key.startswith("cost."):
         return latex_escape(COSTS[key.removeprefix("cost.")].name)
     score = score_registry.get(key)
-    scale = rf" ($\times 10^{{{score.exponent}}}$)" if score.exponent else ""
+    power = str(score.exponent) if score.exponent < 10 else f"{{{score.exponent}}}"
+    scale = rf" ($\times 10^{power}$)" if score.exponent else ""
     return latex_escape(score.display) + scale + _arrow(key, r"$\uparrow$", r"$\downarrow$")
 
 
