@@ -48,6 +48,7 @@ LAYOUTS = ("auto", "wide", "long")
 RANGE_KEYS = ("low", "high", "log", "step")
 DIRECTIONS = ("minimize", "maximize")
 DEFAULT_TABLE_SCORES = ("fid", "sfid", "is_mean")
+DEFAULT_OBJECTIVE = "fid"
 
 
 @dataclass(frozen=True)
@@ -487,7 +488,7 @@ def _renamed(path: Path, table: dict[str, Any], section: str, new: str, old: str
 def _read_objective(path: Path, table: Any) -> tuple[str, Direction]:
     _check_keys(path, "objective", _table(path, "objective", table), OBJECTIVE_KEYS)
     score = _renamed(path, table, "objective", "score", "metric")
-    score = "fid" if score is None else score
+    score = DEFAULT_OBJECTIVE if score is None else score
     where = "objective.score" if "metric" not in table else "objective.metric"
     _check_score_key(path, where, score)
     natural = score_registry.direction(score)

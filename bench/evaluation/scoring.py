@@ -48,7 +48,8 @@ def score(
     _check_reference(reference, evaluator)
     settings = ScoreSettings(is_protocol, is_splits)
     resamples = resample_count(bootstrap, evaluator.dims[0])
-    keep_spatial = resamples >= 2 and score_registry.get("sfid").bootstrap
+    # A resample's spatial moments (sFID) are sums over every sample's spatial features.
+    keep_spatial = resamples >= 2
     is_parts = is_splits if is_protocol == "torch-fidelity" else 1
     needed = max(is_parts, PR_NEIGHBOURS + 1)
     if distributed.world_size() > 1:
