@@ -104,8 +104,8 @@ def evaluation_benchmark(
 
     Returns images_per_s and cleanfid_images_per_s (medians over `repeats` interleaved
     repetitions), ratio (clean-fid's workflow time / ours), ratio_one_pass (clean-fid's one-pass
-    FID + KID time / ours), both runs' metrics (from the last repetition), fid_relative_difference
-    and the peak memory of our scoring (first repetition).
+    FID + KID time / ours), both runs' scores (`scores`, `cleanfid_scores`; from the last
+    repetition), fid_relative_difference and the peak memory of our scoring (first repetition).
     """
     from cleanfid.fid import frechet_distance, get_model_features, kernel_distance
 
