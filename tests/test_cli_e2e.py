@@ -153,7 +153,7 @@ def test_two_bench_run_processes_complete_every_cell_exactly_once(
     assert len(rows) == 8  # 4 cells x (fid, is_mean), each from its one trial
     for row in rows:
         assert row["n"] == "1"
-        if row["metric"] == "fid":
+        if row["score"] == "fid":
             cell = f"{row['architecture.name']} {row['metric.name']}"
             assert float(row["mean"]) == pytest.approx(fid[cell])
 

@@ -4,8 +4,8 @@ import cleanfid.fid
 import numpy as np
 import pytest
 
+import bench.evaluation.compute
 import bench.evaluation.reference
-import bench.evaluation.scoring
 from bench.evaluation.benchmark import evaluation_benchmark
 
 
@@ -29,7 +29,7 @@ def ours_cheap(mu1, sigma1, mu2, sigma2, what, *, root2, device):
 @pytest.fixture
 def cheap(monkeypatch):
     monkeypatch.setattr(cleanfid.fid, "frechet_distance", cheap_frechet)
-    monkeypatch.setattr(bench.evaluation.scoring, "frechet_distance", ours_cheap)
+    monkeypatch.setattr(bench.evaluation.compute, "frechet_distance", ours_cheap)
     monkeypatch.setattr(bench.evaluation.reference, "psd_sqrt", lambda s, device: np.eye(len(s)))
 
 
