@@ -1,7 +1,7 @@
 """The built-in scores' compute functions `(ctx: ScoringContext) -> float` (bench.evaluation.scores
 registers them by name)."""
 
-from bench.evaluation.context import ScoringContext
+from bench.evaluation.context import Kind, ScoringContext
 from bench.evaluation.formulas import (
     frechet_distance,
     inception_score,
@@ -12,30 +12,22 @@ from bench.evaluation.formulas import (
 
 def fid(ctx: ScoringContext) -> float:
     """FID: the Fréchet distance of the pool features to the reference's."""
-    mu, sigma = ctx.moments("pool")
-    ref = ctx.reference
-    return frechet_distance(
-        mu,
-        sigma,
-        ref.mu,
-        ref.sigma,
-        f"FID ({ctx.evaluator.label})",
-        root2=ref.root("sigma", ctx.device),
-        device=ctx.device,
-    )
+    return _frechet(ctx, "pool", "mu", "sigma", "FID")
 
 
 def sfid(ctx: ScoringContext) -> float:
     """sFID: the Fréchet distance of the spatial features to the reference's."""
-    mu, sigma = ctx.moments("spatial")
+    return _frechet(ctx, "spatial", "mu_s", "sigma_s", "sFID")
+
+
+def _frechet(ctx: ScoringContext, kind: Kind, mu: str, sigma: str, title: str) -> float:
     ref = ctx.reference
     return frechet_distance(
-        mu,
-        sigma,
-        ref.mu_s,
-        ref.sigma_s,
-        f"sFID ({ctx.evaluator.label})",
-        root2=ref.root("sigma_s", ctx.device),
+        *ctx.moments(kind),
+        getattr(ref, mu),
+        getattr(ref, sigma),
+        f"{title} ({ctx.evaluator.label})",
+        root2=ref.root(sigma, ctx.device),
         device=ctx.device,
     )
 
