@@ -40,11 +40,11 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
 
 @dataclass(frozen=True)
 class Comparison:
-    """A cell against its baseline cell on one metric: (cell - baseline), effect size, p-value."""
+    """A cell against its baseline cell on one score: (cell - baseline), effect size, p-value."""
 
     test: str  # "paired t" (same seeds on both sides) or "Welch t"
     n: int  # pairs (paired) or the cell's values (Welch)
-    difference: float  # mean(cell) - mean(baseline), in the metric's unit
+    difference: float  # mean(cell) - mean(baseline), in the score's unit
     effect_size: float  # paired: mean(d) / sd(d) (d_z); Welch: difference / sqrt((s1²+s2²)/2)
     p_value: float  # two-sided, uncorrected
 

@@ -24,7 +24,7 @@ COMMANDS = [
     ("plot", "plot", "draw a study's figures (sweeps, bars, curves, samples, cost) for a paper"),
     ("report", "report", "write a study's self-contained HTML report (table, figures, setup)"),
     ("list", "listing", "list the studies in studies/"),
-    ("show", "show", "show a study's trials and their metrics"),
+    ("show", "show", "show a study's trials and their scores"),
     ("ui", "ui", "start the MLflow UI on a study's tracking store"),
     ("eval", "eval", "score a folder or .npz of samples against a dataset (FID, sFID, IS, ...)"),
     ("sample", "sample", "sample images from a checkpoint"),

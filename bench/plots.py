@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.study import Study, natural_direction, value_text
-from bench.tables import WORSE, Cell, Table, metric_formats
+from bench.evaluation import scores as score_registry
+from bench.study import Study, value_text
+from bench.tables import WORSE, Cell, Table
 from casdm.components import registry
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Point:
     """One cell of the table (its axes but the seed): scores over seeds and mean costs."""
 
     params: dict[str, Any]  # axis -> raw value, every table axis
-    scores: dict[str, Cell]  # metric -> the table's Cell
+    scores: dict[str, Cell]  # score -> the table's Cell
     costs: dict[str, float | None]
 
 
@@ -69,7 +70,7 @@ def points(table: Table) -> list[Point]:
     out = []
     for r, (_, row) in enumerate(table.rows):
         for g, (_, group) in enumerate(table.groups):
-            scores = {m: table.cells[r, g, m] for m in table.metrics}
+            scores = {m: table.cells[r, g, m] for m in table.scores}
             if any(cell.n for cell in scores.values()):
                 out.append(Point({**row, **group}, scores, table.costs.get((r, g), {})))
     return out
@@ -91,13 +92,11 @@ def is_numeric_axis(study: Study, key: str) -> bool:
     )
 
 
-def metric_label(metric: str, table: Table) -> str:
-    """ "FID (lower is better)", scaled as in the table (KID x 10^3)."""
-    fmt = metric_formats()[metric]
-    direction = natural_direction(metric)
-    scale = f" ×{fmt.scale}" if fmt.scale != 1 else ""
-    hint = {"minimize": " ↓", "maximize": " ↑"}.get(direction or "", "")
-    return f"{fmt.name}{scale}{hint}"
+def score_label(name: str, table: Table) -> str:
+    """ "FID ↓", scaled as in the table ("KID ×10³ ↓")."""
+    score = score_registry.get(name)
+    hint = {"minimize": " ↓", "maximize": " ↑"}.get(score.direction or "", "")
+    return f"{score.header()}{hint}"
 
 
 def _series_style(study: Study, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,8 +116,8 @@ def _varying(table: Table, study: Study) -> list[str]:
     return [a for a in axes if len({value_text(p.params[a]) for p in filled}) > 1]
 
 
-def _scaled(cell: Cell, metric: str) -> tuple[float, float]:
-    scale = metric_formats()[metric].scale
+def _scaled(cell: Cell, score: str) -> tuple[float, float]:
+    scale = score_registry.get(score).scale
     return cell.mean * scale, (cell.half_width or 0.0) * scale
 
 
@@ -135,28 +134,28 @@ def _interval_note(table: Table) -> str:
 # --- the figures ----------------------------------------------------------------------------
 
 
-def sweep_figure(table: Table, study: Study, axis: str, metric: str) -> "Figure":
-    """`metric` against the numeric `axis`: a line per other-axes combination, CI band."""
+def sweep_figure(table: Table, study: Study, axis: str, score: str) -> "Figure":
+    """`score` against the numeric `axis`: a line per other-axes combination, CI band."""
     figure = _new_figure(COLUMN_IN, 2.4)
     ax = figure.add_subplot()
     others = [a for a in _varying(table, study) if a != axis]
     lines: dict[tuple[str, ...], list[Point]] = {}
     for point in points(table):
-        if point.scores[metric].mean is not None:
+        if point.scores[score].mean is not None:
             key = tuple(value_text(point.params[a]) for a in others)
             lines.setdefault(key, []).append(point)
     styles = _other_styles(study, others, [pts[0].params for pts in lines.values()])
     for key, pts in lines.items():
         pts.sort(key=lambda p: float(p.params[axis]))
         x = [float(p.params[axis]) for p in pts]
-        y, half = zip(*(_scaled(p.scores[metric], metric) for p in pts), strict=True)
+        y, half = zip(*(_scaled(p.scores[score], score) for p in pts), strict=True)
         style = {**_series_style(study, pts[0].params), **styles[key]}
         ax.plot(x, y, label=_label(study, pts[0].params, others), **style)
         low = [m - h for m, h in zip(y, half, strict=True)]
         high = [m + h for m, h in zip(y, half, strict=True)]
         ax.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
     ax.set_xlabel(_axis_name(table, axis))
-    ax.set_ylabel(metric_label(metric, table))
+    ax.set_ylabel(score_label(score, table))
     ax.set_xticks(sorted({float(v) for v in study.grid[axis]}))
     ax.set_title(f"{_interval_note(table)}", loc="left", fontsize=7)
     if len(lines) > 1:
@@ -164,7 +163,7 @@ def sweep_figure(table: Table, study: Study, axis: str, metric: str) -> "Figure"
     return figure
 
 
-def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
+def bars_figure(table: Table, study: Study, score: str) -> "Figure":
     """Grouped bars: a group per combination of the other axes, a bar per series value.
 
     Error bars are the table's intervals; a bar significantly better (worse) than its baseline
@@ -173,7 +172,7 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
     varying = _varying(table, study)
     series = SERIES_AXIS if SERIES_AXIS in varying else None
     group_axes = [a for a in varying if a != series]
-    pts = [p for p in points(table) if p.scores[metric].mean is not None]
+    pts = [p for p in points(table) if p.scores[score].mean is not None]
     groups = list(dict.fromkeys(tuple(value_text(p.params[a]) for a in group_axes) for p in pts))
     members = list(dict.fromkeys(value_text(p.params[series]) if series else "" for p in pts))
     width_in = COLUMN_IN if len(groups) * len(members) <= 12 else TEXT_IN
@@ -189,11 +188,11 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
             if series and value_text(p.params[series]) != member:
                 continue
             g = groups.index(tuple(value_text(p.params[a]) for a in group_axes))
-            mean, half = _scaled(p.scores[metric], metric)
+            mean, half = _scaled(p.scores[score], score)
             xs.append(g - 0.4 + bar * (m + 0.5))
             ys.append(mean)
             errs.append(half)
-            cells.append(p.scores[metric])
+            cells.append(p.scores[score])
         example = next(p for p in pts if not series or value_text(p.params[series]) == member)
         label = study.value_label(series, example.params[series]) if series else study.name
         style = _series_style(study, example.params)
@@ -222,7 +221,7 @@ def bars_figure(table: Table, study: Study, metric: str) -> "Figure":
     )
     for text in ax.get_xticklabels():
         text.set_fontsize(7)
-    ax.set_ylabel(metric_label(metric, table))
+    ax.set_ylabel(score_label(score, table))
     note = _interval_note(table)
     if any(c.baseline for p in pts for c in p.scores.values()):
         note += "\nvs the hatched baseline: * better, † worse (Holm, α = 0.05)"
@@ -390,19 +389,19 @@ def _mosaic(images: Any) -> Any:
     return out[..., 0] if c == 1 else out
 
 
-def cost_figure(table: Table, study: Study, metric: str, cost: str) -> "Figure":
-    """`metric` against a cost per cell, the Pareto front (nothing both cheaper and better)."""
+def cost_figure(table: Table, study: Study, score: str, cost: str) -> "Figure":
+    """`score` against a cost per cell, the Pareto front (nothing both cheaper and better)."""
     from bench.costs import COSTS
 
     figure = _new_figure(COLUMN_IN, 2.4)
     ax = figure.add_subplot()
     varying = _varying(table, study)
     others = [a for a in varying if a != SERIES_AXIS]
-    pts = [p for p in points(table) if p.scores[metric].mean is not None and p.costs.get(cost)]
+    pts = [p for p in points(table) if p.scores[score].mean is not None and p.costs.get(cost)]
     markers = _other_styles(study, others, [p.params for p in pts], marker=True)
     xy = []
     for p in pts:
-        mean, half = _scaled(p.scores[metric], metric)
+        mean, half = _scaled(p.scores[score], score)
         x = float(p.costs[cost])
         style = {
             **_series_style(study, p.params),
@@ -411,12 +410,14 @@ def cost_figure(table: Table, study: Study, metric: str, cost: str) -> "Figure":
         label = _label(study, p.params, varying)
         ax.errorbar([x], [mean], yerr=[half], linestyle="none", capsize=2, label=label, **style)
         xy.append((x, mean))
-    front = pareto_front(xy, cheaper=cost != "train_images_per_s", better=natural_direction(metric))
+    front = pareto_front(
+        xy, cheaper=cost != "train_images_per_s", better=score_registry.direction(score)
+    )
     if len(front) > 1:
         fx, fy = zip(*front, strict=True)
         ax.plot(fx, fy, color="0.5", linestyle="--", linewidth=0.8, zorder=0, label="Pareto front")
     ax.set_xlabel(COSTS[cost].name)
-    ax.set_ylabel(metric_label(metric, table))
+    ax.set_ylabel(score_label(score, table))
     if len(pts) > 1:
         ax.legend(fontsize=6, ncols=2 if len(pts) > 6 else 1)
     return figure
@@ -484,15 +485,15 @@ def build_figures(
     with matplotlib.rc_context(STYLE):
         table = build_table(results, study)
         numeric = [a for a in _varying(table, study) if is_numeric_axis(study, a)]
-        for metric in table.metrics:
+        for score in table.scores:
             for axis in numeric:
-                figures[f"sweep-{axis}-{metric}"] = sweep_figure(table, study, axis, metric)
-            figures[f"bars-{metric}"] = bars_figure(table, study, metric)
+                figures[f"sweep-{axis}-{score}"] = sweep_figure(table, study, axis, score)
+            figures[f"bars-{score}"] = bars_figure(table, study, score)
         if histories:
             figures["curves"] = curves_figure(study, results.frame, histories)
         if "workdir" in results.frame and sample_trials(study, results.frame):
             figures["samples"] = samples_figure(study, results.frame)
-        objective = study.objective_metric if study.objective_metric in table.metrics else None
+        objective = study.objective_score if study.objective_score in table.scores else None
         for cost in ("device_hours", "train_images_per_s"):
             has_cost = any(p.costs.get(cost) for p in points(table))
             if objective and cost in COSTS and has_cost:

@@ -172,6 +172,12 @@ def _params(trial: "optuna.trial.FrozenTrial") -> dict[str, Any]:
     return dict(trial.user_attrs.get("params", trial.params))
 
 
+def _stored_scores(attrs: dict[str, Any], key: str, old_key: str) -> dict[str, float] | None:
+    """The scores stored under `key`, or under `old_key` by versions before scores were named
+    apart from metric losses ("metrics", "reference_metrics")."""
+    return attrs.get(key, attrs.get(old_key))
+
+
 def failure_kind(trial: "optuna.trial.FrozenTrial") -> str:
     """Why a FAIL trial failed: "lost" (its worker died), "interrupted" (Ctrl-C or SIGTERM;
     both resume on the next `bench run`) or "error" (anything else: --retry-failed)."""
@@ -188,12 +194,13 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
     axes = list(study.grid) if study.is_grid else list(study.search)
     rows, everything = [], []
     builds: dict[str, dict[str, str] | None] = {}
-    if attrs.get("reference_metrics") is not None:
+    reference = _stored_scores(attrs, "reference_scores", "reference_metrics")
+    if reference is not None:
         builds[REAL_DATA] = attrs.get("reference_evaluator_build")
     states: Counter = Counter()
     for trial in optuna_study.get_trials(deepcopy=False):
         states[trial.state.name] += 1
-        metrics = trial.user_attrs.get("metrics", {})
+        scores = _stored_scores(trial.user_attrs, "scores", "metrics") or {}
         duration = trial.duration.total_seconds() if trial.duration is not None else None
         everything.append(
             {
@@ -206,20 +213,20 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
                 "error": trial.user_attrs.get("error", ""),
                 "notices": trial.user_attrs.get("notices", []),
                 "owner": trial.user_attrs.get("owner", ""),
-                **metrics,
+                **scores,
             }
         )
         if trial.state.name != "COMPLETE":
             continue
         row = {"trial": trial.number, "cell": trial.user_attrs.get("cell", "")}
         row.update(_params(trial))
-        row.update(metrics)
+        row.update(scores)
         row.update(trial.user_attrs.get("bootstrap", {}))  # "bootstrap.<score>.se", resamples
         row.update({key: trial.user_attrs.get(key) for key in TRIAL_COLUMNS + RUN_COLUMNS})
         row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)
         builds[f"trial {trial.number}"] = trial.user_attrs.get("evaluator_build")
-    score_keys = list(study.table.metrics)
+    score_keys = list(study.table.scores)
     cost_columns = [COST_PREFIX + key for key in COSTS]
     columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns, *RUN_COLUMNS]
     frame = pandas.DataFrame(rows)
@@ -230,7 +237,7 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
     trials = pandas.DataFrame(everything, columns=None if everything else ["trial", "state"])
     return Results(
         frame=frame[columns + extra],
-        reference=attrs.get("reference_metrics"),
+        reference=reference,
         meta=dict(attrs.get("meta", {})),
         total=int(attrs.get("total_cells", study.size)),
         states=states,

@@ -1,7 +1,7 @@
 """Studies: one TOML file per study in studies/, parsed and validated before any work starts.
 
 A study holds a description, the base RunConfig, the search space (grid axes, or TPE ranges),
-the objective metric and the table layout (see studies/quickstart.toml). `load_study` checks all
+the objective score and the table layout (see studies/quickstart.toml). `load_study` checks all
 of it up front: every grid cell's RunConfig is built, every registry name looked up, and the
 UNet's shape checked against the resolution, so a bad value fails with exit code 2 and a message
 naming the file, the key, the value and what is allowed, before any database or file is touched.
@@ -15,11 +15,12 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.evaluation import METRIC_NAMES
+from bench.evaluation import scores as score_registry
+from bench.evaluation.scores import Direction
 from casdm.components import registry
 from casdm.config import (
     Choice,
@@ -37,18 +38,15 @@ STUDIES_DIR = Path("studies")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 TOP_KEYS = ("description", "objective", "base", "grid", "search", "n_trials", "table", "labels")
-OBJECTIVE_KEYS = ("metric", "direction")
-TABLE_KEYS = ("rows", "columns", "metrics", "baseline", "cost", "layout")
+OBJECTIVE_KEYS = ("score", "direction")
+TABLE_KEYS = ("rows", "columns", "scores", "baseline", "cost", "layout")
+# Old names still read: objective.metric (score), table.metrics (scores).
+OLD_KEYS = {"objective": ("metric",), "table": ("metrics",)}
 LAYOUTS = ("auto", "wide", "long")
 RANGE_KEYS = ("low", "high", "log", "step")
 DIRECTIONS = ("minimize", "maximize")
-DEFAULT_TABLE_METRICS = ("fid", "sfid", "is_mean")
-
-# The score keys (bench.evaluation) whose better direction is fixed; is_std has none.
-LOWER_IS_BETTER = frozenset({"fid", "sfid", "kid"})
-HIGHER_IS_BETTER = frozenset({"is_mean", "precision", "recall"})
-
-Direction = Literal["minimize", "maximize"]
+DEFAULT_TABLE_SCORES = ("fid", "sfid", "is_mean")
+DEFAULT_OBJECTIVE = "fid"
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class Choices:
 
 @dataclass(frozen=True)
 class TableLayout:
-    """Axes (dotted keys) making the row labels and the column groups, and the metrics shown.
+    """Axes (dotted keys) making the row labels and the column groups, and the scores shown.
 
     `baseline` (axis -> value) names the cells every other cell is tested against (the one with
     the same values on the other axes); `cost` the cost columns shown (bench.costs.COSTS);
@@ -80,7 +78,7 @@ class TableLayout:
 
     rows: tuple[str, ...]
     columns: tuple[str, ...]
-    metrics: tuple[str, ...]
+    scores: tuple[str, ...]
     baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
     cost: tuple[str, ...] = ()
     layout: str = "auto"
@@ -97,7 +95,7 @@ class Study:
     grid: dict[str, list[Any]]
     search: dict[str, Range | Choices]
     n_trials: int | None
-    objective_metric: str
+    objective_score: str
     direction: Direction
     table: TableLayout
     labels: dict[str, dict[str, str]]
@@ -312,7 +310,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         _check_search_axis(path, base, key, axis, sources.get(key, f"search.{key}"))
 
     labels = _read_labels(path, data.get("labels", {}), *file_axes)
-    objective_metric, direction = _read_objective(path, data.get("objective", {}))
+    objective_score, direction = _read_objective(path, data.get("objective", {}))
     axes = [*grid, *search]
     study = Study(
         name=name,
@@ -322,7 +320,7 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         grid=grid,
         search=search,
         n_trials=n_trials,
-        objective_metric=objective_metric,
+        objective_score=objective_score,
         direction=direction,
         table=_read_table(path, data.get("table"), axes, file_axes[0]),
         labels=labels,
@@ -397,7 +395,7 @@ def _error(path: Path, key: str, message: str) -> BenchError:
 
 def _check_keys(path: Path, where: str, table: dict[str, Any], allowed: Sequence[str]) -> None:
     for key in table:
-        if key not in allowed:
+        if key not in allowed and key not in OLD_KEYS.get(where, ()):
             prefix = f"{where}." if where else ""
             raise _error(path, f"{prefix}{key}", f"unknown key; allowed: {', '.join(allowed)}")
 
@@ -512,26 +510,31 @@ def _read_n_trials(path: Path, data: dict[str, Any], search: dict) -> int | None
     return n_trials
 
 
-def _check_score_key(path: Path, where: str, metric: Any) -> None:
-    keys = tuple(METRIC_NAMES)
-    if metric not in keys:
-        raise _error(path, where, f"unknown metric {metric!r}; valid metrics: {', '.join(keys)}")
+def _check_score_key(path: Path, where: str, score: Any) -> None:
+    if not isinstance(score, str) or score not in score_registry.names():
+        names = ", ".join(score_registry.names())
+        raise _error(path, where, f"unknown score {score!r}; valid scores: {names}")
 
 
-def natural_direction(metric: str) -> Direction | None:
-    """ "minimize" for FID-like metrics, "maximize" for IS-like ones, None for is_std."""
-    if metric in LOWER_IS_BETTER:
-        return "minimize"
-    if metric in HIGHER_IS_BETTER:
-        return "maximize"
-    return None
+def _renamed(path: Path, table: dict[str, Any], section: str, new: str, old: str) -> Any:
+    """table[new], or table[old] (the spelling before scores and metric losses had separate
+    words); both at once is an error."""
+    if new in table and old in table:
+        raise _error(
+            path,
+            f"{section}.{old}",
+            f"{section}.{old} is the old name of {section}.{new}; keep one",
+        )
+    return table.get(new, table.get(old))
 
 
 def _read_objective(path: Path, table: Any) -> tuple[str, Direction]:
     _check_keys(path, "objective", _table(path, "objective", table), OBJECTIVE_KEYS)
-    metric = table.get("metric", "fid")
-    _check_score_key(path, "objective.metric", metric)
-    natural = natural_direction(metric)
+    score = _renamed(path, table, "objective", "score", "metric")
+    score = DEFAULT_OBJECTIVE if score is None else score
+    where = "objective.score" if "metric" not in table else "objective.metric"
+    _check_score_key(path, where, score)
+    natural = score_registry.direction(score)
     direction = table.get("direction", natural)
     if direction not in DIRECTIONS:
         raise _error(
@@ -541,16 +544,16 @@ def _read_objective(path: Path, table: Any) -> tuple[str, Direction]:
         raise _error(
             path,
             "objective.direction",
-            f"got {direction!r}, but {metric} is better when "
+            f"got {direction!r}, but {score} is better when "
             f"{'lower' if natural == 'minimize' else 'higher'}; use {natural!r}",
         )
-    return metric, direction
+    return score, direction
 
 
 def _read_table(path: Path, table: Any, axes: list[str], grid: dict[str, list[Any]]) -> TableLayout:
     if table is None:
         rows = tuple(a for a in axes if a != "seed")
-        return TableLayout(rows=rows, columns=(), metrics=DEFAULT_TABLE_METRICS)
+        return TableLayout(rows=rows, columns=(), scores=DEFAULT_TABLE_SCORES)
     _check_keys(path, "table", _table(path, "table", table), TABLE_KEYS)
     layout: dict[str, tuple[str, ...]] = {}
     for part in ("rows", "columns"):
@@ -577,17 +580,19 @@ def _read_table(path: Path, table: Any, axes: list[str], grid: dict[str, list[An
             f"axis {hidden[0]!r} is in neither table.rows nor table.columns; only seeds are "
             "averaged over, so every other axis must be shown",
         )
-    metrics = table.get("metrics", list(DEFAULT_TABLE_METRICS))
-    if not isinstance(metrics, list) or not metrics:
-        raise _error(path, "table.metrics", f"got {metrics!r}; expected a non-empty list")
-    for metric in metrics:
-        _check_score_key(path, "table.metrics", metric)
-    if len(set(metrics)) != len(metrics):
-        raise _error(path, "table.metrics", f"got {metrics!r}; a metric is listed twice")
+    scores = _renamed(path, table, "table", "scores", "metrics")
+    where = "table.metrics" if "metrics" in table else "table.scores"
+    scores = list(DEFAULT_TABLE_SCORES) if scores is None else scores
+    if not isinstance(scores, list) or not scores:
+        raise _error(path, where, f"got {scores!r}; expected a non-empty list of score names")
+    for score in scores:
+        _check_score_key(path, where, score)
+    if len(set(scores)) != len(scores):
+        raise _error(path, where, f"got {scores!r}; a score is listed twice")
     return TableLayout(
         rows=layout["rows"],
         columns=layout["columns"],
-        metrics=tuple(metrics),
+        scores=tuple(scores),
         baseline=_read_baseline(path, table.get("baseline", {}), grid),
         cost=_read_cost(path, table.get("cost", [])),
         layout=_read_layout(path, table.get("layout", "auto")),

@@ -1,15 +1,16 @@
 """Writing a bench.tables.Table out: LaTeX (booktabs), GitHub Markdown and a tidy CSV.
 
-Two layouts: `wide` (one row per row label, a column group per column label, the metrics inside
-each group) and `long` (one row per cell, the swept axes as leading columns, then the metrics).
+Two layouts: `wide` (one row per row label, a column group per column label, the scores inside
+each group) and `long` (one row per cell, the swept axes as leading columns, then the scores).
 `auto` takes the first that fits a standard two-column paper (\\documentclass[twocolumn]{article},
 10 pt): wide in one column, long in one column, wide across both (`table*`), long across both,
 then the same in \\small and \\footnotesize. Widths are estimated from Computer Modern's glyph
 widths (a conservative estimate: tests/test_tables.py measures the real box with pdflatex).
 
-The CSV is tidy (one line per row x column group x metric, the layout pandas' `pivot_table`
+The CSV is tidy (one line per row x column group x score, the layout pandas' `pivot_table`
 takes) with unscaled, unrounded values, whatever the layout: columns `row`, `column` (display
-labels), one column per row/column axis holding the raw axis value, then `metric` (a score key),
+labels), one column per row/column axis holding the raw axis value, then `score` (a score name;
+earlier versions named this column `metric`),
 `mean`, `std` (over seeds), `n`, `ci_low`, `ci_high` (the ± of the display), `uncertainty`
 ("t95": Student t over seeds; "bootstrap95": 1.96 bootstrap standard errors of one seed's
 score), `bootstrap_se`, `best`, `reference` (true on the real-data lines), `baseline` (the cell
@@ -26,8 +27,9 @@ import itertools
 from dataclasses import dataclass
 
 from bench.costs import COSTS
-from bench.study import natural_direction, value_text
-from bench.tables import BETTER, REFERENCE_LABEL, WORSE, Cell, Format, Table, metric_formats
+from bench.evaluation import scores as score_registry
+from bench.study import value_text
+from bench.tables import BETTER, REFERENCE_LABEL, WORSE, Cell, Format, Table
 
 COLUMN_WIDTH_PT = 229.5  # \columnwidth of \documentclass[twocolumn]{article} at 10 pt
 TEXT_WIDTH_PT = 469.0  # its \textwidth
@@ -61,8 +63,8 @@ def render(table: Table, fmt: Format) -> str:
 
 
 def _value_columns(table: Table, layout: str) -> list[tuple[int | None, str]]:
-    """(group index, key) of each value column; keys are metrics or "cost.<key>"."""
-    keys = [*table.metrics, *("cost." + k for k in table.cost)]
+    """(group index, key) of each value column; keys are scores or "cost.<key>"."""
+    keys = [*table.scores, *("cost." + k for k in table.cost)]
     if layout == "long":
         return [(None, key) for key in keys]
     return list(itertools.product(range(len(table.groups)), keys))
@@ -82,7 +84,7 @@ def _body(table: Table, layout: str) -> list[tuple[list[str], int, int | None]]:
     for (r, (label, row)), (g, (_, group)) in itertools.product(
         enumerate(table.rows), enumerate(table.groups)
     ):
-        if not any(table.cells[r, g, m].n for m in table.metrics):
+        if not any(table.cells[r, g, m].n for m in table.scores):
             continue
         values = {**row, **group}
         axes = (*table.row_axes, *table.column_axes)
@@ -105,7 +107,7 @@ def caption(table: Table, layout: str) -> str:
     if not _reference_in_caption(table, layout):
         return text
     values = ", ".join(
-        f"{_metric_name(m)} {_number(v, m)}" for m, v in (table.reference or {}).items()
+        f"{_score_name(m)} {_number(v, m)}" for m, v in (table.reference or {}).items()
     )
     return f"{text} {REFERENCE_LABEL}: {values}."
 
@@ -226,32 +228,30 @@ def choose_fit(table: Table) -> Fit:
 # --- text of entries ----------------------------------------------------------------------
 
 
-def _metric_name(metric: str) -> str:
-    fmt = metric_formats()[metric]
-    return fmt.name + (" ×10³" if fmt.scale == 1000 else "")
+def _score_name(score: str) -> str:
+    return score_registry.get(score).header()
 
 
-def _number(value: float, metric: str) -> str:
-    fmt = metric_formats()[metric]
-    return f"{value * fmt.scale:.{fmt.decimals}f}"
+def _number(value: float, score: str) -> str:
+    return score_registry.get(score).text(value)
 
 
-def _arrow(metric: str, up: str, down: str) -> str:
-    direction = natural_direction(metric)
+def _arrow(score: str, up: str, down: str) -> str:
+    direction = score_registry.direction(score)
     return {"minimize": f" {down}", "maximize": f" {up}"}.get(direction or "", "")
 
 
 def _header_text(key: str) -> str:
     if key.startswith("cost."):
         return COSTS[key.removeprefix("cost.")].name
-    return _metric_name(key) + _arrow(key, "↑", "↓")
+    return _score_name(key) + _arrow(key, "↑", "↓")
 
 
-def _value_text(cell: Cell, metric: str) -> str:
+def _value_text(cell: Cell, score: str) -> str:
     """ "12.31 ± 0.40" or "12.31" (plain text)."""
-    text = _number(cell.mean, metric)
+    text = _number(cell.mean, score)
     if cell.half_width is not None:
-        text += " ± " + _number(cell.half_width, metric)
+        text += " ± " + _number(cell.half_width, score)
     return text
 
 
@@ -321,9 +321,10 @@ def latex_escape(text: str) -> str:
 def _latex_header(key: str) -> str:
     if key.startswith("cost."):
         return latex_escape(COSTS[key.removeprefix("cost.")].name)
-    fmt = metric_formats()[key]
-    scale = r" ($\times 10^3$)" if fmt.scale == 1000 else ""
-    return latex_escape(fmt.name) + scale + _arrow(key, r"$\uparrow$", r"$\downarrow$")
+    score = score_registry.get(key)
+    power = str(score.exponent) if score.exponent < 10 else f"{{{score.exponent}}}"
+    scale = rf" ($\times 10^{power}$)" if score.exponent else ""
+    return latex_escape(score.display) + scale + _arrow(key, r"$\uparrow$", r"$\downarrow$")
 
 
 def _latex(table: Table, fit: Fit) -> str:
@@ -424,15 +425,15 @@ def _csv(table: Table) -> str:
     costs = ["cost." + key for key in COSTS]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "column", *axes, "metric", *CSV_STATS, *costs])
+    writer.writerow(["row", "column", *axes, "score", *CSV_STATS, *costs])
     for (r, (row, row_values)), (g, (group, group_values)) in itertools.product(
         enumerate(table.rows), enumerate(table.groups)
     ):
         values = {**row_values, **group_values}
         flags = table.flags.get((r, g), {})
         cost = [_raw(table.costs.get((r, g), {}).get(key)) for key in COSTS]
-        for metric in table.metrics:
-            cell = table.cells[r, g, metric]
+        for score in table.scores:
+            cell = table.cells[r, g, score]
             test = cell.comparison
             half = cell.half_width
             low = _raw(None if half is None else cell.mean - half)
@@ -443,7 +444,7 @@ def _csv(table: Table) -> str:
                     row,
                     group,
                     *(value_text(values[a]) for a in axes),
-                    metric,
+                    score,
                     _raw(cell.mean),
                     _raw(cell.std),
                     cell.n,
@@ -460,17 +461,17 @@ def _csv(table: Table) -> str:
                     _raw(test.p_value if test else None),
                     _raw(cell.p_holm),
                     significant,
-                    table.protocols.get(metric, ""),
+                    table.protocols.get(score, ""),
                     flags.get("caveats", ""),
                     _bool(flags.get("random_weights", False)),
                     *cost,
                 ]
             )
     blank = [""] * 6  # test .. significant
-    for metric, value in (table.reference or {}).items():
+    for score, value in (table.reference or {}).items():
         writer.writerow(
-            [REFERENCE_LABEL, "", *([""] * len(axes)), metric, _raw(value), "", "", "", "", "",
-             "", "false", "true", "false", *blank, table.protocols.get(metric, ""), "",
+            [REFERENCE_LABEL, "", *([""] * len(axes)), score, _raw(value), "", "", "", "", "",
+             "", "false", "true", "false", *blank, table.protocols.get(score, ""), "",
              _bool(any(f.get("random_weights") for f in table.flags.values())),
              *([""] * len(costs))]
         )  # fmt: skip

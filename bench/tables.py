@@ -14,7 +14,8 @@ test in the table are Holm-corrected together, and a cell significantly better (
 baseline at ALPHA is marked. Costs (bench.costs) are means over the cell's seeds.
 
 A "Real data (held-out)" line scores the dataset's other split against the same reference
-statistics: the floor a perfect model would reach, shown once per metric.
+statistics: the floor a perfect model would reach, shown once per score. Every score is shown
+as its registered component says (bench.evaluation.scores: display name, decimals, scale).
 """
 
 import itertools
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_interval
 from bench.costs import COSTS
-from bench.evaluation import METRIC_NAMES
-from bench.study import Study, natural_direction, value_text
+from bench.evaluation import scores as score_registry
+from bench.study import Study, value_text
 
 if TYPE_CHECKING:
     from bench.results import Results
@@ -43,35 +44,8 @@ BETTER, WORSE = "⁺", "⁻"  # significance markers (LaTeX: \textsuperscript)
 
 
 @dataclass(frozen=True)
-class MetricFormat:
-    """How one score key is shown: display name, scale (KID x 10^3) and decimals."""
-
-    name: str
-    decimals: int
-    scale: int = 1
-
-
-def metric_formats() -> dict[str, MetricFormat]:
-    """Display rules of every score key, in one place (names from bench.evaluation)."""
-    decimals = {
-        "fid": 2,
-        "sfid": 2,
-        "is_mean": 2,
-        "is_std": 2,
-        "kid": 2,
-        "precision": 3,
-        "recall": 3,
-    }
-    scales = {"kid": 1000}  # KID is ~1e-3: shown x 10^3 with 2 decimals, the header says so
-    return {
-        key: MetricFormat(name, decimals[key], scales.get(key, 1))
-        for key, name in METRIC_NAMES.items()
-    }
-
-
-@dataclass(frozen=True)
 class Cell:
-    """One table entry: a metric over the cell's seeds, its uncertainty and its test.
+    """One table entry: a score over the cell's seeds, its uncertainty and its test.
 
     `half_width` is the ± of the display: the Student-t 95% half-width over seeds (uncertainty
     "t95"), 1.96 bootstrap standard errors of a single seed's score ("bootstrap95"), or None.
@@ -102,9 +76,9 @@ class Table:
     column_axes: tuple[str, ...]
     rows: tuple[tuple[str, dict[str, Any]], ...]  # (label, raw axis values)
     groups: tuple[tuple[str, dict[str, Any]], ...]  # column groups, same shape
-    metrics: tuple[str, ...]
-    cells: dict[tuple[int, int, str], Cell]  # (row index, group index, metric) -> Cell
-    reference: dict[str, float] | None  # metric -> real-data value
+    scores: tuple[str, ...]
+    cells: dict[tuple[int, int, str], Cell]  # (row index, group index, score) -> Cell
+    reference: dict[str, float] | None  # score -> real-data value
     seeds: int  # n a complete cell has; fewer is shown as "(n=k)"
     cost: tuple[str, ...] = ()  # cost keys shown as columns (the CSV has them all)
     costs: dict[tuple[int, int], dict[str, float | None]] = field(default_factory=dict)
@@ -119,16 +93,16 @@ def build_table(
     results: "Results",
     study: Study,
     *,
-    metrics: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
     layout: str | None = None,
 ) -> Table:
-    """Aggregate COMPLETE trials over seeds into the study's rows x column groups x metrics.
+    """Aggregate COMPLETE trials over seeds into the study's rows x column groups x scores.
 
-    `metrics` and `layout` override the study's [table] metrics and layout.
+    `scores` and `layout` override the study's [table] scores and layout.
     """
     frame = results.frame
     spec = study.table
-    metrics = tuple(metrics or spec.metrics)
+    scores = tuple(scores or spec.scores)
     rows = _combos(study, frame, spec.rows)
     groups = _combos(study, frame, spec.columns)
     samples: dict[tuple[int, int, str], dict[int, float]] = {}
@@ -136,9 +110,9 @@ def build_table(
     costs: dict[tuple[int, int], dict[str, float | None]] = {}
     for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
         selected = _select(frame, {**row, **group})
-        for metric in metrics:
-            samples[r, g, metric] = _per_seed(selected, metric)
-            cells[r, g, metric] = _aggregate(selected, metric)
+        for score in scores:
+            samples[r, g, score] = _per_seed(selected, score)
+            cells[r, g, score] = _aggregate(selected, score)
         costs[r, g] = {key: _mean(selected, "cost." + key) for key in COSTS}
     # Only rows and column groups holding at least one finished trial are shown.
     filled = {(r, g) for (r, g, _), cell in cells.items() if cell.n}
@@ -155,8 +129,8 @@ def build_table(
     rows = [rows[r] for r in kept_rows]
     groups = [groups[g] for g in kept_groups]
     cells, samples, costs = keep(cells), keep(samples), keep(costs)
-    cells = _mark_best(cells, len(rows), len(groups), metrics)
-    cells, tests = _significance(cells, samples, rows, groups, metrics, spec.baseline)
+    cells = _mark_best(cells, len(rows), len(groups), scores)
+    cells, tests = _significance(cells, samples, rows, groups, scores, spec.baseline)
     meta = _meta(results, study)
     axes = (*spec.rows, *spec.columns)
     done = len(frame)
@@ -169,9 +143,9 @@ def build_table(
         column_axes=spec.columns,
         rows=tuple(rows),
         groups=tuple(groups),
-        metrics=metrics,
+        scores=scores,
         cells=cells,
-        reference=_reference(results.reference, metrics),
+        reference=_reference(results.reference, scores),
         seeds=len(study.grid.get("seed", [None])),
         cost=spec.cost,
         costs=costs,
@@ -198,7 +172,7 @@ def write_tables(
     out: Path | None = None,
     formats: Sequence[Format] = FORMATS,
     *,
-    metrics: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
     layout: str | None = None,
 ) -> list[Path]:
     """Write the table atomically in each format; returns the paths written.
@@ -208,7 +182,7 @@ def write_tables(
     """
     from casdm.files import atomic_write_text
 
-    table = build_table(results, study, metrics=metrics, layout=layout)
+    table = build_table(results, study, scores=scores, layout=layout)
     out = study.results_dir() if out is None else Path(out)
     if len(formats) == 1 and out.suffix and not out.is_dir():
         paths = {formats[0]: out}
@@ -251,14 +225,14 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _per_seed(selected: Any, metric: str) -> dict[int, float]:
+def _per_seed(selected: Any, score: str) -> dict[int, float]:
     """seed -> value of the cell's trials (trial order stands in for seeds in a search)."""
-    if metric not in selected:
+    if score not in selected:
         return {}
     seeds = selected["seed"] if "seed" in selected else range(len(selected))
     return {
         int(seed) if _finite(seed) else i: float(value)
-        for i, (seed, value) in enumerate(zip(seeds, selected[metric], strict=True))
+        for i, (seed, value) in enumerate(zip(seeds, selected[score], strict=True))
         if _finite(value)
     }
 
@@ -268,14 +242,14 @@ def _mean(selected: Any, column: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _aggregate(selected: Any, metric: str) -> Cell:
-    values = list(_per_seed(selected, metric).values())
+def _aggregate(selected: Any, score: str) -> Cell:
+    values = list(_per_seed(selected, score).values())
     if not values:
         return Cell(mean=None, std=None, n=0)
     interval = t_interval(values)
     if interval.half_width is not None:
         return Cell(interval.mean, interval.std, interval.n, interval.half_width, "t95")
-    se_column = f"bootstrap.{metric}.se"
+    se_column = f"bootstrap.{score}.se"
     se = _mean(selected, se_column)
     if se is None:
         return Cell(interval.mean, None, 1)
@@ -287,24 +261,24 @@ def _replace(cell: Cell, **changes: Any) -> Cell:
 
 
 def _mark_best(
-    cells: dict[tuple[int, int, str], Cell], n_rows: int, n_groups: int, metrics: Sequence[str]
+    cells: dict[tuple[int, int, str], Cell], n_rows: int, n_groups: int, scores: Sequence[str]
 ) -> dict[tuple[int, int, str], Cell]:
     """Bold the best mean of each column (at displayed precision, so ties are all bold)."""
-    formats = metric_formats()
     marked = dict(cells)
-    for g, metric in itertools.product(range(n_groups), metrics):
-        direction = natural_direction(metric)
+    for g, name in itertools.product(range(n_groups), scores):
+        score = score_registry.get(name)
+        direction = score.direction
         shown = {
-            r: round(cells[r, g, metric].mean * formats[metric].scale, formats[metric].decimals)
+            r: round(cells[r, g, name].mean * score.scale, score.decimals)
             for r in range(n_rows)
-            if cells[r, g, metric].mean is not None
+            if cells[r, g, name].mean is not None
         }
         if direction is None or len(shown) < 2:
             continue
         best = (min if direction == "minimize" else max)(shown.values())
         for r, value in shown.items():
             if value == best:
-                marked[r, g, metric] = _replace(cells[r, g, metric], best=True)
+                marked[r, g, name] = _replace(cells[r, g, name], best=True)
     return marked
 
 
@@ -313,7 +287,7 @@ def _significance(
     samples: dict[tuple[int, int, str], dict[int, float]],
     rows: list[tuple[str, dict[str, Any]]],
     groups: list[tuple[str, dict[str, Any]]],
-    metrics: Sequence[str],
+    scores: Sequence[str],
     baseline: dict[str, Any],
 ) -> tuple[dict[tuple[int, int, str], Cell], int]:
     """Each cell against its baseline cell, Holm-corrected over every test in the table.
@@ -334,20 +308,20 @@ def _significance(
     ):
         values = {**row, **group}
         if all(value_text(values[k]) == value_text(v) for k, v in baseline.items()):
-            for metric in metrics:
-                marked[r, g, metric] = _replace(marked[r, g, metric], baseline=True)
+            for score in scores:
+                marked[r, g, score] = _replace(marked[r, g, score], baseline=True)
             continue
         key = tuple(sorted((k, value_text({**values, **baseline}[k])) for k in values))
         if key not in where:
             continue
         b = where[key]
-        for metric in metrics:
-            comparison = compare(samples[r, g, metric], samples[(*b, metric)])
+        for score in scores:
+            comparison = compare(samples[r, g, score], samples[(*b, score)])
             if comparison is not None:
-                tests[r, g, metric] = comparison
+                tests[r, g, score] = comparison
     adjusted = holm([c.p_value for c in tests.values()])
     for (key, comparison), p in zip(tests.items(), adjusted, strict=True):
-        direction = natural_direction(key[2])
+        direction = score_registry.direction(key[2])
         marker = ""
         if p <= ALPHA and direction is not None and comparison.difference != 0:
             lower = comparison.difference < 0
@@ -357,11 +331,11 @@ def _significance(
 
 
 def _reference(
-    reference: dict[str, float] | None, metrics: Sequence[str]
+    reference: dict[str, float] | None, scores: Sequence[str]
 ) -> dict[str, float] | None:
     if not reference:
         return None
-    shown = {m: float(reference[m]) for m in metrics if _finite(reference.get(m))}
+    shown = {m: float(reference[m]) for m in scores if _finite(reference.get(m))}
     return shown or None
 
 
@@ -506,11 +480,11 @@ def _caption(
         f"{REFERENCE_LABEL}: the {held_out} split, scored against the "
         f"{meta.get('reference_split', 'train')}-split reference like the samples."
     )
-    shown_metrics = {metric for _, _, metric in cells}
+    shown_scores = {score for _, _, score in cells}
     by_label: dict[str, list[str]] = {}
     for key, label in (meta.get("protocols") or {}).items():
-        if key in shown_metrics:
-            by_label.setdefault(str(label), []).append(METRIC_NAMES.get(key, key))
+        if key in shown_scores:
+            by_label.setdefault(str(label), []).append(score_registry.display_name(key))
     if by_label:
         shown = "; ".join(f"{', '.join(names)}: {label}" for label, names in by_label.items())
         parts.append(f"Protocols: {shown}.")

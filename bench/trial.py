@@ -327,8 +327,8 @@ class Scorer:
         *,
         bootstrap: bool = False,
     ) -> dict[str, float]:
-        """FID, sFID, IS, KID, precision, recall of uint8 images [N, C, H, W]; with `bootstrap`
-        also the "bootstrap.*" standard errors (eval.bootstrap resamples)."""
+        """Every registered score of uint8 images [N, C, H, W]; with `bootstrap` also the
+        "bootstrap.*" standard errors (eval.bootstrap resamples)."""
         from bench.evaluation import score
 
         progress = progress or QuietProgress()
@@ -361,7 +361,7 @@ class Scorer:
 class TrialOutcome:
     """What one trial produced: its scores, costs and files."""
 
-    metrics: dict[str, float]
+    scores: dict[str, float]  # score name -> value (bench.evaluation.scores)
     evaluator: str  # the evaluator's label, e.g. "classifier:digits (random weights)"
     protocols: dict[str, str]  # score key -> the protocol it follows (Scorer.protocols)
     evaluator_build: dict[str, str]  # Scorer.build: the hashes of the weights and reference
@@ -441,11 +441,11 @@ def run_trial(
             record = {"checkpoint_sha256": weights.sha256(checkpoint)}
             atomic_write_text(workdir / "samples.json", json.dumps(record))
     faults.inject("score")
-    metrics = scorer.score(images, config, progress, bootstrap=True)
+    scores = scorer.score(images, config, progress, bootstrap=True)
     # The sampling uncertainty is stored apart from the scores (user attr "bootstrap").
-    bootstrap = {k: metrics.pop(k) for k in list(metrics) if k.startswith("bootstrap.")}
+    bootstrap = {k: scores.pop(k) for k in list(scores) if k.startswith("bootstrap.")}
     return TrialOutcome(
-        metrics=metrics,
+        scores=scores,
         evaluator=scorer.label(config),
         protocols=scorer.protocols(config),
         evaluator_build=scorer.build(config),

@@ -30,6 +30,7 @@ from bench.claims import (
 )
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.evaluation import scores as score_registry
 from bench.follower import PrepareEvaluators, RunTrial, ScoreReference, announce
 from bench.progress import QuietProgress
 from bench.study import Choices, Range, Study, slug
@@ -158,7 +159,7 @@ class Worker:
             _, held_back = store.enqueue_missing(cells, self.study, retry_failed=self.retry_failed)
             self.summary.held_back = [self.study.cell_name(p) for p in held_back]
         self._share_evaluators()
-        if "reference_metrics" not in attrs:
+        if "reference_scores" not in attrs and "reference_metrics" not in attrs:
             self._reference()
         store.optuna.set_user_attr("cells_enqueued", len(cells))
 
@@ -236,9 +237,9 @@ class Worker:
         config = with_device(self.study.config(self.study.cells()[0]), self.device)
         announce(ScoreReference())  # torchrun: scoring is collective
         self.progress.log("scoring held-out real data (the table's reference row)")
-        metrics = self.scorer.score_real_data(config, self.progress)
+        scores = self.scorer.score_real_data(config, self.progress)
         self.store.optuna.set_user_attr("reference_evaluator_build", self.scorer.build(config))
-        self.store.optuna.set_user_attr("reference_metrics", metrics)
+        self.store.optuna.set_user_attr("reference_scores", scores)
 
     def reap(self) -> bool:
         """Fail the trials of lost workers (bench.leases) and their MLflow runs; any found?"""
@@ -304,11 +305,11 @@ class Worker:
             trial_id = self.store.trial_id(trial.number)
             with leases.held(self.store.storage, trial_id) as lease, faults.scope(slug(cell)):
                 outcome = self._run(trial, params, config, cell, workdir, lease)
-            value = outcome.metrics.get(study.objective_metric, math.nan)
+            value = outcome.scores.get(study.objective_score, math.nan)
             if not math.isfinite(value):
-                trial.set_user_attr("metrics", outcome.metrics)
+                trial.set_user_attr("scores", outcome.scores)
                 raise FloatingPointError(
-                    f"the objective {study.objective_metric} is {value} (scores: {outcome.metrics})"
+                    f"the objective {study.objective_score} is {value} (scores: {outcome.scores})"
                 )
             self._record(trial, params, cell, outcome, self.run)
             self.store.optuna.tell(trial, value)
@@ -328,7 +329,7 @@ class Worker:
             raise
         progress.end_trial()
         progress.advance_study()
-        progress.log(trial_line(trial.number, cell, outcome.wall_s, outcome.metrics, study))
+        progress.log(trial_line(trial.number, cell, outcome.wall_s, outcome.scores, study))
         self.summary.trials.append(
             TrialRecord(trial.number, cell, "COMPLETE", value, outcome.wall_s)
         )
@@ -448,7 +449,7 @@ class Worker:
     ) -> None:
         """Scores and costs onto the Optuna trial (user_attrs) and the MLflow run."""
         attrs = {
-            "metrics": outcome.metrics,
+            "scores": outcome.scores,
             "cell": cell,
             "params": params,
             "wall_s": outcome.wall_s,
@@ -466,7 +467,7 @@ class Worker:
             trial.set_user_attr(key, value)
         run.log_metrics(
             {
-                **outcome.metrics,
+                **outcome.scores,
                 "wall_s": outcome.wall_s,
                 "train_wall_s": outcome.train_wall_s,
                 "train_images_per_s": outcome.images_per_s,
@@ -490,30 +491,26 @@ class Worker:
 
 
 def trial_line(
-    number: int, cell: str, wall_s: float, metrics: Mapping[str, float], study: Study
+    number: int, cell: str, wall_s: float, scores: Mapping[str, float], study: Study
 ) -> str:
     """The lines printed when a trial finishes: its cell and time, then its table scores at
     the table's precision (two lines, so that 80 columns hold them)."""
     from bench.progress import duration_text
-    from bench.tables import metric_formats
 
-    formats = metric_formats()
-    scale = {1000: "×10³"}  # KID, as the table's header says
-    scores = "  ".join(
-        f"{formats[key].name}{scale.get(formats[key].scale, '')} "
-        f"{metrics[key] * formats[key].scale:.{formats[key].decimals}f}"
-        for key in study.table.metrics
-        if isinstance(metrics.get(key), int | float) and math.isfinite(metrics[key])
+    shown = "  ".join(
+        f"{score_registry.get(key).header()} {score_registry.get(key).text(scores[key])}"
+        for key in study.table.scores
+        if isinstance(scores.get(key), int | float) and math.isfinite(scores[key])
     )
-    return f"trial {number} ({cell}) finished in {duration_text(wall_s)}\n  {scores}"
+    return f"trial {number} ({cell}) finished in {duration_text(wall_s)}\n  {shown}"
 
 
 def _view_columns(study: Study) -> tuple[list[str], list[str], str, bool]:
-    """What the MLflow runs table shows first: the study's axes and table metrics, best
+    """What the MLflow runs table shows first: the study's axes and table scores, best
     objective first."""
     axes = list(study.grid) if study.is_grid else list(study.search)
-    metrics = list(dict.fromkeys([study.objective_metric, *study.table.metrics]))
-    return axes, metrics, study.objective_metric, study.direction == "minimize"
+    scores = list(dict.fromkeys([study.objective_score, *study.table.scores]))
+    return axes, scores, study.objective_score, study.direction == "minimize"
 
 
 def _cuda_oom() -> type[BaseException]:

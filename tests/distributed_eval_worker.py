@@ -39,7 +39,7 @@ IS = {"is_protocol": EVAL.is_protocol, "is_splits": EVAL.is_splits}
 
 
 def images() -> torch.Tensor:
-    """uint8 [23, 1, 8, 8]: held-out digits, the second half blurred so metrics are not tiny."""
+    """uint8 [23, 1, 8, 8]: held-out digits, the second half blurred so scores are not tiny."""
     x = load_dataset(DIGITS, "test").images[:N_IMAGES].clone()  # [-1, 1]
     x[N_IMAGES // 2 :] = torch.nn.functional.avg_pool2d(x[N_IMAGES // 2 :], 3, 1, 1)
     return to_uint8(x)
@@ -56,7 +56,7 @@ def run(seeded_cache: Path, out: Path) -> dict[str, Any]:
     cached = reference_statistics(evaluator, DIGITS, EVAL, cache_dir=cache)  # read by rank 0
     x = images()
     result: dict[str, Any] = {
-        "metrics": score(x, evaluator, computed, **IS, batch_size=4),
+        "scores": score(x, evaluator, computed, **IS, batch_size=4),
         "reference": _arrays(computed),
         "cached_reference": _arrays(cached),
         "reference_files": sorted(p.name for p in (cache / "reference").iterdir()),

@@ -1,12 +1,25 @@
-"""Per-trial bootstrap: the standard error's size, repeatability."""
+"""Per-trial bootstrap: every bootstrappable score, checked against independent recomputation."""
+
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import scipy.linalg
+import scipy.spatial.distance
+import scipy.special
 import torch
 
-from bench.evaluation.bootstrap import bootstrap, resample_count
-from bench.evaluation.metrics import frechet_distance
+from bench.evaluation import scores as score_registry
+from bench.evaluation.bootstrap import bootstrap, resample_count, resample_indices
+from bench.evaluation.context import ScoringContext
+from bench.evaluation.formulas import KID_SEED, PR_NEIGHBOURS, frechet_distance
 from bench.evaluation.reference import Reference
+from bench.evaluation.scores import ScoreSettings
+from bench.evaluation.scoring import _scores
 from bench.evaluation.stream import FeatureStats
+
+EVALUATOR = SimpleNamespace(device=torch.device("cpu"), label="test features")
+SETTINGS = ScoreSettings("torch-fidelity", 5)
 
 
 def _gaussian(rng: np.random.Generator, n: int, dim: int, shift: float = 0.0) -> np.ndarray:
@@ -14,18 +27,69 @@ def _gaussian(rng: np.random.Generator, n: int, dim: int, shift: float = 0.0) ->
     return (rng.normal(size=(n, dim)) @ mixing + shift).astype(np.float32)
 
 
-def _stats(features: np.ndarray, logits: np.ndarray) -> FeatureStats:
+def _stats(
+    features: np.ndarray, logits: np.ndarray, spatial: np.ndarray | None = None
+) -> FeatureStats:
     stats = FeatureStats()
+    spatial = features if spatial is None else spatial
     stats.pool.update(torch.from_numpy(features))
-    stats.spatial.update(torch.from_numpy(features))
+    stats.spatial.update(torch.from_numpy(spatial))
     stats.pool_features.append(torch.from_numpy(features))
+    stats.spatial_features.append(torch.from_numpy(spatial))
     stats.logits.append(torch.from_numpy(logits))
     return stats
 
 
-def _reference(real: np.ndarray) -> Reference:
-    mu, sigma = real.mean(0, dtype=np.float64), np.cov(real, rowvar=False)
-    return Reference(mu, sigma, mu, sigma, None, None, {})
+def _reference(real: np.ndarray, spatial: np.ndarray | None = None, keep: bool = False):
+    spatial = real if spatial is None else spatial
+    moments = [(x.mean(0, dtype=np.float64), np.cov(x, rowvar=False)) for x in (real, spatial)]
+    features = real if keep else None
+    radii = _knn_radii(real) if keep else None
+    return Reference(*moments[0], *moments[1], features, radii, {})
+
+
+def _context(stats: FeatureStats, reference: Reference, settings=SETTINGS) -> ScoringContext:
+    return ScoringContext(stats, reference, EVALUATOR, settings)
+
+
+# Independent references: scipy's sqrtm, scipy's softmax, clean-fid's KID, brute-force k-NN.
+
+
+def _fid_scipy(x: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    mu1, sigma1 = x.mean(0, dtype=np.float64), np.cov(x.astype(np.float64), rowvar=False)
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1 + sigma2 - 2 * root))
+
+
+def _is_torch_fidelity(logits: np.ndarray, splits: int) -> float:
+    n = len(logits)
+    p = scipy.special.softmax(logits.astype(np.float64), axis=1)
+    p = p[np.random.RandomState(2020).permutation(n)]
+    scores = []
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
+        kl = (part * (np.log(part) - np.log(part.mean(0)))).sum(1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores))
+
+
+def _kid_cleanfid(x: np.ndarray, y: np.ndarray) -> float:
+    from cleanfid.fid import kernel_distance
+
+    np.random.seed(KID_SEED)
+    return float(kernel_distance(x, y))
+
+
+def _knn_radii(x: np.ndarray) -> np.ndarray:
+    d = scipy.spatial.distance.cdist(x, x, "sqeuclidean")
+    return np.sort(d, axis=1)[:, PR_NEIGHBOURS].astype(np.float32)
+
+
+def _precision_recall_brute(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
+    d = scipy.spatial.distance.cdist(fake, real, "sqeuclidean")  # [F, R]
+    precision = (d <= _knn_radii(real)[None, :]).any(1).mean()
+    recall = (_knn_radii(fake)[None, :] >= d.T).any(1).mean()
+    return float(precision), float(recall)
 
 
 def test_bootstrap_standard_error_matches_the_spread_over_fresh_sample_sets():
@@ -41,16 +105,73 @@ def test_bootstrap_standard_error_matches_the_spread_over_fresh_sample_sets():
         fresh.append(frechet_distance(mu, sigma, reference.mu, reference.sigma, "fresh"))
     true_se = np.std(fresh, ddof=1)
     one_set = rng.normal(0.2, 1.0, size=(n, dim)).astype(np.float32)
-    errors = bootstrap(
-        _stats(one_set, logits),
-        reference,
-        is_protocol="torch-fidelity",
-        is_splits=10,
-        resamples=200,
-    )
+    ctx = _context(_stats(one_set, logits), reference, ScoreSettings("torch-fidelity", 10))
+    errors = _scores(ctx, 200)
     assert errors["bootstrap.resamples"] == 200
     assert 0.6 * true_se < errors["bootstrap.fid.se"] < 1.6 * true_se
     assert errors["bootstrap.is_mean.se"] > 0
+
+
+def test_every_bootstrappable_score_has_the_se_of_its_independent_recomputation():
+    """Each resample's value equals the score recomputed from scratch on samples[index] (scipy,
+    clean-fid, brute-force k-NN), and the SE is the std (ddof 1) of those recomputations."""
+    rng = np.random.default_rng(3)
+    n, dim, sdim = 60, 5, 4
+    real, real_s = _gaussian(rng, 300, dim), _gaussian(rng, 300, sdim)
+    fake, fake_s = _gaussian(rng, n, dim, 0.3), _gaussian(rng, n, sdim, 0.2)
+    logits = rng.normal(size=(n, 6)).astype(np.float32)
+    reference = _reference(real, real_s, keep=True)
+    ctx = _context(_stats(fake, logits, fake_s), reference)
+    resamples = 6
+    values = _scores(ctx)
+    errors = bootstrap(ctx, values, resamples)
+    expected = {name: [] for name in ("fid", "sfid", "is_mean", "kid", "precision", "recall")}
+    for index in resample_indices(n, resamples):
+        x, xs = fake[index], fake_s[index]
+        resampled = ctx.resample(index)
+        independent = {
+            "fid": _fid_scipy(x, reference.mu, reference.sigma),
+            "sfid": _fid_scipy(xs, reference.mu_s, reference.sigma_s),
+            "is_mean": _is_torch_fidelity(logits[index], 5),
+            "kid": _kid_cleanfid(x, real),
+        }
+        independent["precision"], independent["recall"] = _precision_recall_brute(real, x)
+        for name, value in independent.items():
+            got = score_registry.get(name).load()(resampled)
+            assert got == pytest.approx(value, rel=1e-6, abs=1e-9), name
+            expected[name].append(value)
+    assert set(errors) == {f"bootstrap.{k}.se" for k in expected} | {"bootstrap.resamples"}
+    for name, draws in expected.items():
+        assert errors[f"bootstrap.{name}.se"] == pytest.approx(
+            np.std(draws, ddof=1), rel=1e-6, abs=1e-12
+        ), name
+    assert "bootstrap.is_std.se" not in errors  # is_std declares no bootstrap (a spread itself)
+
+
+def test_resampled_moments_equal_numpy_on_the_resampled_rows():
+    rng = np.random.default_rng(4)
+    fake = _gaussian(rng, 50, 3)
+    ctx = _context(_stats(fake, rng.normal(size=(50, 4)).astype(np.float32)), _reference(fake))
+    index = resample_indices(50, 1)[0]
+    mean, cov = ctx.resample(index).moments("pool")
+    np.testing.assert_allclose(mean, fake[index].mean(0, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(fake[index].astype(np.float64), rowvar=False), 1e-10)
+
+
+def test_scores_that_cannot_be_computed_are_nan_and_get_no_error():
+    """Without reference features KID, precision and recall are NaN and not bootstrapped; a
+    pass that kept no spatial features gets no sFID error (nothing else is lost)."""
+    rng = np.random.default_rng(5)
+    fake = _gaussian(rng, 40, 3)
+    stats = _stats(fake, rng.normal(size=(40, 4)).astype(np.float32))
+    stats.spatial_features.clear()
+    result = _scores(_context(stats, _reference(_gaussian(rng, 200, 3))), 5)
+    assert all(np.isnan(result[k]) for k in ("kid", "precision", "recall"))
+    assert set(result) - set(score_registry.names()) == {
+        "bootstrap.fid.se",
+        "bootstrap.is_mean.se",
+        "bootstrap.resamples",
+    }
 
 
 def test_bootstrap_is_repeatable_and_zero_resamples_disable_it():
@@ -58,21 +179,11 @@ def test_bootstrap_is_repeatable_and_zero_resamples_disable_it():
     features = rng.normal(size=(100, 4)).astype(np.float32)
     logits = rng.normal(size=(100, 5)).astype(np.float32)
     reference = _reference(rng.normal(size=(500, 4)).astype(np.float32))
-    first = bootstrap(
-        _stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20
-    )
-    assert first == bootstrap(
-        _stats(features, logits), reference, is_protocol="torch-fidelity", is_splits=5, resamples=20
-    )
-    assert (
-        bootstrap(
-            _stats(features, logits),
-            reference,
-            is_protocol="torch-fidelity",
-            is_splits=5,
-            resamples=0,
-        )
-        == {}
+    first = _scores(_context(_stats(features, logits), reference), 20)
+    assert first == _scores(_context(_stats(features, logits), reference), 20)
+    assert not any(
+        k.startswith("bootstrap.")
+        for k in _scores(_context(_stats(features, logits), reference), 0)
     )
     assert (resample_count(-1, 64), resample_count(-1, 2048), resample_count(7, 2048)) == (
         100,

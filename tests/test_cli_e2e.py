@@ -149,11 +149,11 @@ def test_two_bench_run_processes_complete_every_cell_exactly_once(
     assert "cas-dm" in out and "ddpm" in out and "partial" not in out
     with (workspace.results / name / "table.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["reference"] == "false"]
-    fid = {t.user_attrs["cell"]: t.user_attrs["metrics"]["fid"] for t in trials}
+    fid = {t.user_attrs["cell"]: t.user_attrs["scores"]["fid"] for t in trials}
     assert len(rows) == 8  # 4 cells x (fid, is_mean), each from its one trial
     for row in rows:
         assert row["n"] == "1"
-        if row["metric"] == "fid":
+        if row["score"] == "fid":
             cell = f"{row['architecture.name']} {row['metric.name']}"
             assert float(row["mean"]) == pytest.approx(fid[cell])
 
@@ -199,7 +199,7 @@ def test_a_real_mlflow_server_receives_the_runs(workspace, tmp_path):
         assert run.info.run_name == "ddpm none" and run.info.status == "FINISHED"
         assert run.data.tags["optuna.trial_number"] == "0"
         assert run.data.params["architecture.name"] == "ddpm"
-        assert run.data.metrics["fid"] == pytest.approx(trial.user_attrs["metrics"]["fid"])
+        assert run.data.metrics["fid"] == pytest.approx(trial.user_attrs["scores"]["fid"])
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
             "samples.png",

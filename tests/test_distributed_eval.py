@@ -1,4 +1,4 @@
-"""Scoring over 2 gloo processes (torchrun) gives the metrics one process gives on all N images.
+"""Scoring over 2 gloo processes (torchrun) gives the scores one process gives on all N images.
 
 The runs compared live in tests/distributed_eval_worker.py: torchrun starts it as 2 CPU
 processes while this process runs the same code as the 1-process reference, all with the digits
@@ -39,14 +39,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory, seeded_results: Path) -> tupl
 
 
 @pytest.mark.slow
-def test_two_ranks_score_n_images_with_the_one_process_metrics(runs):
+def test_two_ranks_score_n_images_with_the_one_process_scores(runs):
     (rank0, rank1), single = runs
-    want = single["metrics"]
-    assert rank0["metrics"] == rank1["metrics"]  # rank 0's numbers, sent to rank 1
-    assert rank0["metrics"].keys() == want.keys()
+    want = single["scores"]
+    assert rank0["scores"] == rank1["scores"]  # rank 0's numbers, sent to rank 1
+    assert rank0["scores"].keys() == want.keys()
     for key, value in want.items():
         assert math.isfinite(value), key
-        assert rank0["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        assert rank0["scores"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert want["fid"] > 0.1  # blurred digits: a distance that rounding alone cannot explain
 
 

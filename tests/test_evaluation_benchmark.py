@@ -4,8 +4,8 @@ import cleanfid.fid
 import numpy as np
 import pytest
 
+import bench.evaluation.compute
 import bench.evaluation.reference
-import bench.evaluation.scoring
 from bench.evaluation.benchmark import evaluation_benchmark
 
 
@@ -29,7 +29,7 @@ def ours_cheap(mu1, sigma1, mu2, sigma2, what, *, root2, device):
 @pytest.fixture
 def cheap(monkeypatch):
     monkeypatch.setattr(cleanfid.fid, "frechet_distance", cheap_frechet)
-    monkeypatch.setattr(bench.evaluation.scoring, "frechet_distance", ours_cheap)
+    monkeypatch.setattr(bench.evaluation.compute, "frechet_distance", ours_cheap)
     monkeypatch.setattr(bench.evaluation.reference, "psd_sqrt", lambda s, device: np.eye(len(s)))
 
 
@@ -46,9 +46,9 @@ def test_benchmark_compares_with_cleanfid_on_the_same_images_and_weights(cheap):
     assert result["cleanfid_one_pass_seconds"] < result["cleanfid_seconds"]
     assert result["ratio_one_pass"] < result["ratio"] and result["repeats"] == 2
     # Same network, same weights, same inputs and feature call: the same numbers.
-    assert result["metrics"]["fid"] == pytest.approx(result["cleanfid_metrics"]["fid"], rel=1e-4)
+    assert result["scores"]["fid"] == pytest.approx(result["cleanfid_scores"]["fid"], rel=1e-4)
     assert result["fid_relative_difference"] < 1e-4
-    assert result["metrics"]["kid"] == pytest.approx(result["cleanfid_metrics"]["kid"], abs=1e-4)
+    assert result["scores"]["kid"] == pytest.approx(result["cleanfid_scores"]["kid"], abs=1e-4)
     assert result["peak_rss_mb"] > 0 and result["peak_cuda_mb"] is None
 
 

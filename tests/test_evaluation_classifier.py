@@ -7,7 +7,7 @@ import torch
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
-from bench.evaluation import build_evaluator, metric_label
+from bench.evaluation import build_evaluator, score_label
 from bench.evaluation import classifier as classifier_module
 from bench.evaluation.classifier import ClassifierConfig, build_classifier
 from casdm.config import DataConfig
@@ -42,7 +42,7 @@ def test_classifier_yields_the_three_feature_kinds_and_names_itself(evaluator):
     assert (pool.shape, spatial.shape, logits.shape) == ((5, 128), (5, 512), (5, 10))
     assert evaluator.dims == (128, 512, 10)
     assert evaluator.name == evaluator.label == "classifier:digits"
-    assert metric_label("fid", evaluator) == "FID (classifier:digits)"
+    assert score_label("fid", evaluator) == "FID (classifier:digits)"
     # Pool features are scaled to unit RMS on the training split (KID's kernel stays O(1)).
     train = to_uint8(load_dataset(DIGITS, "train").images)
     rms = evaluator.features(train).pool.pow(2).mean().sqrt().item()

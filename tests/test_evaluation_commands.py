@@ -67,7 +67,7 @@ def test_bench_eval_json_is_machine_readable(capsys, cache, samples):
     assert result["evaluator"]["random_weights"] is False
     assert result["evaluator"]["protocol"] == "trained-classifier"
     assert result["evaluator"]["accuracy"] >= 0.97
-    assert set(result["metrics"]) == {
+    assert set(result["scores"]) == {
         "fid",
         "sfid",
         "is_mean",
@@ -78,7 +78,7 @@ def test_bench_eval_json_is_machine_readable(capsys, cache, samples):
     }
     assert result["labels"]["fid"] == "FID (classifier:digits)"
     assert result["reference"]["split"] == "train" and result["reference"]["images"] == 1437
-    assert 0 < result["metrics"]["fid"] < 5  # real held-out digits: close to the train split
+    assert 0 < result["scores"]["fid"] < 5  # real held-out digits: close to the train split
 
 
 def test_bench_eval_scores_a_folder_of_pngs(capsys, cache, tmp_path):
@@ -159,7 +159,7 @@ def test_bench_eval_scores_grayscale_saved_as_rgb_like_grayscale(capsys, cache, 
         np.savez(rgb, arr_0=np.repeat(npz["arr_0"], 3, axis=-1))
     code, out, err = bench_eval(capsys, rgb, "--dataset", "digits", "--cache-dir", cache, "--json")
     assert code == 0 and "all three equal: scored as grayscale" in err
-    assert json.loads(out)["metrics"] == json.loads(gray)["metrics"]
+    assert json.loads(out)["scores"] == json.loads(gray)["scores"]
 
 
 def test_bench_eval_unknown_dataset_exits_2_listing_the_valid_ones(capsys, samples, tmp_path):

@@ -19,8 +19,9 @@ from PIL import Image
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
-from bench.evaluation import build_evaluator, metric_label
+from bench.evaluation import build_evaluator, score_label
 from bench.evaluation.evaluator import Evaluator
+from bench.evaluation.formulas import KID_SEED, kernel_inception_distance
 from bench.evaluation.inception import (
     PROTOCOLS,
     TORCHSCRIPT_FILE,
@@ -33,7 +34,6 @@ from bench.evaluation.inception import (
     random_inception_weights,
     torchscript_standin,
 )
-from bench.evaluation.metrics import KID_SEED, kernel_inception_distance
 from bench.evaluation.stream import batches, collect
 from casdm import weights
 from casdm.config import ConfigError, DataConfig
@@ -231,7 +231,7 @@ def test_protocol_is_in_name_label_and_config(hub, tmp_path):
         cache_dir=tmp_path,
     )  # fmt: skip
     assert (evaluator.protocol, evaluator.name) == ("clean", "inception:clean")
-    assert metric_label("sfid", evaluator) == "sFID (Inception/clean)"
+    assert score_label("sfid", evaluator) == "sFID (Inception/clean)"
     with pytest.raises(ConfigError, match="protocol"):
         EvalConfig(protocol="tensorflow")
     with pytest.raises(BenchError, match="is an Inception protocol"):
@@ -290,7 +290,7 @@ def test_random_weights_only_on_request_and_named_in_every_label(tmp_path):
     )
     assert evaluator.random_weights
     assert evaluator.label == "Inception/legacy_pytorch (random weights)"
-    assert metric_label("fid", evaluator) == "FID (Inception/legacy_pytorch, random weights)"
+    assert score_label("fid", evaluator) == "FID (Inception/legacy_pytorch, random weights)"
 
 
 def test_a_state_dict_with_other_keys_is_refused():

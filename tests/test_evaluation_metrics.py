@@ -9,7 +9,7 @@ from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import protocols
-from bench.evaluation.metrics import (
+from bench.evaluation.formulas import (
     TraceSqrt,
     frechet_distance,
     inception_score,

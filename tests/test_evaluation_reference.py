@@ -16,7 +16,7 @@ from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import reference_statistics, score
 from bench.evaluation.evaluator import Evaluator, Features
-from bench.evaluation.metrics import manifold_radii, precision_recall, psd_sqrt
+from bench.evaluation.formulas import manifold_radii, precision_recall, psd_sqrt
 from casdm.config import DataConfig
 from casdm.data import from_uint8, load_dataset, to_uint8
 

@@ -94,7 +94,7 @@ def uninterrupted(module_workspace):
     assert done.returncode == 0, done.stdout + done.stderr
     [trial] = trials(module_workspace)
     assert "resumed_from" not in trial.user_attrs
-    return trial.user_attrs["metrics"]
+    return trial.user_attrs["scores"]
 
 
 def assert_dead(process) -> None:
@@ -123,7 +123,7 @@ def test_sigkill_during_training_resumes_from_the_last_checkpoint(workspace, uni
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from_step"] == "2"
     client = MlflowClient(f"sqlite:///{workspace.results / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 6]
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 def test_a_journal_storage_takes_over_a_killed_workers_trial_too(workspace, uninterrupted):
@@ -135,7 +135,7 @@ def test_a_journal_storage_takes_over_a_killed_workers_trial_too(workspace, unin
     lost, resumed = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert (lost.state.name, lost.user_attrs["failure"]) == ("FAIL", "lost")
     assert resumed.state.name == "COMPLETE" and resumed.user_attrs["resumed_from"] == 4
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 @pytest.mark.parametrize("stage", ["sample", "score"])
@@ -151,7 +151,7 @@ def test_sigkill_while_sampling_or_scoring_resumes_without_training(
     assert client.get_metric_history(resumed.user_attrs["mlflow_run_id"], "train/loss") == []
     reused = [n for n in resumed.user_attrs.get("notices", []) if "reusing the 20 samples" in n]
     assert len(reused) == (stage == "score")  # samples were saved before scoring began
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(workspace, uninterrupted):
@@ -168,7 +168,7 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_previous_one(workspace,
     assert resumed.state.name == "COMPLETE" and resumed.user_attrs["resumed_from"] == 2
     assert "partly written" in resumed.user_attrs["notices"][0]
     assert list(folder.glob(".*.tmp")) == []
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workspace, uninterrupted):
@@ -188,7 +188,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workspace, uninterr
     assert "resuming from" in notices[1] and "checkpoint.prev.pt" in notices[1]
     assert "truncated or corrupt" in mlflow_run(workspace, resumed).data.tags["notices"]
     assert (folder / "checkpoint.pt.corrupt").read_bytes() == data[: len(data) // 2]
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 def test_nan_exceptions_and_oom_fail_their_trials_with_the_reason_and_the_study_goes_on(
@@ -234,7 +234,7 @@ def test_ctrl_c_marks_the_trial_interrupted_and_the_next_run_resumes_it(workspac
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     resumed = trials(workspace)[-1]
     assert resumed.state.name == "COMPLETE" and resumed.user_attrs["resumed_from"] == 2
-    assert resumed.user_attrs["metrics"] == uninterrupted
+    assert resumed.user_attrs["scores"] == uninterrupted
 
 
 def test_sigterm_stops_like_ctrl_c(workspace):
@@ -287,7 +287,7 @@ def test_a_corrupt_statistics_cache_and_classifier_are_rebuilt_with_the_same_sco
     done = bench(workspace, PYTHONWARNINGS="default")  # the tests' environment hides warnings
     assert done.returncode == 0, done.stdout + done.stderr
     assert "unusable" in done.stderr and "retraining" in done.stderr
-    assert trials(workspace)[0].user_attrs["metrics"] == uninterrupted
+    assert trials(workspace)[0].user_attrs["scores"] == uninterrupted
     for path in [classifier, *statistics]:
         assert path.stat().st_size > 200  # rebuilt
 

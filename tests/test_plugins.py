@@ -9,6 +9,7 @@ adds one component of every kind from a single module, with no other file edited
 
 import csv
 import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,10 +148,11 @@ def test_a_study_of_plugin_components_runs_with_bench_plugin(workspace, monkeypa
 
 
 def test_an_installed_plugin_is_found_through_its_entry_point(workspace, tmp_path):
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "plugin_example"
+    shutil.copytree(PLUGIN, source)  # pip builds in the source folder: not in the repository
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
     done = subprocess.run(
-        [*pip, "--no-build-isolation", "--target", str(site), str(PLUGIN)],
+        [*pip, "--no-build-isolation", "--target", str(site), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

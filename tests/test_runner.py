@@ -14,7 +14,7 @@ from PIL import Image
 from bench.claims import Storage, _encoded, config_digest
 from bench.cli import main
 from bench.errors import BenchError
-from bench.evaluation.metrics import PRECISION_RECALL_PROTOCOL
+from bench.evaluation.formulas import PRECISION_RECALL_PROTOCOL
 from bench.results import describe_storage, load_results, open_storage, storage_file
 from bench.runner import run_study
 from bench.study import load_study
@@ -55,8 +55,8 @@ def test_each_trial_stores_objective_scores_and_costs(tiny_run):
     summary = tiny_run.summary
     for trial in _optuna_study("tiny", summary.storage).get_trials():
         attrs = trial.user_attrs
-        assert set(attrs["metrics"]) == SCORE_KEYS
-        assert trial.value == attrs["metrics"]["fid"]
+        assert set(attrs["scores"]) == SCORE_KEYS
+        assert trial.value == attrs["scores"]["fid"]
         assert attrs["cell"] == f"{trial.params['architecture.name']} {trial.params['metric.name']}"
         assert attrs["params"] == trial.params
         assert attrs["wall_s"] > 0 and attrs["images_per_s"] > 0 and attrs["peak_memory_mb"] > 0
@@ -91,10 +91,10 @@ def test_study_records_meta_and_held_out_reference_row(tiny_run):
         "overrides": [],  # the --set values, for the report's commands
     }
     assert "classifier" in meta["evaluator"]
-    assert set(attrs["reference_metrics"]) == SCORE_KEYS
+    assert set(attrs["reference_scores"]) == SCORE_KEYS
     # Real held-out digits are far closer to the reference than 4-step models' samples.
     fids = [t.value for t in _optuna_study("tiny", summary.storage).get_trials()]
-    assert attrs["reference_metrics"]["fid"] < min(fids)
+    assert attrs["reference_scores"]["fid"] < min(fids)
 
 
 def test_each_trial_is_an_mlflow_run_with_params_curves_metrics_and_grid(tiny_run):
@@ -119,7 +119,7 @@ def test_each_trial_is_an_mlflow_run_with_params_curves_metrics_and_grid(tiny_ru
         assert run.data.params["train.steps"] == "4"
         assert run.data.params["model.channel_mults"] == "[1]"
         for key in SCORE_KEYS:
-            assert run.data.metrics[key] == pytest.approx(trial.user_attrs["metrics"][key])
+            assert run.data.metrics[key] == pytest.approx(trial.user_attrs["scores"][key])
         assert run.data.metrics["num_params"] == trial.user_attrs["num_params"]
         assert run.data.metrics["peak_memory_cpu_process_max_rss_mb"] > 0
         curve = client.get_metric_history(run.info.run_id, "train/loss")
@@ -222,7 +222,7 @@ def test_load_results_gives_one_row_per_complete_trial(tiny_run):
         TINY_CELLS
     )
     attrs = _optuna_study("tiny", summary.storage).user_attrs
-    assert results.reference == attrs["reference_metrics"]
+    assert results.reference == attrs["reference_scores"]
     assert results.meta == attrs["meta"]
 
 

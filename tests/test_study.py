@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 VALID = """\
 description = "2 x 2 on 8x8 digits"
-objective = { metric = "fid", direction = "minimize" }
+objective = { score = "fid", direction = "minimize" }
 
 [base]
 seed = 0
@@ -52,7 +52,7 @@ seed = [0, 1]
 [table]
 rows = ["architecture.name"]
 columns = ["metric.name"]
-metrics = ["fid", "is_mean"]
+scores = ["fid", "is_mean"]
 """
 
 
@@ -99,7 +99,7 @@ def test_shipped_studies_load_and_validate(in_repo, name, cells):
         "x0-ddpm",
         "cas-dm",
     }
-    assert study.objective_metric == "fid" and study.direction == "minimize"
+    assert study.objective_score == "fid" and study.direction == "minimize"
 
 
 def test_quickstart_is_three_architectures_by_three_metrics_on_digits(in_repo):
@@ -244,14 +244,14 @@ def test_unreadable_study_file_is_reported(tmp_path):
             "seeds: unknown key; allowed: description, objective, base, grid, search, n_trials",
         ),
         (
-            'metrics = ["fid", "is_mean"]',
-            'metrics = ["fid"]\nmetric = "fid"',
-            "table.metric: unknown key; allowed: rows, columns, metrics",
+            'scores = ["fid", "is_mean"]',
+            'scores = ["fid"]\nmetric = "fid"',
+            "table.metric: unknown key; allowed: rows, columns, scores",
         ),
         (
             'direction = "minimize" }',
             'direction = "minimize", goal = 1 }',
-            "objective.goal: unknown key; allowed: metric, direction",
+            "objective.goal: unknown key; allowed: score, direction",
         ),
         (
             "steps = 4",
@@ -439,15 +439,15 @@ def test_cross_field_error_names_the_grid_cell(tmp_path):
             "table.rows: got 'architecture.name'; expected a list of axis keys",
         ),
         (
-            'metrics = ["fid", "is_mean"]',
-            'metrics = ["fid", "inception_score"]',
-            "table.metrics: unknown metric 'inception_score'; valid metrics: fid, sfid, is_mean",
+            'scores = ["fid", "is_mean"]',
+            'scores = ["fid", "inception_score"]',
+            "table.scores: unknown score 'inception_score'; valid scores: fid, sfid, is_mean",
         ),
-        ('metrics = ["fid", "is_mean"]', "metrics = []", "table.metrics: got []; expected a non"),
+        ('scores = ["fid", "is_mean"]', "scores = []", "table.scores: got []; expected a non"),
         (
-            'metrics = ["fid", "is_mean"]',
-            'metrics = ["fid", "fid"]',
-            "table.metrics: got ['fid', 'fid']; a metric is listed twice",
+            'scores = ["fid", "is_mean"]',
+            'scores = ["fid", "fid"]',
+            "table.scores: got ['fid', 'fid']; a score is listed twice",
         ),
     ],
 )
@@ -459,33 +459,50 @@ def test_bad_table_layout_is_rejected(tmp_path, old, new, expected):
     ("objective", "expected"),
     [
         (
-            '{ metric = "FID" }',
-            "objective.metric: unknown metric 'FID'; valid metrics: fid, sfid, is_mean, is_std",
+            '{ score = "FID" }',
+            "objective.score: unknown score 'FID'; valid scores: fid, sfid, is_mean, is_std",
         ),
         (
-            '{ metric = "fid", direction = "down" }',
+            '{ score = "fid", direction = "down" }',
             "objective.direction: got 'down'; allowed: minimize, maximize",
         ),
         (
-            '{ metric = "fid", direction = "maximize" }',
+            '{ score = "fid", direction = "maximize" }',
             "objective.direction: got 'maximize', but fid is better when lower; use 'minimize'",
         ),
         (
-            '{ metric = "is_std" }',
+            '{ score = "is_std" }',
             "objective.direction: got None; allowed: minimize, maximize",
         ),
         ("3", "objective: got 3; expected a table [objective]"),
     ],
 )
 def test_bad_objective_is_rejected(tmp_path, objective, expected):
-    text = edit('{ metric = "fid", direction = "minimize" }', objective)
+    text = edit('{ score = "fid", direction = "minimize" }', objective)
     assert expected in error(tmp_path, text)
 
 
-def test_objective_direction_defaults_to_the_metric_direction(tmp_path):
-    text = edit('{ metric = "fid", direction = "minimize" }', '{ metric = "precision" }')
+def test_old_spellings_of_objective_score_and_table_scores_still_load(tmp_path):
+    """Study files written before scores were named apart from metric losses still load."""
+    text = edit('{ score = "fid", direction = "minimize" }', '{ metric = "precision" }')
+    text = text.replace('scores = ["fid", "is_mean"]', 'metrics = ["kid", "recall"]')
     study = load_study(write(tmp_path, text))
-    assert (study.objective_metric, study.direction) == ("precision", "maximize")
+    assert (study.objective_score, study.direction) == ("precision", "maximize")
+    assert study.table.scores == ("kid", "recall")
+    both = edit('{ score = "fid", direction = "minimize" }', '{ score = "fid", metric = "fid" }')
+    assert "objective.metric: objective.metric is the old name of objective.score" in error(
+        tmp_path, both
+    )
+    text = edit('scores = ["fid", "is_mean"]', 'scores = ["fid"]\nmetrics = ["fid"]')
+    assert "table.metrics: table.metrics is the old name of table.scores" in error(tmp_path, text)
+    old = edit('scores = ["fid", "is_mean"]', 'metrics = ["fid", "fid"]')
+    assert "table.metrics: got ['fid', 'fid']; a score is listed twice" in error(tmp_path, old)
+
+
+def test_objective_direction_defaults_to_the_score_direction(tmp_path):
+    text = edit('{ score = "fid", direction = "minimize" }', '{ score = "precision" }')
+    study = load_study(write(tmp_path, text))
+    assert (study.objective_score, study.direction) == ("precision", "maximize")
 
 
 @pytest.mark.parametrize(

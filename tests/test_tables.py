@@ -242,7 +242,7 @@ def test_golden_output(study, fmt, name):
 def test_csv_is_tidy_and_pivots_back_to_the_table(study):
     frame = pd.read_csv(io.StringIO(render(build_table(make_results(), study), "csv")))
     assert list(frame.columns) == [
-        "row", "column", "architecture.name", "metric.name", "metric", "mean", "std", "n",
+        "row", "column", "architecture.name", "metric.name", "score", "mean", "std", "n",
         "ci_low", "ci_high", "uncertainty", "bootstrap_se", "best", "reference", "baseline",
         "test", "difference", "effect_size", "p_value", "p_holm", "significant", "protocol",
         "caveats", "random_weights", "cost.params_m", "cost.train_images_per_s",
@@ -250,14 +250,14 @@ def test_csv_is_tidy_and_pivots_back_to_the_table(study):
         "cost.peak_memory_mb",
     ]  # fmt: skip
     models = frame[~frame["reference"]]
-    fid = models[models["metric"] == "fid"].pivot_table(
+    fid = models[models["score"] == "fid"].pivot_table(
         index="architecture.name", columns="metric.name", values="mean"
     )
     assert fid.loc["cas-dm", "lpips"] == pytest.approx(7.25)
     assert fid.loc["ddpm", "none"] == pytest.approx(11.0)
-    kid = models[(models["metric"] == "kid") & (models["architecture.name"] == "ddpm")]
+    kid = models[(models["score"] == "kid") & (models["architecture.name"] == "ddpm")]
     assert kid["mean"].max() == pytest.approx(0.005)  # unscaled, unlike the x10^3 display
-    real = frame[frame["reference"]].set_index("metric")["mean"]
+    real = frame[frame["reference"]].set_index("score")["mean"]
     assert real["fid"] == pytest.approx(0.523) and "recall" not in real.index
 
 
@@ -337,7 +337,7 @@ COSTLY = (
 
 @needs_pdflatex
 @pytest.mark.parametrize(
-    ("extra", "metrics", "chosen"),
+    ("extra", "scores", "chosen"),
     [
         ("", None, ("long", "table*", "footnotesize")),
         ("", ("fid", "precision"), ("wide", "table*", "normalsize")),
@@ -345,10 +345,10 @@ COSTLY = (
         (COSTLY, ("fid", "is_mean"), ("long", "table*", "footnotesize")),
     ],
 )
-def test_auto_layout_fits_a_two_column_paper(tmp_path, extra, metrics, chosen):
+def test_auto_layout_fits_a_two_column_paper(tmp_path, extra, scores, chosen):
     path = tmp_path / "costly.toml"
     path.write_text(STUDY.replace("[labels]", f"{extra}\n\n[labels]"))
-    table = build_table(make_results(), load_study(str(path)), metrics=metrics)
+    table = build_table(make_results(), load_study(str(path)), scores=scores)
     fit = choose_fit(table)
     assert (fit.layout, fit.environment, fit.size) == chosen
     _check_fits(tmp_path, render(table, "latex"))
@@ -389,8 +389,10 @@ def test_render_rejects_an_unknown_format(study):
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def _storage(tmp_path: Path, study, scores=SCORES) -> str:
-    """An Optuna storage laid out as the runner leaves it (docs/DESIGN.md)."""
+def _storage(tmp_path: Path, study, scores=SCORES, keys=("scores", "reference_scores")) -> str:
+    """An Optuna storage laid out as the runner leaves it (docs/DESIGN.md); `keys`:
+    the user attrs holding the trial's and the real data's scores ("metrics",
+    "reference_metrics" before scores were named apart from metric losses)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -398,7 +400,7 @@ def _storage(tmp_path: Path, study, scores=SCORES) -> str:
     created = optuna.create_study(study_name=study.name, storage=url, direction="minimize")
     created.set_user_attr("meta", META)
     created.set_user_attr("total_cells", study.size)
-    created.set_user_attr("reference_metrics", REFERENCE)
+    created.set_user_attr(keys[1], REFERENCE)
     distributions = {
         "architecture.name": optuna.distributions.CategoricalDistribution(["ddpm", "cas-dm"]),
         "metric.name": optuna.distributions.CategoricalDistribution(["none", "lpips"]),
@@ -412,7 +414,7 @@ def _storage(tmp_path: Path, study, scores=SCORES) -> str:
                 params=params,
                 distributions=distributions,
                 value=scores_dict["fid"],
-                user_attrs={"metrics": scores_dict, "cell": study.cell_name(params)},
+                user_attrs={keys[0]: scores_dict, "cell": study.cell_name(params)},
             )
         )
     return url
@@ -578,7 +580,7 @@ def test_known_effects_get_scipy_p_values_holm_correction_and_markers(tmp_path):
         "7.06 ± " in markdown and "⁺" in markdown and "Holm-corrected over the 4 tests" in markdown
     )
     frame = pd.read_csv(io.StringIO(render(table, "csv")))
-    lpips = frame[(frame["metric.name"] == "lpips") & (frame["metric"] == "fid")].iloc[0]
+    lpips = frame[(frame["metric.name"] == "lpips") & (frame["score"] == "fid")].iloc[0]
     assert lpips["significant"] == "better" and lpips["test"] == "paired t"
     assert lpips["p_value"] == pytest.approx(raw[1, "fid"])
     assert bool(frame[frame["metric.name"] == "none"]["baseline"].all())
@@ -635,8 +637,8 @@ def test_protocol_labels_and_random_markers_reach_the_csv(study):
     table = build_table(make_results(meta=meta), study)
     assert "Protocols: IS: ADM: chunks of 5,000." in table.caption
     frame = pd.read_csv(io.StringIO(render(table, "csv")), keep_default_na=False)
-    assert set(frame[frame["metric"] == "is_mean"]["protocol"]) == {"ADM: chunks of 5,000"}
-    assert set(frame[frame["metric"] == "fid"]["protocol"]) == {""}
+    assert set(frame[frame["score"] == "is_mean"]["protocol"]) == {"ADM: chunks of 5,000"}
+    assert set(frame[frame["score"] == "fid"]["protocol"]) == {""}
     assert set(frame["random_weights"]) == {True}
 
 
@@ -652,7 +654,21 @@ def test_a_random_trunk_is_a_caveat_of_its_cells_in_the_csv(study, tmp_path):
     assert models.loc[~lpips, "caveats"].isna().all()
 
 
-def test_cli_table_layout_and_metrics(study, tmp_path, capsys):
+def test_results_stored_under_the_old_attr_names_load_the_same(study, tmp_path):
+    from bench.results import load_results
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    new = load_results(study, _storage(tmp_path / "new", study))
+    old = load_results(
+        study, _storage(tmp_path / "old", study, keys=("metrics", "reference_metrics"))
+    )
+    assert old.reference == new.reference == REFERENCE
+    pd.testing.assert_frame_equal(old.frame, new.frame)
+    assert render(build_table(old, study), "csv") == render(build_table(new, study), "csv")
+
+
+def test_cli_table_layout_and_scores(study, tmp_path, capsys):
     url = _storage(tmp_path, study)
     assert (
         main(
@@ -667,7 +683,7 @@ def test_cli_table_layout_and_metrics(study, tmp_path, capsys):
                 str(tmp_path / "t.md"),
                 "--layout",
                 "wide",
-                "--metrics",
+                "--scores",
                 "FID,is",
             ]
         )
@@ -677,9 +693,16 @@ def test_cli_table_layout_and_metrics(study, tmp_path, capsys):
     assert (
         "| Architecture | no metric: FID ↓ | no metric: IS ↑ | LPIPS: FID ↓ | LPIPS: IS ↑ |" in out
     )
-    assert "Real data (held-out): FID 0.52, IS 9.87." in out  # once per metric, in the caption
-    assert main(["table", str(study.path), "--storage", url, "--metrics", "fid,bogus"]) == 2
-    assert "--metrics: unknown metric 'bogus'" in capsys.readouterr().err
+    assert "Real data (held-out): FID 0.52, IS 9.87." in out  # once per score, in the caption
+    assert main(["table", str(study.path), "--storage", url, "--scores", "fid,bogus"]) == 2
+    assert "--scores: unknown score 'bogus'" in capsys.readouterr().err
+    # --metrics, the old name, still works (hidden from --help), but not with --scores.
+    md = ["table", str(study.path), "--storage", url, "--format", "markdown", "--out"]
+    assert main([*md, str(tmp_path / "old.md"), "--layout", "wide", "--metrics", "FID,is"]) == 0
+    assert (tmp_path / "old.md").read_text() == (tmp_path / "t.md").read_text()
+    capsys.readouterr()
+    assert main([*md, str(tmp_path / "x.md"), "--metrics", "fid", "--scores", "fid"]) == 2
+    assert "--metrics is the old name of --scores" in capsys.readouterr().err
 
 
 def test_old_trials_without_costs_load_and_render_blank(study, tmp_path):

@@ -16,10 +16,10 @@ from bench.errors import BenchError
 from bench.evaluation import (
     EVALUATORS,
     build_evaluator,
-    metric_label,
     protocols,
     reference_statistics,
     score,
+    score_label,
 )
 from bench.evaluation.evaluators import DEFAULT_FID_PROTOCOL, FID_PROTOCOLS
 from bench.progress import make_progress
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             progress=progress.task("reference features"),
         )
-        metrics = score(
+        scores = score(
             images,
             evaluator,
             reference,
@@ -229,8 +229,8 @@ def run(args: argparse.Namespace) -> int:
             "accuracy": getattr(evaluator, "accuracy", None),
         },
         "reference": reference.meta,
-        "metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()},
-        "labels": {k: metric_label(k, evaluator) for k in metrics},
+        "scores": {k: None if math.isnan(v) else v for k, v in scores.items()},
+        "labels": {k: score_label(k, evaluator) for k in scores},
         "protocols": protocols(eval_cfg.is_protocol, eval_cfg.is_splits),
     }
     if args.json:
@@ -262,9 +262,9 @@ def _print_table(result: dict[str, Any], random_weights: bool) -> None:
             "published score"
         )
     table = Table()
-    table.add_column("metric")
+    table.add_column("score")
     table.add_column("value", justify="right")
-    for key, value in result["metrics"].items():
+    for key, value in result["scores"].items():
         shown = "n/a (the reference holds no images)" if value is None else f"{value:.4f}"
         table.add_row(result["labels"][key], shown)
     console.print(table)

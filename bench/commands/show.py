@@ -1,4 +1,4 @@
-"""`bench show STUDY`: the study's meta, trial states and metrics as a rich table."""
+"""`bench show STUDY`: the study's meta, trial states and scores as a rich table."""
 
 import argparse
 import math
@@ -7,11 +7,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.commands import add_study_storage
-from bench.evaluation import METRIC_NAMES
+from bench.evaluation import scores as score_registry
 from bench.results import load_results, storage_url_for
 from bench.study import load_study
-
-SHOWN_METRICS = ("fid", "sfid", "is_mean", "is_std", "kid", "precision", "recall")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,26 +23,25 @@ def _number(value: object) -> str:
     return "" if not math.isfinite(value) else f"{value:.4g}"
 
 
-# Columns besides the metrics, with the widths they need (text + rich's padding and border).
+# Columns besides the scores, with the widths they need (text + rich's padding and border).
 FIXED_WIDTH = 6 + 7 + 4  # trial, time, the table's outer border (state: its longest entry + 3)
 CELL_MIN_WIDTH = 18  # the cell name column folds long names at this width
 
 
-def shown_metrics(
+def shown_scores(
     available: list[str], preferred: tuple[str, ...], width: int, state_width: int = 8
 ) -> list[str]:
-    """The metric columns that fit `width` terminal columns: the study's table metrics first."""
-    from bench.evaluation.evaluator import METRIC_NAMES
-
+    """The score columns that fit `width` terminal columns: the study's table scores first,
+    then the other registered scores in registry order."""
     order = [m for m in preferred if m in available]
-    order += [m for m in SHOWN_METRICS if m in available and m not in order]
+    order += [m for m in available if m not in order]
     budget = width - FIXED_WIDTH - CELL_MIN_WIDTH - state_width - 3
     shown = []
-    for metric in order:
-        need = max(len(METRIC_NAMES[metric]), 7) + 3
+    for score in order:
+        need = max(len(score_registry.display_name(score)), 7) + 3
         if need > budget:
             break
-        shown.append(metric)
+        shown.append(score)
         budget -= need
     return shown
 
@@ -61,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  {key}:", highlight=False)
             by_value: dict[str, list[str]] = {}
             for name, text in value.items():
-                by_value.setdefault(str(text), []).append(METRIC_NAMES.get(name, name))
+                by_value.setdefault(str(text), []).append(score_registry.display_name(name))
             for text, names in by_value.items():
                 console.print(f"    {', '.join(names)}: {text}", highlight=False)
         elif isinstance(value, list):  # e.g. caveats
@@ -70,15 +67,16 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  {key}: {value}", highlight=False)
 
     trials = results.trials
-    available = [m for m in SHOWN_METRICS if m in trials.columns]
+    available = [m for m in score_registry.names() if m in trials.columns]
     shown_states = [
         f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
         for row in trials.to_dict("records")
     ]
     state_width = max([len("state"), *map(len, shown_states)])
-    metrics = shown_metrics(available, study.table.metrics, console.width, state_width)
-    table = Table(title=f"objective: {study.direction} {study.objective_metric}")
-    for column in ("trial", "state", "cell", "time", *(METRIC_NAMES[m] for m in metrics)):
+    scores = shown_scores(available, study.table.scores, console.width, state_width)
+    table = Table(title=f"objective: {study.direction} {study.objective_score}")
+    names = [score_registry.display_name(m) for m in scores]
+    for column in ("trial", "state", "cell", "time", *names):
         left = column in ("state", "cell")
         table.add_column(
             column,
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             state,
             row.get("cell", ""),
             time,
-            *(_number(row.get(m)) for m in metrics),
+            *(_number(row.get(m)) for m in scores),
             style=styles.get(row["state"], "dim"),
         )
     if results.reference:
@@ -105,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
             "",
             "real data (held out)",
             "",
-            *(_number(results.reference.get(m)) for m in metrics),
+            *(_number(results.reference.get(m)) for m in scores),
             style="italic",
         )
     console.print(table)
-    hidden = [METRIC_NAMES[m] for m in available if m not in metrics]
+    hidden = [score_registry.display_name(m) for m in available if m not in scores]
     if hidden:
         console.print(
             f"not shown at {console.width} columns: {', '.join(hidden)} (widen the terminal, "

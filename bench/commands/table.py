@@ -37,37 +37,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "[table] layout, else auto)",
     )
     parser.add_argument(
-        "--metrics",
-        help="comma-separated score keys or names shown instead of the study's [table] "
-        "metrics, e.g. fid,sfid,is",
+        "--scores",
+        help="comma-separated score names or display names shown instead of the study's "
+        "[table] scores, e.g. fid,sfid,is (`bench list --components` lists the scores)",
     )
+    # The old name of --scores, still accepted.
+    parser.add_argument("--metrics", dest="old_metrics", help=argparse.SUPPRESS)
     add_study_storage(parser, "the default storage and tables")
 
 
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """ "fid,sFID,is" -> ("fid", "sfid", "is_mean"): score keys or display names, any case."""
-    from bench.errors import BenchError
-    from bench.evaluation.evaluator import METRIC_NAMES
+def parse_scores(text: str, option: str = "--scores") -> tuple[str, ...]:
+    """ "fid,sFID,is" -> ("fid", "sfid", "is_mean"): score names or display names, any case."""
+    from bench.evaluation import scores as score_registry
 
-    names = {key: key for key in METRIC_NAMES}
-    names.update({name.lower(): key for key, name in METRIC_NAMES.items()})
-    metrics = []
+    registered = score_registry.scores()
+    names = {score.name: score.name for score in registered}
+    names.update({score.display.lower(): score.name for score in registered})
+    chosen = []
     for word in (w.strip() for w in text.split(",")):
-        key = names.get(word.lower())
-        if key is None:
+        name = names.get(word.lower())
+        if name is None:
             raise BenchError(
-                f"--metrics: unknown metric {word!r}; valid: {', '.join(METRIC_NAMES)} "
-                f"(or their names: {', '.join(METRIC_NAMES.values())})"
+                f"{option}: unknown score {word!r}; valid: "
+                f"{', '.join(s.name for s in registered)} (or their display names: "
+                f"{', '.join(s.display for s in registered)})"
             )
-        if key in metrics:
-            raise BenchError(f"--metrics: {word!r} is listed twice")
-        metrics.append(key)
-    return tuple(metrics)
+        if name in chosen:
+            raise BenchError(f"{option}: {word!r} is listed twice")
+        chosen.append(name)
+    return tuple(chosen)
 
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
-    metrics = parse_metrics(args.metrics) if args.metrics else None
+    if args.scores and args.old_metrics:
+        raise BenchError("--metrics is the old name of --scores; give only --scores")
+    if args.old_metrics:
+        scores = parse_scores(args.old_metrics, "--metrics")
+    else:
+        scores = parse_scores(args.scores) if args.scores else None
     storage = args.storage or storage_url_for(args.results)
     results = load_results(study, storage)
     check_one_evaluator_build(results)  # scores of different evaluator builds do not compare
@@ -79,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         )
     formats = (args.format,) if args.format else FORMATS
     out = args.out if args.out is not None else study.results_dir(args.results)
-    paths = write_tables(results, study, out, formats, metrics=metrics, layout=args.layout)
-    table = build_table(results, study, metrics=metrics, layout=args.layout)
+    paths = write_tables(results, study, out, formats, scores=scores, layout=args.layout)
+    table = build_table(results, study, scores=scores, layout=args.layout)
     print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             f"warning: the LaTeX table may not fit a two-column page: estimated at up to "
             f"{fit.width_pt:.0f} pt in \\footnotesize across both columns, against a \\textwidth "
             f"of {TEXT_WIDTH_PT:.0f} pt (the estimate errs wide: check your LaTeX log for an "
-            "overfull \\hbox); to narrow it, show fewer scores (--metrics fid,sfid,is), drop "
+            "overfull \\hbox); to narrow it, show fewer scores (--scores fid,sfid,is), drop "
             "cost columns ([table] cost), or try --layout wide",
             file=sys.stderr,
         )

@@ -1,12 +1,14 @@
-"""Sample-quality evaluation: evaluators (components), reference statistics and `score`.
+"""Sample-quality evaluation: evaluators and scores (components), reference statistics, `score`.
 
 evaluator = build_evaluator(eval_cfg, data_cfg, device=device, cache_dir=cache_dir)
 reference = reference_statistics(evaluator, data_cfg, eval_cfg, cache_dir=cache_dir)
-metrics = score(uint8_images, evaluator, reference)  # fid, sfid, is_mean, is_std, kid, ...
-protocols(eval_cfg.is_protocol, eval_cfg.is_splits)  # {score key: the protocol it follows}
+scores = score(uint8_images, evaluator, reference)  # fid, sfid, is_mean, is_std, kid, ...
+protocols(eval_cfg.is_protocol, eval_cfg.is_splits)  # {score name: the protocol it follows}
 
-Importing the package loads no torch: it names the metrics and evaluators (what a study is
-checked against); the functions and classes below load their module on first use.
+Scores are components of the kind "score" (bench.evaluation.scores; `registry("score")` of
+casdm.components). Importing the package loads no torch: it names the scores and evaluators
+(what a study is checked against); the functions and classes below load their module on first
+use.
 """
 
 import importlib
@@ -14,16 +16,8 @@ from typing import Any
 
 from casdm.components import define_kind
 
-# Display names of the keys `score` returns, in table order.
-METRIC_NAMES = {
-    "fid": "FID",
-    "sfid": "sFID",
-    "is_mean": "IS",
-    "is_std": "IS std",
-    "kid": "KID",
-    "precision": "Precision",
-    "recall": "Recall",
-}
+# The "score" component kind: bench.evaluation.scores registers the built-ins (torch-free).
+define_kind("score", "bench.evaluation.scores")
 
 # The evaluator components (feature networks); built-ins in bench.evaluation.evaluators.
 EVALUATORS = define_kind("evaluator", "bench.evaluation.evaluators")
@@ -33,7 +27,7 @@ _LAZY = {
     "Evaluator": "bench.evaluation.evaluator",
     "Features": "bench.evaluation.evaluator",
     "build_evaluator": "bench.evaluation.evaluator",
-    "metric_label": "bench.evaluation.evaluator",
+    "score_label": "bench.evaluation.evaluator",
     "Reference": "bench.evaluation.reference",
     "reference_statistics": "bench.evaluation.reference",
     "score": "bench.evaluation.scoring",
@@ -47,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EVALUATORS", "METRIC_NAMES", *_LAZY]
+__all__ = ["EVALUATORS", *_LAZY]

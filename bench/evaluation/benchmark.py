@@ -104,8 +104,8 @@ def evaluation_benchmark(
 
     Returns images_per_s and cleanfid_images_per_s (medians over `repeats` interleaved
     repetitions), ratio (clean-fid's workflow time / ours), ratio_one_pass (clean-fid's one-pass
-    FID + KID time / ours), both runs' metrics (from the last repetition), fid_relative_difference
-    and the peak memory of our scoring (first repetition).
+    FID + KID time / ours), both runs' scores (`scores`, `cleanfid_scores`; from the last
+    repetition), fid_relative_difference and the peak memory of our scoring (first repetition).
     """
     from cleanfid.fid import frechet_distance, get_model_features, kernel_distance
 
@@ -168,7 +168,7 @@ def evaluation_benchmark(
         )
 
     def cleanfid() -> tuple[dict[str, float], float]:
-        """compute_fid then compute_kid; returns the metrics and the one-pass time."""
+        """compute_fid then compute_kid; returns the scores and the one-pass time."""
         start = time.perf_counter()
         feats = features()
         fid = frechet_distance(
@@ -189,9 +189,9 @@ def evaluation_benchmark(
             _sync(device)
             start = time.perf_counter()
             if side == "ours":
-                our_metrics = ours()
+                our_scores = ours()
             else:
-                cleanfid_metrics, one_pass = cleanfid()
+                cleanfid_scores, one_pass = cleanfid()
             _sync(device)
             times[side].append(time.perf_counter() - start)
             if side == "cleanfid":
@@ -216,10 +216,10 @@ def evaluation_benchmark(
         "seconds": median["ours"],
         "cleanfid_seconds": median["cleanfid"],
         "cleanfid_one_pass_seconds": median["one_pass"],
-        "metrics": our_metrics,
-        "cleanfid_metrics": cleanfid_metrics,
-        "fid_relative_difference": abs(our_metrics["fid"] - cleanfid_metrics["fid"])
-        / abs(cleanfid_metrics["fid"]),
+        "scores": our_scores,
+        "cleanfid_scores": cleanfid_scores,
+        "fid_relative_difference": abs(our_scores["fid"] - cleanfid_scores["fid"])
+        / abs(cleanfid_scores["fid"]),
         "peak_rss_mb": peak_rss_mb,
         "peak_rss_kind": rss_kind,
         "peak_cuda_mb": peak_cuda_mb,

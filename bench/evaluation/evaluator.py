@@ -10,7 +10,7 @@ from torch import nn
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
-from bench.evaluation import METRIC_NAMES
+from bench.evaluation.scores import display_name
 from casdm import distributed
 from casdm.config import DataConfig
 
@@ -102,10 +102,10 @@ def check_images(images: object, channels: tuple[int, ...], where: str) -> None:
         )
 
 
-def metric_label(key: str, evaluator: Evaluator) -> str:
-    """Metric name with the evaluator that produced it, e.g. "FID (Inception/clean)"."""
+def score_label(name: str, evaluator: Evaluator) -> str:
+    """A score's display name with the evaluator that produced it, e.g. "FID (Inception/clean)"."""
     suffix = ", random weights" if evaluator.random_weights else ""
-    return f"{METRIC_NAMES[key]} ({evaluator.title}{suffix})"
+    return f"{display_name(name)} ({evaluator.title}{suffix})"
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:

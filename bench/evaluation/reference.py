@@ -4,7 +4,7 @@ A cache file holds ADM's keys (`mu`, `sigma`, `mu_s`, `sigma_s`), the reference 
 KID and precision/recall compare against (`features`, at most REFERENCE_FEATURES rows), their
 k-NN radii (`radii`: the reference half of precision/recall, computed once here rather than at
 every scoring), the symmetric square roots of both covariances (`sigma_root`, `sigma_s_root`:
-FID's and sFID's trace term against this reference, `metrics.TraceSqrt`; reading two 2048-d
+FID's and sFID's trace term against this reference, `formulas.TraceSqrt`; reading two 2048-d
 roots takes a fraction of a second, computing them seconds on a CPU) and a JSON metadata
 record (`meta`) naming what it was computed from. It is computed once per (dataset, split,
 resolution, evaluator and its protocol, weights hash, number of images), written atomically,
@@ -28,7 +28,7 @@ import torch
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation.evaluator import Evaluator
-from bench.evaluation.metrics import PR_NEIGHBOURS, manifold_radii, psd_sqrt
+from bench.evaluation.formulas import PR_NEIGHBOURS, manifold_radii, psd_sqrt
 from bench.evaluation.stream import FeatureStats, Progress, collect_shards
 from casdm import distributed
 from casdm.config import DataConfig

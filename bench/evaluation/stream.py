@@ -1,7 +1,8 @@
 """One streamed feature pass: running float64 moments, plus the features later metrics need.
 
 Images are consumed batch by batch and dropped; what is kept grows with the number of images
-only through pool features (KID, precision/recall) and logits (IS), never resized images.
+only through pool features (KID, precision/recall), logits (IS) and, for a bootstrap of sFID,
+spatial features; never resized images.
 Under torchrun `collect_shards` splits the images over the ranks and merges what they found.
 """
 
@@ -86,6 +87,7 @@ class FeatureStats:
     spatial: Moments = field(default_factory=Moments)
     pool_features: list[torch.Tensor] = field(default_factory=list)  # float32 CPU chunks
     logits: list[torch.Tensor] = field(default_factory=list)  # float32 CPU chunks
+    spatial_features: list[torch.Tensor] = field(default_factory=list)  # float32 CPU chunks
 
     @property
     def n(self) -> int:
@@ -94,6 +96,12 @@ class FeatureStats:
     def kept_pool(self) -> np.ndarray:
         """[M, D] float32: the kept pool features."""
         return torch.cat(self.pool_features).numpy()
+
+    def kept_spatial(self) -> np.ndarray:
+        """[M, S] float32: the kept spatial features (M = 0 unless asked to keep them)."""
+        if not self.spatial_features:
+            return np.zeros((0, 0), np.float32)
+        return torch.cat(self.spatial_features).numpy()
 
     def all_logits(self) -> np.ndarray:
         """[N, K] float32: the logits of every image, in order."""
@@ -126,12 +134,13 @@ def collect(
     *,
     keep_pool: int | None,
     keep_logits: bool,
+    keep_spatial: bool = False,
     total: int = 0,
     progress: Progress | None = None,
 ) -> FeatureStats:
     """One pass of `evaluator` over uint8 batches; keeps the first `keep_pool` pool features
-    (None: all) and, if asked, every logit."""
-    stats = _pass(chunks, evaluator, keep_pool, keep_logits, total, progress)
+    (None: all) and, if asked, every logit and every spatial feature."""
+    stats = _pass(chunks, evaluator, keep_pool, keep_logits, keep_spatial, total, progress)
     if stats.n == 0:
         raise BenchError(f"no images to compute {evaluator.label} features of")
     return stats
@@ -145,6 +154,7 @@ def collect_shards(
     batch_size: int,
     keep_pool: int | None,
     keep_logits: bool,
+    keep_spatial: bool = False,
     progress: Progress | None = None,
 ) -> FeatureStats:
     """`collect` over images 0..n-1, `images(indices)` giving a uint8 batch, split over ranks.
@@ -162,7 +172,7 @@ def collect_shards(
     )
     # The first keep_pool features overall: this shard's part of them.
     keep = None if keep_pool is None else max(0, min(len(mine), keep_pool - mine.start))
-    stats = _pass(chunks, evaluator, keep, keep_logits, len(mine), progress)
+    stats = _pass(chunks, evaluator, keep, keep_logits, keep_spatial, len(mine), progress)
     if world > 1:
         pool_dim, spatial_dim, classes = evaluator.dims
         stats.pool.reduce_over_ranks(pool_dim, evaluator.device)
@@ -170,6 +180,8 @@ def collect_shards(
         stats.pool_features = [_gather_rows(stats.pool_features, pool_dim)]
         if keep_logits:
             stats.logits = [_gather_rows(stats.logits, classes)]
+        if keep_spatial:
+            stats.spatial_features = [_gather_rows(stats.spatial_features, spatial_dim)]
     if stats.n == 0:
         raise BenchError(f"no images to compute {evaluator.label} features of")
     return stats
@@ -185,6 +197,7 @@ def _pass(
     evaluator: Evaluator,
     keep_pool: int | None,
     keep_logits: bool,
+    keep_spatial: bool,
     total: int,
     progress: Progress | None,
 ) -> FeatureStats:
@@ -200,6 +213,8 @@ def _pass(
             kept += take
         if keep_logits:
             stats.logits.append(logits.float().cpu())
+        if keep_spatial:
+            stats.spatial_features.append(spatial.float().cpu())
         if progress is not None:
             progress(stats.n, total)
     return stats

@@ -1,4 +1,4 @@
-"""Sample-quality metrics from features: FID/sFID, IS, KID, precision and recall."""
+"""Score formulas on feature arrays: Fréchet distance (FID, sFID), IS, KID, precision, recall."""
 
 import numpy as np
 import torch
