@@ -27,6 +27,7 @@ ADDED = {
     "sampler": "flow-euler",
     "dataset": "gratings",
     "evaluator": "pixels",
+    "score": "feature_mean_gap",
 }
 
 
@@ -135,6 +136,27 @@ def test_gratings_load_as_a_dataset(plugin):
     assert set(train.labels.tolist()) <= {0, 1, 2, 3}
 
 
+def test_feature_mean_gap_is_fids_mean_term_on_the_pixel_features(plugin, tmp_path):
+    from bench.config import EvalConfig
+    from bench.evaluation import build_evaluator, reference_statistics, score
+    from casdm.config import DataConfig
+    from casdm.data import load_dataset, to_uint8
+
+    data = DataConfig(dataset="gratings", resolution=8, count=64)
+    eval_cfg = EvalConfig(evaluator="pixels", bootstrap=0)
+    evaluator = build_evaluator(eval_cfg, data, device="cpu", cache_dir=tmp_path)
+    reference = reference_statistics(evaluator, data, eval_cfg, cache_dir=tmp_path)
+    samples = to_uint8(load_dataset(data, "test").images)
+    scores = score(samples, evaluator, reference)
+
+    def pool(images):
+        return evaluator.features(images).pool.double().numpy()
+
+    gap = pool(samples).mean(0) - pool(to_uint8(load_dataset(data, "train").images)).mean(0)
+    assert scores["feature_mean_gap"] == pytest.approx(float(gap @ gap), rel=1e-5)
+    assert scores["fid"] >= scores["feature_mean_gap"] - 1e-9  # the trace term is >= 0
+
+
 def test_a_study_of_plugin_components_runs_with_bench_plugin(workspace, monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN))  # the forked child imports it, not this process
     done = workspace.run_bench("--plugin", MODULE, "run", "--study", "plugin", "--quiet")
@@ -142,8 +164,12 @@ def test_a_study_of_plugin_components_runs_with_bench_plugin(workspace, monkeypa
     done = workspace.run_bench("--plugin", MODULE, "table", "plugin")
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader((workspace.results / "plugin" / "table.csv").open()))
-    cell = [r for r in rows if r["row"] == "v-ddpm" and r["metric"] == "fid"]
-    assert len(cell) == 1 and float(cell[0]["mean"]) >= 0
+    cells = {r["score"]: r for r in rows if r["row"] == "v-ddpm"}
+    assert set(cells) == {"fid", "feature_mean_gap"}
+    gap = cells["feature_mean_gap"]
+    assert float(gap["mean"]) >= 0 and float(gap["bootstrap_se"]) > 0 and gap["n"] == "1"
+    markdown = (workspace.results / "plugin" / "table.md").read_text()
+    assert "Mean gap ↓" in markdown and f"{float(gap['mean']):.4f}" in markdown
     assert MODULE not in sys.modules
 
 

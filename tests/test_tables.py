@@ -214,7 +214,7 @@ def test_caption_labels_random_weights(study):
     assert "Inception (random weights) evaluator" in caption
     assert caveat in caption
     # A study stored before components had caveats recorded the trunk alone.
-    legacy = {**META, "lpips_trunk": "random"}
+    legacy = {**{k: v for k, v in META.items() if k != "caveats"}, "lpips_trunk": "random"}
     caption = build_table(make_results(meta=legacy), study).caption
     assert "The metric loss used a random (untrained) trunk: a smoke test" in caption
 

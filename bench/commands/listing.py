@@ -109,7 +109,9 @@ def list_components() -> int:
             options = ", ".join(
                 f"{f.name}={value_text(_default(f))}" for f in dataclasses.fields(component.options)
             )
-            table.add_row(name, options or "-", component.summary, component.target.split(":")[0])
+            module = component.target.split(":")[0]
+            origin = "built-in" if module.split(".")[0] in ("casdm", "bench") else module
+            table.add_row(name, options or "-", component.summary, origin)
         console.print(table)
     plugins = loaded_plugins()
     console.print(

@@ -16,11 +16,11 @@ from typing import Any
 
 from casdm.components import define_kind
 
-# The "score" component kind: bench.evaluation.scores registers the built-ins (torch-free).
-define_kind("score", "bench.evaluation.scores")
-
 # The evaluator components (feature networks); built-ins in bench.evaluation.evaluators.
 EVALUATORS = define_kind("evaluator", "bench.evaluation.evaluators")
+
+# The "score" component kind: bench.evaluation.scores registers the built-ins (torch-free).
+define_kind("score", "bench.evaluation.scores")
 
 # The package's torch-side API: name -> the module that defines it.
 _LAZY = {

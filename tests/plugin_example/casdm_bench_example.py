@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.evaluation.context import ScoringContext
 from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
 from bench.evaluation.evaluators import EvaluatorSpec
+from bench.evaluation.scores import Score
 from casdm.architectures import SingleUNet, metric_term
 from casdm.components import Architecture, Dataset, MetricLoss, NoOptions, Sampler, register
 from casdm.config import check
@@ -229,5 +231,28 @@ PIXELS = register(
         target="casdm_bench_example:build_pixels",
         options=NoOptions,
         summary="pixel statistics as features (no network, no download)",
+    )
+)
+
+
+# --- score ----------------------------------------------------------------------------------
+
+
+def feature_mean_gap(ctx: ScoringContext) -> float:
+    """||mu_samples - mu_reference||^2 of the pool features, in float64."""
+    mu, _ = ctx.moments("pool")
+    diff = np.asarray(mu, dtype=np.float64) - np.asarray(ctx.reference.mu, dtype=np.float64)
+    return float(diff @ diff)
+
+
+FEATURE_MEAN_GAP = register(
+    Score(
+        name="feature_mean_gap",
+        target="casdm_bench_example:feature_mean_gap",
+        display="Mean gap",
+        direction="minimize",
+        decimals=4,
+        bootstrap=True,
+        summary="||mu - mu_ref||^2 of the pool features, FID's mean term",
     )
 )
