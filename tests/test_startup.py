@@ -49,7 +49,7 @@ def test_help_and_list_import_no_torch(tmp_path):
 
 
 def test_a_bad_registry_name_is_reported_without_torch(tmp_path):
-    """`bench list` still checks names (here a bad one) from the catalogue alone."""
+    """`bench list` still checks names (here a bad one) from the components' specs alone."""
     probe = (
         "import sys\n"
         "from bench.study import load_study\n"
