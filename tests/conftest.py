@@ -190,6 +190,15 @@ def _offline_environ(torch_home: Path) -> dict[str, str]:
     return env
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook (`-p no:xdist` leaves it unused)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one test process per core this process may use (its affinity and cgroup
+    quota, as `bench run` counts them), where xdist would count every CPU of the host."""
+    from bench.threads import available_cores
+
+    return available_cores()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Every test runs torch on one thread: tiny ops on a 2-core machine (shared with the
