@@ -202,12 +202,16 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Every test runs torch on one thread: tiny ops on a 2-core machine (shared with the
-    torchrun workers some tests start) only spin with more, measured up to 10x slower."""
+    torchrun workers some tests start) only spin with more, measured up to 10x slower.
+    NumPy's and SciPy's BLAS too: a 2048-d scipy sqrtm took 12.7 s on one thread and 15-28 s
+    on two while another process used the CPU (the other test processes do)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
     torch.set_num_threads(threads)
 
 
