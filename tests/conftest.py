@@ -190,15 +190,28 @@ def _offline_environ(torch_home: Path) -> dict[str, str]:
     return env
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook (`-p no:xdist` leaves it unused)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one test process per core this process may use (its affinity and cgroup
+    quota, as `bench run` counts them), where xdist would count every CPU of the host."""
+    from bench.threads import available_cores
+
+    return available_cores()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Every test runs torch on one thread: tiny ops on a 2-core machine (shared with the
-    torchrun workers some tests start) only spin with more, measured up to 10x slower."""
+    torchrun workers some tests start) only spin with more, measured up to 10x slower.
+    NumPy's and SciPy's BLAS too: a 2048-d scipy sqrtm took 12.7 s on one thread and 15-28 s
+    on two while another process used the CPU (the other test processes do)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
     torch.set_num_threads(threads)
 
 

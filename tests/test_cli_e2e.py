@@ -110,21 +110,12 @@ def test_two_bench_run_processes_complete_every_cell_exactly_once(
 ):
     name, url = shared_storage
     # Both start on a storage without the study (for SQLite, without the database file):
-    # they race to create it and to claim its cells.
-    # On SQLite two fresh `python -m bench` processes, as a user starts them; on the other
-    # storages two forked children (real processes too, without the seconds of imports).
+    # they race to create it and to claim its cells. Two forked children: real processes,
+    # without the seconds of imports (test_faults races two fresh `python -m bench` on SQLite).
     run = ["run", "--study", name, "--storage", url, "--quiet"]
-    if url == workspace.storage:
-        workers = [workspace.start_bench(*run) for _ in range(2)]
-        outputs = []
-        for worker in workers:
-            worker.wait(timeout=400)
-            outputs.append(worker.stdout.read())
-        codes = [w.returncode for w in workers]
-    else:
-        done = [forked.wait(400) for forked in [workspace.fork_bench(*run) for _ in range(2)]]
-        outputs = [d.stdout + d.stderr for d in done]
-        codes = [d.returncode for d in done]
+    done = [forked.wait(400) for forked in [workspace.fork_bench(*run) for _ in range(2)]]
+    outputs = [d.stdout + d.stderr for d in done]
+    codes = [d.returncode for d in done]
     assert codes == [0, 0], "\n".join(outputs)
 
     trials = _trials(name, url)

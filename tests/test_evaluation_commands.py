@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,18 @@ def only_these_commands(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """An evaluator cache holding the 8x8 digits classifier, trained once for this module."""
+def cache(tmp_path_factory, seeded_results):
+    """An evaluator cache holding the 8x8 digits classifier: the one the session's seeded
+    results trained for the tiny study (the same classifier), copied; no reference statistics."""
     cache = tmp_path_factory.mktemp("cache")
+    shutil.copytree(seeded_results / "cache" / "classifier", cache / "classifier")
+
+    def files():
+        return sorted((p.name, p.stat().st_mtime_ns) for p in (cache / "classifier").iterdir())
+
+    seeded = files()
     build_evaluator(EvalConfig(), DIGITS8, device="cpu", cache_dir=cache)
+    assert files() == seeded  # read back, not trained again
     return cache
 
 
