@@ -10,13 +10,13 @@ from bench.worker import RunSummary, TrialRecord, trial_line
 
 
 def test_trial_line_names_the_cell_time_and_the_table_scores():
-    study = SimpleNamespace(table=SimpleNamespace(metrics=("fid", "sfid", "is_mean", "recall")))
-    metrics = {"fid": 12.3456, "sfid": 7.0, "is_mean": 2.5, "recall": float("nan"), "kid": 0.1}
+    study = SimpleNamespace(table=SimpleNamespace(scores=("fid", "sfid", "is_mean", "recall")))
+    scores = {"fid": 12.3456, "sfid": 7.0, "is_mean": 2.5, "recall": float("nan"), "kid": 0.1}
     # KID is shown x 10^3, like the table.
-    kid = SimpleNamespace(table=SimpleNamespace(metrics=("kid", "precision")))
+    kid = SimpleNamespace(table=SimpleNamespace(scores=("kid", "precision")))
     kid_line = trial_line(0, "c", 1.0, {"kid": 0.00123, "precision": 0.5}, kid)
-    assert kid_line.splitlines()[1] == "  KID×10³ 1.23  Precision 0.500"
-    line = trial_line(3, "cas-dm lpips", 125.0, metrics, study)
+    assert kid_line.splitlines()[1] == "  KID ×10³ 1.23  Precision 0.500"
+    line = trial_line(3, "cas-dm lpips", 125.0, scores, study)
     assert line == "trial 3 (cas-dm lpips) finished in 2 min\n  FID 12.35  sFID 7.00  IS 2.50"
 
 
