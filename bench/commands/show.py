@@ -8,7 +8,7 @@ from rich.table import Table
 
 from bench.commands import add_study_storage
 from bench.evaluation import METRIC_NAMES
-from bench.results import load_results, storage_url_for
+from bench.results import read_records, storage_url_for
 from bench.study import load_study
 
 SHOWN_METRICS = ("fid", "sfid", "is_mean", "is_std", "kid", "precision", "recall")
@@ -34,8 +34,6 @@ def shown_metrics(
     available: list[str], preferred: tuple[str, ...], width: int, state_width: int = 8
 ) -> list[str]:
     """The metric columns that fit `width` terminal columns: the study's table metrics first."""
-    from bench.evaluation.evaluator import METRIC_NAMES
-
     order = [m for m in preferred if m in available]
     order += [m for m in SHOWN_METRICS if m in available and m not in order]
     budget = width - FIXED_WIDTH - CELL_MIN_WIDTH - state_width - 3
@@ -51,7 +49,7 @@ def shown_metrics(
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
-    results = load_results(study, args.storage or storage_url_for(args.results))
+    results = read_records(study, args.storage or storage_url_for(args.results))
     console = Console()
     console.print(f"[bold]{study.name}[/bold]: {study.description}")
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
@@ -70,10 +68,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  {key}: {value}", highlight=False)
 
     trials = results.trials
-    available = [m for m in SHOWN_METRICS if m in trials.columns]
+    available = [m for m in SHOWN_METRICS if any(m in row for row in trials)]
     shown_states = [
-        f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
-        for row in trials.to_dict("records")
+        f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"] for row in trials
     ]
     state_width = max([len("state"), *map(len, shown_states)])
     metrics = shown_metrics(available, study.table.metrics, console.width, state_width)
@@ -88,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             min_width=CELL_MIN_WIDTH - 3 if column == "cell" else None,
         )
     styles = {"COMPLETE": "", "RUNNING": "yellow", "WAITING": "dim", "FAIL": "red"}
-    for row, state in zip(trials.to_dict("records"), shown_states, strict=True):
+    for row, state in zip(trials, shown_states, strict=True):
         duration = row.get("duration_s")
         time = f"{duration:.0f}s" if isinstance(duration, float) and math.isfinite(duration) else ""
         table.add_row(
@@ -117,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             highlight=False,
             style="dim",
         )
-    failed = [row for row in trials.to_dict("records") if row["state"] == "FAIL"]
+    failed = [row for row in trials if row["state"] == "FAIL"]
     for row in failed:
         console.print(
             f"trial {row['trial']} ({row.get('cell', '')}) failed: {row['error']}",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.commands import add_study_storage
 from bench.errors import BenchError
+from bench.evaluation import METRIC_NAMES
 from bench.results import (
     check_one_evaluator_build,
     describe_storage,
@@ -46,9 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_metrics(text: str) -> tuple[str, ...]:
     """ "fid,sFID,is" -> ("fid", "sfid", "is_mean"): score keys or display names, any case."""
-    from bench.errors import BenchError
-    from bench.evaluation.evaluator import METRIC_NAMES
-
     names = {key: key for key in METRIC_NAMES}
     names.update({name.lower(): key for key, name in METRIC_NAMES.items()})
     metrics = []
