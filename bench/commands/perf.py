@@ -100,9 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run time: the evaluation suite dominates on a CPU, where its two Inception passes over "
         "--eval-images images run at about 5 images/s (about a minute at the default 100, "
         "plus a one-time weights download unless --random-weights); on a GPU the 10,000 "
-        "images take minutes. The harness suite runs one quickstart cell 2 x --harness-repeats + 1 "
-        "times (about 5 minutes on 2 CPU cores at the defaults). Use --only models for a quick "
-        "look."
+        "images take minutes. The harness suite runs one quickstart cell "
+        "2 x --harness-repeats + 1 times (minutes on a CPU; --harness-steps shortens it). "
+        "Use --only models for a quick look."
     )
 
 
