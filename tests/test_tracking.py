@@ -112,10 +112,17 @@ def test_tracking_uris_and_paths():
 
 
 def _schema(database: Path) -> tuple[list, list]:
-    """A SQLite database's tables, indexes and their SQL, and its Alembic revision."""
+    """A SQLite database's tables and indexes with the lines of their SQL (columns, constraints;
+    as a set: MLflow's migrations emit a table's CHECK constraints in varying order), and its
+    Alembic revision."""
     with contextlib.closing(sqlite3.connect(database)) as db:
         objects = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-        return objects, db.execute("SELECT version_num FROM alembic_version").fetchall()
+        revision = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    lines = [
+        (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+        for kind, name, sql in objects
+    ]
+    return lines, revision
 
 
 def test_a_new_store_is_a_copy_of_the_schema_mlflow_builds(tmp_path, monkeypatch):
