@@ -103,3 +103,17 @@ def test_harness_benchmark_times_the_same_cell_through_bench_run_and_the_library
     assert result["bench_run_s"] > 0 and result["bare_s"] > 0 and result["repeats"] == 1
     assert result["ratio"] == pytest.approx(result["bench_run_s"] / result["bare_s"])
     assert result["same_scores"]  # the bare script trained, sampled and scored the same
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--harness-steps", "0"], "--harness-steps must be >= 1, got 0"),
+        (["--harness-repeats", "0"], "--harness-repeats must be >= 1, got 0"),
+    ],
+)
+def test_bad_harness_arguments_exit_2_before_running(argv, message, capsys):
+    from bench.cli import main
+
+    assert main(["perf", "--only", "harness", *argv]) == 2
+    assert message in capsys.readouterr().err

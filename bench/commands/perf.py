@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     eval_images = args.eval_images or (10_000 if device.type == "cuda" else 100)
     if eval_images < 1:
         raise BenchError(f"--eval-images must be >= 1, got {eval_images}")
+    if args.harness_steps is not None and args.harness_steps < 1:
+        raise BenchError(f"--harness-steps must be >= 1, got {args.harness_steps}")
+    if args.harness_repeats < 1:
+        raise BenchError(f"--harness-repeats must be >= 1, got {args.harness_repeats}")
     if args.eval_repeats < 1:
         raise BenchError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
 
