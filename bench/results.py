@@ -185,13 +185,24 @@ def failure_kind(trial: "optuna.trial.FrozenTrial") -> str:
     return kind if kind in ("lost", "interrupted") else "error"
 
 
-def load_results(study: "Study", storage: str | None = None) -> Results:
-    """Read `study` back from its Optuna storage (default DEFAULT_STORAGE)."""
-    import pandas
+@dataclass(frozen=True)
+class Records:
+    """A study's trials read back as plain dicts (no pandas): what `bench show` prints, and what
+    load_results builds its frames from."""
 
+    complete: list[dict[str, Any]]  # one per COMPLETE trial: the row of Results.frame
+    trials: list[dict[str, Any]]  # one per trial: the row of Results.trials
+    reference: dict[str, float] | None
+    meta: dict[str, Any]
+    total: int
+    states: Counter
+    evaluator_builds: dict[str, dict[str, str] | None]
+
+
+def read_records(study: "Study", storage: str | None = None) -> Records:
+    """Read `study`'s trials back from its Optuna storage (default DEFAULT_STORAGE)."""
     optuna_study = load_optuna_study(study.name, storage or DEFAULT_STORAGE)
     attrs = optuna_study.user_attrs
-    axes = list(study.grid) if study.is_grid else list(study.search)
     rows, everything = [], []
     builds: dict[str, dict[str, str] | None] = {}
     reference = _stored_scores(attrs, "reference_scores", "reference_metrics")
@@ -226,23 +237,41 @@ def load_results(study: "Study", storage: str | None = None) -> Results:
         row.update({COST_PREFIX + k: v for k, v in trial_cost(trial.user_attrs).items()})
         rows.append(row)
         builds[f"trial {trial.number}"] = trial.user_attrs.get("evaluator_build")
-    score_keys = list(study.table.scores)
-    cost_columns = [COST_PREFIX + key for key in COSTS]
-    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns, *RUN_COLUMNS]
-    frame = pandas.DataFrame(rows)
-    for column in columns:
-        if column not in frame:
-            frame[column] = pandas.Series(dtype=object)
-    extra = [c for c in frame.columns if c not in columns]
-    trials = pandas.DataFrame(everything, columns=None if everything else ["trial", "state"])
-    return Results(
-        frame=frame[columns + extra],
+    return Records(
+        complete=rows,
+        trials=everything,
         reference=reference,
         meta=dict(attrs.get("meta", {})),
         total=int(attrs.get("total_cells", study.size)),
         states=states,
-        trials=trials,
         evaluator_builds=builds,
+    )
+
+
+def load_results(study: "Study", storage: str | None = None) -> Results:
+    """Read `study` back from its Optuna storage (default DEFAULT_STORAGE) as frames."""
+    import pandas
+
+    records = read_records(study, storage)
+    axes = list(study.grid) if study.is_grid else list(study.search)
+    score_keys = list(study.table.scores)
+    cost_columns = [COST_PREFIX + key for key in COSTS]
+    columns = ["trial", "cell", *axes, *score_keys, *TRIAL_COLUMNS, *cost_columns, *RUN_COLUMNS]
+    frame = pandas.DataFrame(records.complete)
+    for column in columns:
+        if column not in frame:
+            frame[column] = pandas.Series(dtype=object)
+    extra = [c for c in frame.columns if c not in columns]
+    everything = records.trials
+    trials = pandas.DataFrame(everything, columns=None if everything else ["trial", "state"])
+    return Results(
+        frame=frame[columns + extra],
+        reference=records.reference,
+        meta=records.meta,
+        total=records.total,
+        states=records.states,
+        trials=trials,
+        evaluator_builds=records.evaluator_builds,
     )
 
 

@@ -5,8 +5,13 @@ one process and nothing leaks between tests. The deprecated optuna_integration.M
 not used: the runner records the MLflow run id on the Optuna trial and the trial number on the run.
 """
 
+import contextlib
 import logging
 import math
+import os
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,58 @@ def absolute_uri(uri: str) -> str:
     """
     path = sqlite_path(uri)
     return uri if path is None else f"sqlite:///{path.resolve().as_posix()}"
+
+
+def template_dir() -> Path:
+    """Where empty SQLite stores are kept: $XDG_CACHE_HOME/casdm-bench/mlflow (~/.cache/...)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "casdm-bench" / "mlflow"
+
+
+def _empty_store() -> Path:
+    """An empty SQLite store of this MLflow version's schema, made once (in template_dir).
+
+    MLflow builds a new store by running every schema migration since its first (seconds);
+    a copy of this one is current already. The template holds no experiment: MLflow adds its
+    Default experiment on first opening a copy, with that copy's artifact location.
+    """
+    import mlflow
+
+    template = template_dir() / f"empty-mlflow-{mlflow.__version__}.db"
+    if template.is_file():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent) as folder:
+        built = Path(folder) / "empty.db"
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=f"sqlite:///{built.as_posix()}").search_experiments()
+        with sqlite3.connect(built) as db:
+            db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        db.close()
+        os.replace(built, template)  # concurrent builders: the last one's identical copy wins
+    return template
+
+
+def create_sqlite_store(path: Path) -> None:
+    """A new SQLite tracking store at `path`, copied from _empty_store; an existing one is kept.
+
+    The copy appears at `path` complete or not at all (a hard link of a finished copy), so a
+    concurrent creator or reader never sees a partial file. Where the template cannot be made
+    (no writable cache) or linked, MLflow creates the store itself on first use.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return
+    try:
+        template = _empty_store()
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            copy = Path(folder) / path.name
+            shutil.copyfile(template, copy)
+            with contextlib.suppress(FileExistsError):  # another process created it first
+                os.link(copy, path)
+    except OSError as err:
+        logging.getLogger(__name__).debug("no template store (%s); MLflow creates one", err)
 
 
 def default_artifact_root(uri: str) -> str | None:
@@ -147,7 +204,7 @@ class Tracker:
         tracking_uri = absolute_uri(tracking_uri)
         path = sqlite_path(tracking_uri)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_sqlite_store(path)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment_name)

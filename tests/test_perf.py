@@ -89,3 +89,31 @@ def test_workers_side_by_side_rows_and_ratios():
         )
         if mode == "policy":  # two workers on this machine: at most half the cores each
             assert all(r["threads"] <= max(1, r["cores"] // 2) for r in side)
+
+
+def test_harness_benchmark_times_the_same_cell_through_bench_run_and_the_library():
+    from pathlib import Path
+
+    from bench.perf_harness import harness_benchmark
+
+    tiny = Path(__file__).parent / "studies" / "tiny.toml"
+    cell = ("architecture.name=cas-dm", "metric.name=l2")
+    result = harness_benchmark(tiny, cell, steps=2, repeats=1, timeout=300)
+    assert result["cell"] == "architecture.name=cas-dm metric.name=l2 train.steps=2"
+    assert result["bench_run_s"] > 0 and result["bare_s"] > 0 and result["repeats"] == 1
+    assert result["ratio"] == pytest.approx(result["bench_run_s"] / result["bare_s"])
+    assert result["same_scores"]  # the bare script trained, sampled and scored the same
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--harness-steps", "0"], "--harness-steps must be >= 1, got 0"),
+        (["--harness-repeats", "0"], "--harness-repeats must be >= 1, got 0"),
+    ],
+)
+def test_bad_harness_arguments_exit_2_before_running(argv, message, capsys):
+    from bench.cli import main
+
+    assert main(["perf", "--only", "harness", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -22,14 +22,15 @@ for argv in {argvs!r}:
         except SystemExit as exit:
             code = exit.code
     assert code == 0, (argv, code)
-heavy = [m for m in ("torch", "torchvision", "sklearn", "mlflow", "lpips") if m in sys.modules]
+heavy = [m for m in {heavy!r} if m in sys.modules]
 print(",".join(heavy) or "none")
 """
+HEAVY = ("torch", "torchvision", "sklearn", "mlflow", "lpips")
 
 
-def _heavy_modules_after(argvs: list[list[str]], cwd) -> str:
+def _heavy_modules_after(argvs: list[list[str]], cwd, heavy: tuple[str, ...] = HEAVY) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(argvs=argvs)],
+        [sys.executable, "-c", _PROBE.format(argvs=argvs, heavy=heavy)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -46,6 +47,38 @@ def test_help_and_list_import_no_torch(tmp_path):
         (studies / f"{name}.toml").write_text((STUDIES / f"{name}.toml").read_text())
     (studies / "broken.toml").write_text('[base.architecture]\nname = "nope"\n')
     assert _heavy_modules_after([["--help"], ["list"]], tmp_path) == "none"
+
+
+def _finished_tiny_study(workspace: Path) -> None:
+    """studies/tiny.toml and an Optuna storage holding its four cells, complete, as `bench run`
+    records them (cell, params, metrics, meta, the real-data row)."""
+    import optuna
+
+    from bench.results import open_storage, storage_url_for
+    from bench.study import load_study
+
+    (workspace / "studies").mkdir()
+    (workspace / "studies" / "tiny.toml").write_text((STUDIES / "tiny.toml").read_text())
+    study = load_study(STUDIES / "tiny.toml")
+    storage = open_storage(storage_url_for(workspace / "results"), create=True)
+    stored = optuna.create_study(study_name="tiny", storage=storage)
+    stored.set_user_attr("total_cells", study.size)
+    stored.set_user_attr("meta", {"dataset": "digits", "evaluator": "classifier:digits"})
+    stored.set_user_attr("reference_metrics", {"fid": 1.5, "is_mean": 9.0})
+    for number, params in enumerate(study.cells()):
+        metrics = {"fid": 40.0 + number, "is_mean": 2.0, "sfid": 9.0, "kid": 0.01}
+        attrs = {"params": params, "cell": study.cell_name(params), "metrics": metrics}
+        stored.add_trial(optuna.trial.create_trial(value=metrics["fid"], user_attrs=attrs))
+
+
+def test_show_and_table_import_no_torch_and_show_no_pandas(tmp_path):
+    """`bench show` reads the trials as records (no pandas, no scipy); `bench table` needs
+    pandas for its frames but no model, nor scipy.stats for the intervals over seeds."""
+    _finished_tiny_study(tmp_path)
+    heavy = (*HEAVY, "pandas", "scipy.stats")
+    assert _heavy_modules_after([["show", "tiny"]], tmp_path, heavy) == "none"
+    table = [["table", "tiny", "--metrics", "fid,is"]]
+    assert _heavy_modules_after(table, tmp_path, heavy) == "pandas"
 
 
 def test_a_bad_registry_name_is_reported_without_torch(tmp_path):

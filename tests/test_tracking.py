@@ -1,6 +1,8 @@
 """The MLflow layer: one experiment per study, one run per trial, read back with MlflowClient."""
 
+import contextlib
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from bench.tracking import (
     default_artifact_root,
     param_value,
     sqlite_path,
+    template_dir,
     tracking_uri_for,
 )
 
@@ -106,3 +109,42 @@ def test_tracking_uris_and_paths():
     assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert param_value((1, 2)) == "[1, 2]" and param_value(True) == "True"
     assert len(param_value("x" * 10_000)) == 6000
+
+
+def _schema(database: Path) -> tuple[list, list]:
+    """A SQLite database's tables and indexes with the lines of their SQL (columns, constraints;
+    as a set: MLflow's migrations emit a table's CHECK constraints in varying order), and its
+    Alembic revision."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        objects = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        revision = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    lines = [
+        (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+        for kind, name, sql in objects
+    ]
+    return lines, revision
+
+
+def test_a_new_store_is_a_copy_of_the_schema_mlflow_builds(tmp_path, monkeypatch):
+    """New stores are copied from an empty one made once per MLflow version; each is what
+    MLflow builds itself (same tables, same schema revision, its Default experiment)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first = Tracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "study")
+    (template,) = template_dir().glob("empty-mlflow-*.db")
+    built = template.stat().st_mtime_ns
+    second = Tracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "study")
+    assert template.stat().st_mtime_ns == built  # made once, copied since
+    own = tmp_path / "own.db"
+    MlflowClient(f"sqlite:///{own}").search_experiments()  # MLflow runs its migrations
+    for tracker, folder in ((first, "a"), (second, "b")):
+        assert _schema(tmp_path / folder / "mlflow.db") == _schema(own)
+        client = MlflowClient(tracker.tracking_uri)
+        experiments = {e.name: e.artifact_location for e in client.search_experiments()}
+        assert experiments == {
+            "Default": MlflowClient(f"sqlite:///{own}").get_experiment("0").artifact_location,
+            "study": (tmp_path / folder / "mlartifacts").as_uri(),
+        }
+        run = tracker.start_run("cell", tags={})
+        run.log_metrics({"fid": 1.0})
+        assert client.get_run(run.run_id).data.metrics == {"fid": 1.0}

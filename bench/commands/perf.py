@@ -6,6 +6,8 @@
 - distributed: one trial over N processes (torchrun, DDP) against one process;
 - workers: N training processes side by side (as N `bench run` workers on one machine) against
   one alone, with torch's default threads and with `bench run`'s thread policy;
+- harness: one quickstart cell through `bench run` against a bare script doing the same
+  training, sampling and scoring with the library, fresh processes, interleaved repetitions;
 - evaluation: the full metric set from one feature pass against clean-fid's compute_fid +
   compute_kid (and against its cheapest one-pass FID + KID) on the same images with the same
   network and weights, medians of interleaved repetitions, plus peak memory.
@@ -21,9 +23,10 @@ from rich.table import Table
 from bench.errors import BenchError
 from bench.evaluation.benchmark import evaluation_benchmark
 from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
+from bench.perf_harness import harness_benchmark
 from bench.perf_workers import workers_benchmark
 
-SUITES = ("models", "options", "distributed", "workers", "evaluation")
+SUITES = ("models", "options", "distributed", "workers", "harness", "evaluation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=2, help="processes side by side for the workers benchmark"
     )
     parser.add_argument(
+        "--harness-steps",
+        type=int,
+        default=None,
+        help="training steps of the harness benchmark's cell (default: the quickstart's 250)",
+    )
+    parser.add_argument(
+        "--harness-repeats",
+        type=int,
+        default=3,
+        help="interleaved repetitions of `bench run` and the bare script; medians are compared",
+    )
+    parser.add_argument(
         "--eval-images",
         type=int,
         default=None,
@@ -85,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run time: the evaluation suite dominates on a CPU, where its two Inception passes over "
         "--eval-images images run at about 5 images/s (about a minute at the default 100, "
         "plus a one-time weights download unless --random-weights); on a GPU the 10,000 "
-        "images take minutes. Use --only models for a quick look."
+        "images take minutes. The harness suite runs one quickstart cell "
+        "2 x --harness-repeats + 1 times (minutes on a CPU; --harness-steps shortens it). "
+        "Use --only models for a quick look."
     )
 
 
@@ -99,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     eval_images = args.eval_images or (10_000 if device.type == "cuda" else 100)
     if eval_images < 1:
         raise BenchError(f"--eval-images must be >= 1, got {eval_images}")
+    if args.harness_steps is not None and args.harness_steps < 1:
+        raise BenchError(f"--harness-steps must be >= 1, got {args.harness_steps}")
+    if args.harness_repeats < 1:
+        raise BenchError(f"--harness-repeats must be >= 1, got {args.harness_repeats}")
     if args.eval_repeats < 1:
         raise BenchError(f"--eval-repeats must be >= 1, got {args.eval_repeats}")
 
@@ -123,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if "workers" in args.only:
         console.print(f"[bold]workers[/]: {args.workers} side by side against 1 alone ...")
         rows += workers_benchmark(args.workers, steps=args.steps)
+    if "harness" in args.only:
+        console.print("[bold]harness[/]: one cell through `bench run` against a bare script ...")
+        result = harness_benchmark(steps=args.harness_steps, repeats=args.harness_repeats)
+        rows.append({"benchmark": "harness", **result})
     if "evaluation" in args.only:
         console.print(f"[bold]evaluation[/]: {eval_images} images, ours against clean-fid ...")
         result = evaluation_benchmark(

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from bench.commands import add_study_storage
 from bench.evaluation import scores as score_registry
-from bench.results import load_results, storage_url_for
+from bench.results import read_records, storage_url_for
 from bench.study import load_study
 
 
@@ -48,7 +48,7 @@ def shown_scores(
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
-    results = load_results(study, args.storage or storage_url_for(args.results))
+    results = read_records(study, args.storage or storage_url_for(args.results))
     console = Console()
     console.print(f"[bold]{study.name}[/bold]: {study.description}")
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
@@ -67,10 +67,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  {key}: {value}", highlight=False)
 
     trials = results.trials
-    available = [m for m in score_registry.names() if m in trials.columns]
+    available = [m for m in score_registry.names() if any(m in row for row in trials)]
     shown_states = [
-        f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"]
-        for row in trials.to_dict("records")
+        f"FAIL ({row['failure']})" if row["state"] == "FAIL" else row["state"] for row in trials
     ]
     state_width = max([len("state"), *map(len, shown_states)])
     scores = shown_scores(available, study.table.scores, console.width, state_width)
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             min_width=CELL_MIN_WIDTH - 3 if column == "cell" else None,
         )
     styles = {"COMPLETE": "", "RUNNING": "yellow", "WAITING": "dim", "FAIL": "red"}
-    for row, state in zip(trials.to_dict("records"), shown_states, strict=True):
+    for row, state in zip(trials, shown_states, strict=True):
         duration = row.get("duration_s")
         time = f"{duration:.0f}s" if isinstance(duration, float) and math.isfinite(duration) else ""
         table.add_row(
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             highlight=False,
             style="dim",
         )
-    failed = [row for row in trials.to_dict("records") if row["state"] == "FAIL"]
+    failed = [row for row in trials if row["state"] == "FAIL"]
     for row in failed:
         console.print(
             f"trial {row['trial']} ({row.get('cell', '')}) failed: {row['error']}",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.commands import add_study_storage
 from bench.errors import BenchError
+from bench.evaluation import scores as score_registry
 from bench.results import (
     check_one_evaluator_build,
     describe_storage,
@@ -48,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_scores(text: str, option: str = "--scores") -> tuple[str, ...]:
     """ "fid,sFID,is" -> ("fid", "sfid", "is_mean"): score names or display names, any case."""
-    from bench.evaluation import scores as score_registry
-
     registered = score_registry.scores()
     names = {score.name: score.name for score in registered}
     names.update({score.display.lower(): score.name for score in registered})
