@@ -190,3 +190,16 @@ def test_bootstrap_is_repeatable_and_zero_resamples_disable_it():
         20,
         7,
     )
+
+
+def test_the_automatic_bootstrap_leaves_kid_out_and_an_explicit_count_includes_it():
+    rng = np.random.default_rng(3)
+    real, real_s = _gaussian(rng, 60, 8), _gaussian(rng, 60, 5)
+    fake, fake_s = _gaussian(rng, 40, 8, 0.3), _gaussian(rng, 40, 5, 0.2)
+    ctx = _context(_stats(fake, rng.normal(size=(40, 6)).astype(np.float32), fake_s),
+                   _reference(real, real_s, keep=True))  # fmt: skip
+    values = _scores(ctx)
+    automatic = bootstrap(ctx, values, 4, every=False)
+    explicit = bootstrap(ctx, values, 4)
+    assert "bootstrap.kid.se" not in automatic and "bootstrap.kid.se" in explicit
+    assert {k: v for k, v in explicit.items() if k != "bootstrap.kid.se"} == automatic

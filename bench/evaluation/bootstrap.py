@@ -53,18 +53,24 @@ def resample_indices(n: int, resamples: int) -> list[np.ndarray]:
     return [torch.randint(n, (n,), generator=generator).numpy() for _ in range(resamples)]
 
 
-def bootstrap(ctx: ScoringContext, values: dict[str, float], resamples: int) -> dict[str, float]:
+def bootstrap(
+    ctx: ScoringContext, values: dict[str, float], resamples: int, *, every: bool = True
+) -> dict[str, float]:
     """The bootstrap standard errors of the bootstrappable scores over `resamples` resamples.
 
     `values` are the scores of `ctx` itself: a score that is NaN there (its inputs missing) is
     not resampled. A score whose input the resample lacks (MissingInput) gets no error.
+    `every` False (eval.bootstrap automatic) leaves out the scores not bootstrapped by default
+    (`Score.bootstrap_by_default`: KID, whose resamples cost more than the trial).
     """
     if resamples < 2:
         return {}
     chosen = [
         s
         for s in score_registry.scores()
-        if s.bootstrap and math.isfinite(values.get(s.name, math.nan))
+        if s.bootstrap
+        and (every or s.bootstrap_by_default)
+        and math.isfinite(values.get(s.name, math.nan))
     ]
     draws: dict[str, list[float]] = {s.name: [] for s in chosen}
     for index in resample_indices(ctx.n, resamples):

@@ -72,7 +72,9 @@ def score(
             progress=progress,
         )
         return distributed.main_only(
-            lambda: _scores(ScoringContext(stats, reference, evaluator, settings), resamples)
+            lambda: _scores(
+                ScoringContext(stats, reference, evaluator, settings), resamples, bootstrap >= 0
+            )
         )
     chunks, total = batches(images, batch_size, f"images scored by {evaluator.label}")
     if 0 < total < needed:
@@ -88,7 +90,7 @@ def score(
     )
     if stats.n < needed:
         raise _too_few(stats.n, needed, is_parts)
-    return _scores(ScoringContext(stats, reference, evaluator, settings), resamples)
+    return _scores(ScoringContext(stats, reference, evaluator, settings), resamples, bootstrap >= 0)
 
 
 def protocols(is_protocol: str = "adm", is_splits: int = 10) -> dict[str, str]:
@@ -99,11 +101,12 @@ def protocols(is_protocol: str = "adm", is_splits: int = 10) -> dict[str, str]:
     return score_registry.protocols(ScoreSettings(is_protocol, is_splits))
 
 
-def _scores(ctx: ScoringContext, resamples: int = 0) -> dict[str, float]:
+def _scores(ctx: ScoringContext, resamples: int = 0, every: bool = True) -> dict[str, float]:
     """Every registered score of `ctx` (NaN where its inputs are missing), and with
-    `resamples` >= 2 their bootstrap standard errors ("bootstrap.<score>.se")."""
+    `resamples` >= 2 their bootstrap standard errors ("bootstrap.<score>.se"); `every` False:
+    only the scores bootstrapped by default (eval.bootstrap automatic)."""
     values = {score.name: _value(score, ctx) for score in score_registry.scores()}
-    return {**values, **bootstrap_errors(ctx, values, resamples)}
+    return {**values, **bootstrap_errors(ctx, values, resamples, every=every)}
 
 
 def _value(score: score_registry.Score, ctx: ScoringContext) -> float:
