@@ -74,21 +74,23 @@ def test_options_are_addressed_like_built_in_ones(plugin):
         from_dict(RunConfig, {"architecture": {"name": "v-ddpm", "v_weight": 0}})
 
 
-def test_flow_euler_equals_ddim_for_an_eps_model_without_clipping(plugin):
+def tiny_model(architecture: str):
+    """(a 1-channel 8x8 model of `architecture` with seeded weights, its schedule)."""
     from casdm.architectures import build_model
     from casdm.config import ArchitectureConfig, ModelConfig
-    from casdm.samplers import ddim
     from casdm.schedule import Schedule
 
     torch.manual_seed(0)
     schedule = Schedule.named("linear", 100)
-    model = build_model(
-        ArchitectureConfig(name="ddpm"),
-        ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=()),
-        schedule,
-        1,
-        8,
-    ).eval()
+    model_cfg = ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=())
+    return build_model(ArchitectureConfig(name=architecture), model_cfg, schedule, 1, 8), schedule
+
+
+def test_flow_euler_equals_ddim_for_an_eps_model_without_clipping(plugin):
+    from casdm.samplers import ddim
+
+    model, schedule = tiny_model("ddpm")
+    model.eval()
     x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     g = torch.Generator()
     expected = ddim(model, schedule, x_T, steps=7, generator=g, clip_x0=False)
@@ -97,20 +99,10 @@ def test_flow_euler_equals_ddim_for_an_eps_model_without_clipping(plugin):
 
 
 def test_v_prediction_is_consistent_with_eps_and_x0(plugin):
-    from casdm.architectures import build_model
-    from casdm.config import ArchitectureConfig, MetricConfig, ModelConfig
+    from casdm.config import MetricConfig
     from casdm.metrics import build_metric
-    from casdm.schedule import Schedule
 
-    torch.manual_seed(0)
-    schedule = Schedule.named("linear", 100)
-    model = build_model(
-        ArchitectureConfig(name="v-ddpm"),
-        ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=()),
-        schedule,
-        1,
-        8,
-    )
+    model, schedule = tiny_model("v-ddpm")
     x_t, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
     pred = model(x_t, t)
     torch.testing.assert_close(
