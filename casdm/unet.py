@@ -41,7 +41,13 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over spatial positions, with a residual connection."""
+    """Multi-head self-attention over spatial positions, with a residual connection.
+
+    The q, k, v and output projections are linear layers over the positions' channel vectors
+    (the 1x1 Conv1d of ADM's QKVAttention is the same map; as linear layers on [B, HW, C]
+    they take the faster matmul path). A checkpoint written with the Conv1d projections loads:
+    their [out, in, 1] weights are squeezed to [out, in].
+    """
 
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
@@ -49,18 +55,23 @@ class Attention(nn.Module):
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm = norm(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj = nn.Conv1d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x).reshape(B, C, H * W))  # [B, 3C, HW]
-        q, k, v = qkv.reshape(B, 3, self.num_heads, C // self.num_heads, H * W).unbind(1)
-        h = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )
-        h = h.transpose(-1, -2).reshape(B, C, H * W)
-        return x + self.proj(h).reshape(B, C, H, W)
+        tokens = self.norm(x).reshape(B, C, H * W).transpose(1, 2)  # [B, HW, C]
+        qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, HW, C / heads]
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        return x + self.proj(h).transpose(1, 2).reshape(B, C, H, W)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("qkv.weight", "proj.weight"):
+            weight = state_dict.get(prefix + name)
+            if weight is not None and weight.ndim == 3:  # a Conv1d projection: [out, in, 1]
+                state_dict[prefix + name] = weight.squeeze(-1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Level(nn.Module):

@@ -283,3 +283,37 @@ def test_count_parameters_counts_trainable_only():
     assert count_parameters(model.phi) < count_parameters(model.theta)
     model.theta.requires_grad_(False)
     assert count_parameters(model) == expected - sum(p.numel() for p in model.theta.parameters())
+
+
+def test_attention_equals_adms_conv1d_form_and_loads_its_checkpoints():
+    """The projections are linear layers; ADM's QKVAttention applies the same maps as 1x1
+    Conv1d on [B, C, HW]. Written here that way, with weights [out, in, 1], as checkpoints
+    made before held them: they load, and both give the same output."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from casdm.unet import Attention, norm
+
+    class ConvAttention(nn.Module):
+        def __init__(self, channels, heads):
+            super().__init__()
+            self.heads = heads
+            self.norm = norm(channels)
+            self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+            self.proj = nn.Conv1d(channels, channels, 1)
+
+        def forward(self, x):
+            B, C, H, W = x.shape
+            qkv = self.qkv(self.norm(x).reshape(B, C, H * W))
+            q, k, v = qkv.reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+            h = F.scaled_dot_product_attention(*(a.transpose(-1, -2) for a in (q, k, v)))
+            return x + self.proj(h.transpose(-1, -2).reshape(B, C, H * W)).reshape(B, C, H, W)
+
+    torch.manual_seed(0)
+    for heads in (1, 4):
+        reference = ConvAttention(32, heads)
+        attention = Attention(32, heads)
+        attention.load_state_dict(reference.state_dict())
+        x = torch.randn(2, 32, 8, 8)
+        torch.testing.assert_close(attention(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert attention.qkv.weight.shape == (96, 32)
