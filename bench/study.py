@@ -21,13 +21,13 @@ from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.evaluation import scores as score_registry
 from bench.evaluation.scores import Direction
-from casdm.components import registry
 from casdm.config import (
     Choice,
     ConfigError,
     flatten,
     from_dict,
     merge,
+    option_takers,
     option_types,
     unflatten,
 )
@@ -354,8 +354,7 @@ def _check_options_used(path: Path, configs: list[RunConfig], explicit: dict[str
         chosen = [getattr(config, section) for config in configs]
         if any(leaf in {f.name for f in dataclasses.fields(c.options)} for c in chosen):
             continue
-        kinds = registry(choice.kind)
-        takers = [n for n in kinds.names() if leaf in typing.get_type_hints(kinds.get(n).options)]
+        takers = [c.name for c in option_takers(type(choice), leaf)]
         used = ", ".join(dict.fromkeys(c.component_name for c in chosen))
         raise _error(
             path,

@@ -392,13 +392,13 @@ def _flags(
             caveats = config.caveats()
             weights = bool(config.eval.random_weights or meta.get("random_weights"))
         except Exception:  # a search value outside the file's axes: fall back on the meta
-            caveats = study_caveats(meta)
+            caveats = stored_caveats(meta)
             weights = bool(meta.get("random_weights"))
         flags[r, g] = {"caveats": " ".join(caveats), "random_weights": weights}
     return flags
 
 
-def study_caveats(meta: dict[str, Any]) -> list[str]:
+def stored_caveats(meta: dict[str, Any]) -> list[str]:
     """The caveats of a study's components (study meta "caveats"). Studies stored before
     components had caveats recorded only a metric loss's random trunk ("lpips_trunk")."""
     if "caveats" in meta:
@@ -491,7 +491,7 @@ def _caption(
     notes = _metric_notes(study)
     if notes:
         parts.append(f"Metric losses: {'; '.join(notes)}.")
-    parts.extend(study_caveats(meta))
+    parts.extend(stored_caveats(meta))
     if done < results.total:
         failed = results.states.get("FAIL", 0) if results.states else 0
         note = f"; {failed} failed" if failed else ""

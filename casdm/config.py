@@ -57,7 +57,7 @@ class Choice:
         for f in dataclasses.fields(self):
             if f.name == "options":
                 continue
-            value = kwargs.pop(f.name) if f.name in kwargs else _default(f)
+            value = kwargs.pop(f.name) if f.name in kwargs else field_default(f)
             object.__setattr__(self, f.name, value)
         component = self.component
         if options is not None and not isinstance(options, component.options):
@@ -99,18 +99,28 @@ class Choice:
             f"{', '.join(f.name for f in dataclasses.fields(options)) or 'none'})"
         )
 
+    @classmethod
+    def name_of(cls, value: str) -> str:
+        """The registry name the selector's `value` names (itself, but for datasets)."""
+        return value
+
+    @classmethod
+    def find(cls, value: str) -> "Component":
+        """The component the selector's `value` names; ConfigError listing the valid ones."""
+        try:
+            return registry(cls.kind).get(cls.name_of(value))
+        except InputError as err:
+            raise ConfigError(cls.selector, str(err)) from None
+
     @property
     def component_name(self) -> str:
-        """The registry name of the chosen component (the selector's value)."""
-        return getattr(self, self.selector)
+        """The registry name of the chosen component."""
+        return self.name_of(getattr(self, self.selector))
 
     @property
     def component(self) -> "Component":
-        """The chosen component (UnknownComponentError if no registry holds it)."""
-        try:
-            return registry(self.kind).get(self.component_name)
-        except InputError as err:
-            raise ConfigError(self.selector, str(err)) from None
+        """The chosen component."""
+        return self.find(getattr(self, self.selector))
 
     @property
     def label(self) -> str:
@@ -123,29 +133,16 @@ class Choice:
         hints = typing.get_type_hints(cls)
         own = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
         fields = {k: _coerce(v, hints[k], _path(prefix, k)) for k, v in data.items() if k in own}
-        name = fields.get(cls.selector, _default(_field(cls, cls.selector)))
-        probe = cls.__new__(cls)
-        object.__setattr__(probe, cls.selector, name)
-        try:
-            component = probe.component
-        except ConfigError as err:
-            raise ConfigError(_path(prefix, cls.selector), str(err).split(": ", 1)[-1]) from None
+        value = fields.get(cls.selector, field_default(_field(cls, cls.selector)))
+        component = from_dict_checked(cls, prefix, lambda: cls.find(value))
         mine = typing.get_type_hints(component.options)
-        options = {}
-        for key, value in data.items():
-            if key in own:
-                continue
-            path = _path(prefix, key)
-            if key in mine:
-                options[key] = _coerce(value, mine[key], path)
-                continue
-            check(
-                bool(option_types(cls, key)),
-                path,
-                f"unknown key; {cls.kind} {component.name!r} takes: "
-                f"{', '.join(sorted([*own, *mine]))}",
-            )
-            _check_foreign(cls, key, value, path)
+        # The chosen component's options are coerced here; any other key goes to the
+        # constructor, which checks another component's option and refuses an unknown key.
+        options = {
+            k: _coerce(v, mine[k], _path(prefix, k)) if k in mine else v
+            for k, v in data.items()
+            if k not in own
+        }
         return from_dict_checked(cls, prefix, lambda: cls(**fields, **options))
 
 
@@ -157,7 +154,8 @@ def _field(cls: type, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (TypeError if it has none)."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -165,28 +163,25 @@ def _default(f: dataclasses.Field) -> Any:
     raise TypeError(f"missing value for {f.name}")
 
 
-def option_types(cls: type[Choice], key: str) -> list[Any]:
-    """The types any registered component of `cls`'s kind gives its option `key` (may be [])."""
+def option_takers(cls: type[Choice], key: str) -> list["Component"]:
+    """The registered components of `cls`'s kind that take the option `key` (may be [])."""
     kind = registry(cls.kind)
-    found = []
-    for name in kind.names():
-        hints = typing.get_type_hints(kind.get(name).options)
-        if key in hints:
-            found.append(hints[key])
-    return found
+    components = [kind.get(name) for name in kind.names()]
+    return [c for c in components if key in typing.get_type_hints(c.options)]
+
+
+def option_types(cls: type[Choice], key: str) -> list[Any]:
+    """The types the components of `cls`'s kind that take option `key` give it (may be [])."""
+    return [typing.get_type_hints(c.options)[key] for c in option_takers(cls, key)]
 
 
 def _check_foreign(cls: type[Choice], key: str, value: Any, path: str) -> None:
     """Check `value` as option `key` of the components of `cls`'s kind that take it (type and
     range, the other options at their defaults): ConfigError at `path` if none accepts it."""
-    kind = registry(cls.kind)
     error = None
-    for name in kind.names():
-        options = kind.get(name).options
-        if key not in typing.get_type_hints(options):
-            continue
+    for component in option_takers(cls, key):
         try:
-            from_dict(options, {key: value}, "")
+            from_dict(component.options, {key: value}, "")
             return
         except ConfigError as err:
             error = error or err
@@ -220,16 +215,16 @@ class DataConfig(Choice):
             f"dataset {name!r} takes no path, got {self.dataset!r}; write {name!r}",
         )
 
-    @property
-    def component_name(self) -> str:
-        return self.dataset.partition(":")[0]
+    @classmethod
+    def name_of(cls, value: str) -> str:
+        return value.partition(":")[0]
 
-    @property
-    def component(self) -> "Component":
+    @classmethod
+    def find(cls, value: str) -> "Component":
         try:
-            return super().component
+            return super().find(value)
         except ConfigError as err:
-            kinds = registry(self.kind)
+            kinds = registry(cls.kind)
             forms = [f"'{n}:PATH'" for n in kinds.names() if kinds.get(n).takes_path]
             raise ConfigError(
                 "dataset",
@@ -519,9 +514,11 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "check",
+    "field_default",
     "flatten",
     "from_dict",
     "merge",
+    "option_takers",
     "to_dict",
     "unflatten",
 ]

@@ -11,6 +11,7 @@ from rich.table import Table
 from bench.errors import BenchError
 from bench.study import STUDIES_DIR, available_studies, load_study, value_text
 from casdm.components import ENTRY_POINT_GROUP, kinds, loaded_plugins, registry
+from casdm.config import field_default
 from casdm.errors import InputError
 
 
@@ -107,7 +108,8 @@ def list_components() -> int:
         for name in components:
             component = components.get(name)
             options = ", ".join(
-                f"{f.name}={value_text(_default(f))}" for f in dataclasses.fields(component.options)
+                f"{f.name}={value_text(field_default(f))}"
+                for f in dataclasses.fields(component.options)
             )
             module = component.target.split(":")[0]
             origin = "built-in" if module.split(".")[0] in ("casdm", "bench") else module
@@ -120,9 +122,3 @@ def list_components() -> int:
         highlight=False,
     )
     return 0
-
-
-def _default(f: dataclasses.Field) -> object:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"
