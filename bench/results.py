@@ -140,11 +140,16 @@ class Results:
     # Where each score came from: "trial N" / REAL_DATA -> Scorer.build (None: not recorded)
     evaluator_builds: dict[str, dict[str, str] | None] = dataclasses.field(default_factory=dict)
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """`frame` as one dict per COMPLETE trial (what bench.tables reads, as from Records)."""
+        return self.frame.to_dict("records")
+
 
 REAL_DATA = "the real-data row"
 
 
-def check_one_evaluator_build(results: Results) -> None:
+def check_one_evaluator_build(results: "Records | Results") -> None:
     """Raise BenchError when the scores come from more than one evaluator build (weights or
     reference statistics hashes), naming the trials of each; scores that recorded none (a
     study run before builds were recorded) count as one build of their own."""
@@ -197,6 +202,11 @@ class Records:
     total: int
     states: Counter
     evaluator_builds: dict[str, dict[str, str] | None]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The COMPLETE trials (as Results.rows)."""
+        return self.complete
 
 
 def read_records(study: "Study", storage: str | None = None) -> Records:

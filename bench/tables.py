@@ -31,7 +31,9 @@ from bench.evaluation import scores as score_registry
 from bench.study import Study, value_text
 
 if TYPE_CHECKING:
-    from bench.results import Results
+    from bench.results import Records, Results
+
+Row = dict[str, Any]  # one COMPLETE trial: its params, scores, costs (bench.results)
 
 Format = Literal["latex", "markdown", "csv"]
 FORMATS: tuple[Format, ...] = ("latex", "markdown", "csv")
@@ -90,7 +92,7 @@ class Table:
 
 
 def build_table(
-    results: "Results",
+    results: "Records | Results",
     study: Study,
     *,
     scores: Sequence[str] | None = None,
@@ -100,16 +102,16 @@ def build_table(
 
     `scores` and `layout` override the study's [table] scores and layout.
     """
-    frame = results.frame
+    trials = results.rows
     spec = study.table
     scores = tuple(scores or spec.scores)
-    rows = _combos(study, frame, spec.rows)
-    groups = _combos(study, frame, spec.columns)
+    rows = _combos(study, trials, spec.rows)
+    groups = _combos(study, trials, spec.columns)
     samples: dict[tuple[int, int, str], dict[int, float]] = {}
     cells: dict[tuple[int, int, str], Cell] = {}
     costs: dict[tuple[int, int], dict[str, float | None]] = {}
     for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
-        selected = _select(frame, {**row, **group})
+        selected = _select(trials, {**row, **group})
         for score in scores:
             samples[r, g, score] = _per_seed(selected, score)
             cells[r, g, score] = _aggregate(selected, score)
@@ -133,7 +135,7 @@ def build_table(
     cells, tests = _significance(cells, samples, rows, groups, scores, spec.baseline)
     meta = _meta(results, study)
     axes = (*spec.rows, *spec.columns)
-    done = len(frame)
+    done = len(trials)
     return Table(
         name=study.name,
         caption=_caption(results, study, done, meta, cells, tests, spec.baseline),
@@ -167,7 +169,7 @@ def render(table: Table, fmt: Format) -> str:
 
 
 def write_tables(
-    results: "Results",
+    results: "Records | Results",
     study: Study,
     out: Path | None = None,
     formats: Sequence[Format] = FORMATS,
@@ -197,14 +199,16 @@ def write_tables(
 # --- building -----------------------------------------------------------------------------
 
 
-def _combos(study: Study, frame: Any, keys: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+def _combos(
+    study: Study, trials: list[Row], keys: Sequence[str]
+) -> list[tuple[str, dict[str, Any]]]:
     """(label, {key: value}) for every combination of the axes' values, in study order."""
     values = []
     for key in keys:
         if key in study.grid:
             values.append(study.grid[key])
         else:  # a search axis: the values the trials took
-            seen = {value_text(v): v for v in frame[key]} if key in frame else {}
+            seen = {value_text(v): v for v in _column(trials, key)}
             values.append(sorted(seen.values()))
     combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
     # No row axes: one row, named after the study.
@@ -214,31 +218,40 @@ def _combos(study: Study, frame: Any, keys: Sequence[str]) -> list[tuple[str, di
     ]
 
 
-def _select(frame: Any, values: dict[str, Any]) -> Any:
-    selected = frame
-    for key, value in values.items():
-        selected = selected[selected[key].map(value_text) == value_text(value)]
-    return selected
+def _select(trials: list[Row], values: dict[str, Any]) -> list[Row]:
+    """The trials whose values of the axes in `values` are those (compared as printed)."""
+    wanted = {key: value_text(value) for key, value in values.items()}
+    return [
+        trial
+        for trial in trials
+        if all(key in trial and value_text(trial[key]) == text for key, text in wanted.items())
+    ]
+
+
+def _column(trials: list[Row], key: str) -> list[Any]:
+    """The values of `key` in the trials that hold it (a missing or NaN cell is skipped)."""
+    return [t[key] for t in trials if key in t and not _nan(t[key])]
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _per_seed(selected: Any, score: str) -> dict[int, float]:
+def _per_seed(selected: list[Row], score: str) -> dict[int, float]:
     """seed -> value of the cell's trials (trial order stands in for seeds in a search)."""
-    if score not in selected:
-        return {}
-    seeds = selected["seed"] if "seed" in selected else range(len(selected))
     return {
-        int(seed) if _finite(seed) else i: float(value)
-        for i, (seed, value) in enumerate(zip(seeds, selected[score], strict=True))
-        if _finite(value)
+        int(trial["seed"]) if _finite(trial.get("seed")) else i: float(trial[score])
+        for i, trial in enumerate(selected)
+        if _finite(trial.get(score))
     }
 
 
-def _mean(selected: Any, column: str) -> float | None:
-    values = [float(v) for v in selected[column] if _finite(v)] if column in selected else []
+def _mean(selected: list[Row], column: str) -> float | None:
+    values = [float(v) for v in _column(selected, column) if _finite(v)]
     return sum(values) / len(values) if values else None
 
 
@@ -358,7 +371,7 @@ def _value_labels(
     return labels
 
 
-def _meta(results: "Results", study: Study) -> dict[str, Any]:
+def _meta(results: "Records | Results", study: Study) -> dict[str, Any]:
     """Dataset, evaluator, samples, sampler, steps: as run (the runner's meta) or configured."""
     config = study.config(study.cells()[0])
     return {
@@ -423,7 +436,7 @@ def _metric_notes(study: Study) -> list[str]:
 
 
 def _caption(
-    results: "Results",
+    results: "Records | Results",
     study: Study,
     done: int,
     meta: dict[str, Any],
@@ -449,7 +462,7 @@ def _caption(
     elif seeds > 1:
         parts.append(f"Mean over up to {seeds} seeds.")
     if "bootstrap95" in kinds:
-        resamples = _mean(results.frame, "bootstrap.resamples")
+        resamples = _mean(results.rows, "bootstrap.resamples")
         count = f"{int(resamples)} resamples" if resamples else "resamples"
         lead = "Single-seed cells" if seeds > 1 else "One seed per cell;"
         parts.append(

@@ -10,7 +10,7 @@ from bench.evaluation import scores as score_registry
 from bench.results import (
     check_one_evaluator_build,
     describe_storage,
-    load_results,
+    read_records,
     storage_url_for,
 )
 from bench.study import load_study
@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         scores = parse_scores(args.scores) if args.scores else None
     storage = args.storage or storage_url_for(args.results)
-    results = load_results(study, storage)
+    results = read_records(study, storage)
     check_one_evaluator_build(results)  # scores of different evaluator builds do not compare
-    if results.frame.empty:
+    if not results.complete:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(results.states.items()))
         raise BenchError(
             f"study {study.name!r} has no complete trial in {describe_storage(storage)} "
