@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import record_cache
 from bench.costs import COSTS, trial_cost
 from bench.errors import BenchError
 
@@ -210,8 +211,24 @@ class Records:
 
 
 def read_records(study: "Study", storage: str | None = None) -> Records:
-    """Read `study`'s trials back from its Optuna storage (default DEFAULT_STORAGE)."""
-    optuna_study = load_optuna_study(study.name, storage or DEFAULT_STORAGE)
+    """Read `study`'s trials back from its Optuna storage (default DEFAULT_STORAGE); from a
+    local storage file unchanged since the last read, from that read's snapshot
+    (bench.record_cache)."""
+    url = storage or DEFAULT_STORAGE
+    _, path = storage_file(url)
+    data = record_cache.cached(path, study.name, study.size, lambda: _plain(study, url))
+    return Records(**{**data, "states": Counter(data["states"])})
+
+
+def _plain(study: "Study", url: str) -> dict[str, Any]:
+    """The records as JSON-able data (Records' fields; states a plain dict)."""
+    records = _read_records(study, url)
+    fields = {f.name: getattr(records, f.name) for f in dataclasses.fields(records)}
+    return {**fields, "states": dict(records.states)}
+
+
+def _read_records(study: "Study", url: str) -> Records:
+    optuna_study = load_optuna_study(study.name, url)
     attrs = optuna_study.user_attrs
     rows, everything = [], []
     builds: dict[str, dict[str, str] | None] = {}
