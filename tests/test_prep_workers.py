@@ -6,6 +6,11 @@ Inception at 299x299 is slow on a CPU: a handful of 16x16 images.
 """
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +154,59 @@ def test_prep_workers_is_validated_and_identifies_no_configuration():
     assert Scorer.key(default) == Scorer.key(other)
     changed = RunConfig(eval=EvalConfig(batch_size=7))
     assert portable_digest([default]) != portable_digest([changed])
+
+
+def test_a_preprocessing_that_cannot_reach_the_workers_is_refused(classifier, monkeypatch):
+    monkeypatch.setattr(classifier, "prepare", lambda images: images)
+    chunks, _ = batches(uint8_images(3, 1, 8, seed=3), BATCH, "test images")
+    with pytest.raises(BenchError, match=r"cannot be sent to worker processes.*prep_workers = 0"):
+        collect(chunks, classifier, keep_pool=None, keep_logits=False, workers=2)
+    assert not multiprocessing.active_children()
+
+
+KILLED_PARENT = """
+import multiprocessing, time, torch
+from bench.evaluation.classifier import ClassifierConfig, ClassifierEvaluator, SmallCNN
+from bench.evaluation.stream import collect
+
+evaluator = ClassifierEvaluator(SmallCNN(1, 10, ClassifierConfig()), dataset="digits",
+    resolution=8, channels=1, accuracy=0.0, device=torch.device("cpu"))
+
+def chunks():
+    yield torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(120)
+
+collect(chunks(), evaluator, keep_pool=None, keep_logits=False, workers=2)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (its new parent may never reap it)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux: PR_SET_PDEATHSIG")
+def test_workers_end_when_their_process_is_killed():
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(map(_running, workers))
+    finally:
+        parent.kill()  # SIGKILL: no Python code of the parent runs
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, workers))

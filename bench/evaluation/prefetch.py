@@ -13,8 +13,10 @@ in this process. The numbers are the same either way: the same functions on the 
 """
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import pickle
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -59,8 +61,18 @@ def feature_batches(
     if workers == 0:
         yield (evaluator.features(chunk) for chunk in chunks)
         return
+    try:
+        pickle.dumps(evaluator.prepare)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        raise BenchError(
+            f"{evaluator.label}: its preprocessing cannot be sent to worker processes ({err}); "
+            "make `prepare` a top-level function (or a functools.partial of one), or set "
+            "eval.prep_workers = 0"
+        ) from None
     context = torch.multiprocessing.get_context(_START_METHOD)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         inputs = _prepared(chunks, evaluator, pool, LOOK_AHEAD * workers)
         with contextlib.closing(_pipelined(inputs, evaluator)) as features:
@@ -71,13 +83,20 @@ def feature_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 # fork starts workers at once and without re-importing anything; they touch no CUDA state.
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     """A worker: one torch thread; Ctrl-C is the main process's to handle (it stops the pool),
-    and SIGTERM ends it (no handler or mask inherited from `bench run`)."""
+    SIGTERM ends it (no handler or mask inherited from `bench run`), and on Linux so does the
+    death of `parent` however it dies (a killed parent could not stop its pool)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # died before prctl
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
