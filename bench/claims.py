@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import leases
-from bench.config import RunConfig
+from bench.config import RunConfig, portable_dict
 from bench.errors import BenchError
 from bench.results import describe_storage, failure_kind, open_storage, storage_file
 from bench.study import Study
-from casdm.config import to_dict
 
 if TYPE_CHECKING:
     import optuna
@@ -50,10 +49,9 @@ def config_digest(study: Study) -> str:
 
 
 def portable_digest(configs: list[RunConfig], *extra: Any) -> str:
-    """SHA-256 of the configs without their device (which may differ between machines)."""
-    documents = [to_dict(config) for config in configs]
-    for document in documents:
-        document.pop("device", None)
+    """SHA-256 of the configs without their device and other settings that may differ between
+    machines (bench.config.portable_dict)."""
+    documents = [portable_dict(config) for config in configs]
     text = json.dumps([*documents, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -17,6 +17,7 @@ from casdm.config import (
     TrainConfig,
     check,
     from_dict_checked,
+    to_dict,
 )
 
 
@@ -46,13 +47,26 @@ class EvalConfig(Choice):
     # Bootstrap resamples of each trial's samples for the sampling uncertainty of the scores
     # (bench.evaluation.bootstrap): 0 none, -1 automatic (100 up to 512 feature dims, else 20).
     bootstrap: int = -1
+    # Worker processes running the evaluator's CPU preprocessing (clean-fid's per-image resize)
+    # ahead of its network (bench.evaluation.prefetch): 0 none (in-process), -1 automatic
+    # (CUDA: min(8, available cores - 1); CPU: 0). Never changes a score.
+    prep_workers: int = -1
     options: Any = None
+
+    # Settings of how this machine computes the scores, never of what they are: left out of
+    # the digests that identify a configuration or an evaluator build (`portable_dict`).
+    machine_local: ClassVar[tuple[str, ...]] = ("prep_workers",)
 
     def __post_init__(self):
         check(self.reference_images >= 0, "reference_images", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.is_splits >= 1, "is_splits", "must be >= 1")
         check(self.bootstrap >= -1, "bootstrap", "must be >= 0 (resamples), or -1 (automatic)")
+        check(
+            self.prep_workers >= -1,
+            "prep_workers",
+            f"must be >= 0 (worker processes), or -1 (automatic), got {self.prep_workers}",
+        )
         check(
             self.is_protocol == "torch-fidelity" or self.is_splits == 10,
             "is_splits",
@@ -126,3 +140,13 @@ class RunConfig:
         for choice in self.components().values():
             out.extend(c for c in choice.component.caveats(choice.options) if c not in out)
         return out
+
+
+def portable_dict(config: RunConfig) -> dict[str, Any]:
+    """`to_dict(config)` without what may differ between machines and never changes a result:
+    the device and the eval settings in EvalConfig.machine_local (e.g. eval.prep_workers)."""
+    document = to_dict(config)
+    document.pop("device", None)
+    for name in EvalConfig.machine_local:
+        document["eval"].pop(name, None)
+    return document

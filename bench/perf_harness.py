@@ -64,6 +64,7 @@ def bare_cell(study_path: str, cache_dir: Path, overrides: list[str]) -> dict[st
         is_protocol=config.eval.is_protocol,
         is_splits=config.eval.is_splits,
         batch_size=config.eval.batch_size,
+        prep_workers=config.eval.prep_workers,
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.config import RunConfig
+from bench.config import RunConfig, portable_dict
 from bench.errors import BenchError
 from bench.progress import QuietProgress
 from casdm import distributed, faults, weights
@@ -273,8 +273,10 @@ class Scorer:
 
     @staticmethod
     def key(config: RunConfig) -> str:
-        """What identifies an evaluator build: the eval and data settings (as JSON)."""
-        return json.dumps([to_dict(config.eval), to_dict(config.data)], sort_keys=True)
+        """What identifies an evaluator build: the eval and data settings (as JSON), without the
+        machine-local ones (bench.config.portable_dict)."""
+        document = portable_dict(config)
+        return json.dumps([document["eval"], document["data"]], sort_keys=True)
 
     def build(self, config: RunConfig) -> dict[str, str]:
         """{"evaluator", "weights_sha256", "reference_sha256"} of `config`'s evaluator build."""
@@ -340,6 +342,7 @@ class Scorer:
             is_protocol=config.eval.is_protocol,
             is_splits=config.eval.is_splits,
             batch_size=config.eval.batch_size,
+            prep_workers=config.eval.prep_workers,
             progress=progress.task("features"),
             bootstrap=config.eval.bootstrap if bootstrap else 0,
         )

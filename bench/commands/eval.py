@@ -81,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=defaults.batch_size, help="images per feature batch"
     )
     parser.add_argument(
+        "--prep-workers",
+        type=int,
+        default=defaults.prep_workers,
+        help="processes running the evaluator's CPU preprocessing (clean-fid's resize) ahead of "
+        "its network: 0 none, -1 automatic (default: on a GPU min(8, cores - 1), on a CPU 0); "
+        "never changes a score",
+    )
+    parser.add_argument(
         "--is-protocol",
         choices=("adm", "torch-fidelity"),
         default=defaults.is_protocol,
@@ -189,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         is_protocol=args.is_protocol,
         is_splits=args.is_splits,
         random_weights=args.random_weights,
+        prep_workers=args.prep_workers,
         **({"protocol": args.protocol} if args.protocol else {}),
     )
     device = resolve_device(args.device)
@@ -213,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             is_protocol=eval_cfg.is_protocol,
             is_splits=eval_cfg.is_splits,
             batch_size=eval_cfg.batch_size,
+            prep_workers=eval_cfg.prep_workers,
             progress=progress.task("sample features"),
         )
     result: dict[str, Any] = {

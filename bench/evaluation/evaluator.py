@@ -31,7 +31,15 @@ class Evaluator:
     scoring protocol it follows (an Inception protocol of clean-fid's, or "trained-classifier"),
     and `label` adds "(random weights)" whenever the weights are not the real ones, so that no
     printed number can pass for a real Inception score.
+
+    Its work is two stages: `inputs` on the CPU (its `prepare`, e.g. clean-fid's per-image
+    resize), which bench.evaluation.prefetch may run in worker processes ahead of the network,
+    then `features_of` on the device. `features` runs both, in this process.
     """
+
+    # The CPU stage: a picklable top-level function of uint8 CPU images [B, C, H, W] giving
+    # the tensor `_features` takes (on the device); None: the images themselves.
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -67,15 +75,26 @@ class Evaluator:
         return self.title + (" (random weights)" if self.random_weights else "")
 
     def features(self, images: torch.Tensor) -> Features:
-        """Features of a batch of uint8 images [B, C, H, W] in [0, 255]."""
+        """Features of a batch of uint8 images [B, C, H, W] in [0, 255]: both stages."""
         check_images(images, self.channels, self.label)
-        # Standard strides: a view with other strides (e.g. NHWC from an .npz, permuted) would
-        # take other kernels and change the scores in the last digits.
-        images = images.to(self.device, memory_format=torch.contiguous_format)
-        with torch.inference_mode():
-            return self._features(images)
+        return self.features_of(self.inputs(images), images.shape)
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The CPU stage: `prepare` of checked uint8 images (the images themselves without one)."""
+        return images if self.prepare is None else self.prepare(images.cpu())
+
+    def features_of(self, inputs: torch.Tensor, images_shape: torch.Size) -> Features:
+        """The device stage: features of `inputs(images)`, images of shape `images_shape`."""
+        del images_shape  # for evaluators that check each input size (TorchScriptInception)
+        # Standard strides: a view with other strides (e.g. NHWC from an .npz, permuted) would
+        # take other kernels and change the scores in the last digits. From pinned memory
+        # (bench.evaluation.prefetch) the copy to a GPU runs asynchronously.
+        inputs = inputs.to(self.device, memory_format=torch.contiguous_format, non_blocking=True)
+        with torch.inference_mode():
+            return self._features(inputs)
+
+    def _features(self, inputs: torch.Tensor) -> Features:
+        """Features of `inputs` (`inputs(images)`, on the device, standard strides)."""
         raise NotImplementedError
 
 

@@ -23,6 +23,7 @@ clean-fid's own feature call on the same network: pool features must agree, or n
 """
 
 import contextlib
+import functools
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -117,17 +118,12 @@ class InceptionEvaluator(Evaluator):
             protocol=protocol.name,
         )
         self.spec = protocol
+        self.prepare = functools.partial(cleanfid_inputs, mode=protocol.name)
 
     def cleanfid_extractor(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """clean-fid's feature function for this protocol, on this network: what
         `cleanfid.features.build_feature_extractor(mode)` returns, [B, 3, h, w] -> [B, 2048]."""
         raise NotImplementedError
-
-    def cleanfid_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pool3 features of uint8 images as clean-fid computes them (its inputs, its call)."""
-        x = cleanfid_inputs(images, self.spec.name).to(self.device)
-        with torch.inference_mode():
-            return self.cleanfid_extractor()(x)
 
 
 class TorchScriptInception(InceptionEvaluator):
@@ -156,9 +152,9 @@ class TorchScriptInception(InceptionEvaluator):
         x = F.grid_sample(x, grid, "bilinear", "border", False)
         return x.sub_(128).div_(128)
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, inputs: torch.Tensor) -> Features:
         base = self.network.base
-        x = self._network_input(cleanfid_inputs(images, self.spec.name).to(self.device))
+        x = self._network_input(inputs)
         spatial = None
         for name, layer in base.layers.named_children():
             if name == "mixed_6":
@@ -168,16 +164,22 @@ class TorchScriptInception(InceptionEvaluator):
                 spatial = layer.conv(x)
             x = layer(x)
         pool = x.reshape(-1, 2048).float()
-        self._check(images, pool)
         logits = F.linear(pool, base.output.weight)  # the forward's no_output_bias=True
         return Features(pool, _spatial(spatial), logits)
 
-    def _check(self, images: torch.Tensor, pool: torch.Tensor) -> None:
-        """At each new input size, the first image's pool features against clean-fid's call."""
-        size = (images.shape[-2], images.shape[-1])
+    def features_of(self, inputs: torch.Tensor, images_shape: torch.Size) -> Features:
+        features = super().features_of(inputs, images_shape)
+        self._check(inputs, (images_shape[-2], images_shape[-1]), features.pool)
+        return features
+
+    def _check(self, inputs: torch.Tensor, size: tuple[int, int], pool: torch.Tensor) -> None:
+        """At each new size of the images, the first image's pool features against clean-fid's
+        call (clean-fid's extractor on its inputs, which `inputs` are, image by image)."""
         if size in self._checked:
             return
-        theirs = self.cleanfid_features(images[:1])
+        x = inputs[:1].to(self.device, memory_format=torch.contiguous_format)
+        with torch.inference_mode():
+            theirs = self.cleanfid_extractor()(x)
         # Bit-identical on a CPU; other devices may pick other convolution algorithms per call.
         scale = max(theirs.abs().max().item(), 1e-12)
         if (pool[:1] - theirs).abs().max().item() > 1e-5 * scale:
@@ -201,15 +203,14 @@ class PortInception(InceptionEvaluator):
         # cleanfid.features.feature_extractor("pytorch_inception")'s model_fn
         return lambda x: self.network(x / 255)[0].squeeze(-1).squeeze(-1)
 
-    def _features(self, images: torch.Tensor) -> Features:
+    def _features(self, inputs: torch.Tensor) -> Features:
         # ADM's mixed_6/conv is Mixed_6d.branch1x1, inside the port's third block; read on the
         # way by a hook that lives for this one call.
         captured = []
         branch = self.network.blocks[2][6].branch1x1
         handle = branch.register_forward_hook(lambda module, args, out: captured.append(out))
         try:
-            x = cleanfid_inputs(images, self.spec.name).to(self.device)
-            pool = self.cleanfid_extractor()(x)
+            pool = self.cleanfid_extractor()(inputs)
         finally:
             handle.remove()
         (mixed_6,) = captured

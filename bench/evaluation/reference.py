@@ -142,6 +142,7 @@ def _pass(
         keep_pool=REFERENCE_FEATURES,
         keep_logits=False,
         progress=progress,
+        workers=eval_cfg.prep_workers,
     )
     return stats, n
 

@@ -28,6 +28,7 @@ def score(
     batch_size: int = 100,
     progress: Progress | None = None,
     bootstrap: int = 0,
+    prep_workers: int = 0,
 ) -> dict[str, float]:
     """Every registered score (bench.evaluation.scores: FID, sFID, IS mean and std, KID,
     precision, recall, and any a plugin adds) of uint8 images [N, C, H, W].
@@ -40,6 +41,8 @@ def score(
     when the reference holds no features: an ADM batch with statistics only). `bootstrap`
     (eval.bootstrap: resamples, 0 none, -1 automatic) adds the bootstrap standard errors
     (bench.evaluation.bootstrap); the spatial features are then kept for sFID's.
+    `prep_workers` (eval.prep_workers: 0 none, -1 automatic) runs the evaluator's CPU
+    preprocessing in worker processes ahead of its network (bench.evaluation.prefetch).
 
     Under torchrun `images` is the whole set, the same tensor on every rank: each rank
     extracts the features of its shard, rank 0 computes the scores from all N images'
@@ -70,6 +73,7 @@ def score(
             keep_logits=True,
             keep_spatial=keep_spatial,
             progress=progress,
+            workers=prep_workers,
         )
         return distributed.main_only(
             lambda: _scores(
@@ -87,6 +91,7 @@ def score(
         keep_spatial=keep_spatial,
         total=total,
         progress=progress,
+        workers=prep_workers,
     )
     if stats.n < needed:
         raise _too_few(stats.n, needed, is_parts)

@@ -4,6 +4,8 @@ Images are consumed batch by batch and dropped; what is kept grows with the numb
 only through pool features (KID, precision/recall), logits (IS) and, for a bootstrap of sFID,
 spatial features; never resized images.
 Under torchrun `collect_shards` splits the images over the ranks and merges what they found.
+`workers` (eval.prep_workers) runs the evaluator's CPU stage in worker processes ahead of its
+network (bench.evaluation.prefetch); 0 keeps the whole pass in this process.
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
+from bench.evaluation import prefetch
 from bench.evaluation.evaluator import Evaluator, check_images
 from casdm import distributed
 
@@ -137,10 +140,12 @@ def collect(
     keep_spatial: bool = False,
     total: int = 0,
     progress: Progress | None = None,
+    workers: int = 0,
 ) -> FeatureStats:
     """One pass of `evaluator` over uint8 batches; keeps the first `keep_pool` pool features
-    (None: all) and, if asked, every logit and every spatial feature."""
-    stats = _pass(chunks, evaluator, keep_pool, keep_logits, keep_spatial, total, progress)
+    (None: all) and, if asked, every logit and every spatial feature. `workers`: preprocessing
+    processes (eval.prep_workers; -1 automatic, bench.evaluation.prefetch.resolve_workers)."""
+    stats = _pass(chunks, evaluator, keep_pool, keep_logits, keep_spatial, total, progress, workers)
     if stats.n == 0:
         raise BenchError(f"no images to compute {evaluator.label} features of")
     return stats
@@ -156,6 +161,7 @@ def collect_shards(
     keep_logits: bool,
     keep_spatial: bool = False,
     progress: Progress | None = None,
+    workers: int = 0,
 ) -> FeatureStats:
     """`collect` over images 0..n-1, `images(indices)` giving a uint8 batch, split over ranks.
 
@@ -172,7 +178,7 @@ def collect_shards(
     )
     # The first keep_pool features overall: this shard's part of them.
     keep = None if keep_pool is None else max(0, min(len(mine), keep_pool - mine.start))
-    stats = _pass(chunks, evaluator, keep, keep_logits, keep_spatial, len(mine), progress)
+    stats = _pass(chunks, evaluator, keep, keep_logits, keep_spatial, len(mine), progress, workers)
     if world > 1:
         pool_dim, spatial_dim, classes = evaluator.dims
         stats.pool.reduce_over_ranks(pool_dim, evaluator.device)
@@ -200,21 +206,23 @@ def _pass(
     keep_spatial: bool,
     total: int,
     progress: Progress | None,
+    workers: int,
 ) -> FeatureStats:
     stats = FeatureStats()
     kept = 0
-    for chunk in chunks:
-        pool, spatial, logits = evaluator.features(chunk)
-        stats.pool.update(pool)
-        stats.spatial.update(spatial)
-        take = len(pool) if keep_pool is None else min(len(pool), keep_pool - kept)
-        if take > 0:
-            stats.pool_features.append(pool[:take].float().cpu())
-            kept += take
-        if keep_logits:
-            stats.logits.append(logits.float().cpu())
-        if keep_spatial:
-            stats.spatial_features.append(spatial.float().cpu())
-        if progress is not None:
-            progress(stats.n, total)
+    workers = prefetch.resolve_workers(workers, evaluator)
+    with prefetch.feature_batches(chunks, evaluator, workers) as features:
+        for pool, spatial, logits in features:
+            stats.pool.update(pool)
+            stats.spatial.update(spatial)
+            take = len(pool) if keep_pool is None else min(len(pool), keep_pool - kept)
+            if take > 0:
+                stats.pool_features.append(pool[:take].float().cpu())
+                kept += take
+            if keep_logits:
+                stats.logits.append(logits.float().cpu())
+            if keep_spatial:
+                stats.spatial_features.append(spatial.float().cpu())
+            if progress is not None:
+                progress(stats.n, total)
     return stats
