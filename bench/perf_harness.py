@@ -7,7 +7,8 @@ an untimed `bench run` first (which also makes the empty MLflow store new stores
 from), and run with the same torch threads. `bench run` starts each repetition in an empty
 results folder, as the first `bench run` of a study does: the time it adds is process start-up
 (optuna, mlflow), the Optuna storage and MLflow store, the held-out real-data row (scored once
-per study), checkpoints, samples.npz, the bootstrap standard errors and per-step logging.
+per study), checkpoints, samples.npz and per-step logging. Both sides score alike: the scores
+and their bootstrap standard errors (eval.bootstrap), compared bit for bit (same_scores).
 
 `python -m bench.perf_harness STUDY CACHE_DIR [KEY=VALUE ...]` runs the bare side.
 """
@@ -32,7 +33,8 @@ DEFAULT_CELL = ("architecture.name=ddpm", "metric.name=lpips", "metric.trunk=ran
 
 
 def bare_cell(study_path: str, cache_dir: Path, overrides: list[str]) -> dict[str, float]:
-    """Train, sample and score the study's first cell with the library alone; its scores."""
+    """Train, sample and score the study's first cell with the library alone: its scores and
+    their bootstrap standard errors, as a trial stores them."""
     import torch
 
     from bench.evaluation import build_evaluator, reference_statistics, score
@@ -64,6 +66,7 @@ def bare_cell(study_path: str, cache_dir: Path, overrides: list[str]) -> dict[st
         is_protocol=config.eval.is_protocol,
         is_splits=config.eval.is_splits,
         batch_size=config.eval.batch_size,
+        bootstrap=config.eval.bootstrap,  # the standard errors a trial stores with its scores
         prep_workers=config.eval.prep_workers,
     )
 

@@ -38,6 +38,7 @@ def test_benchmark_compares_with_cleanfid_on_the_same_images_and_weights(cheap):
     assert result["evaluator"] == "Inception/legacy_tensorflow (random weights)"
     assert result["protocol"] == "legacy_tensorflow"
     assert result["n_images"] == 6 and result["device"] == "cpu"
+    assert result["prep_workers"] == 0  # automatic: on a CPU the network needs the cores
     assert result["images_per_s"] > 0 and result["cleanfid_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(
         result["images_per_s"] / result["cleanfid_images_per_s"]

@@ -25,6 +25,7 @@ import torch
 
 from bench.evaluation.evaluators import DEFAULT_FID_PROTOCOL, PROTOCOLS
 from bench.evaluation.inception import inception_evaluator, random_inception
+from bench.evaluation.prefetch import resolve_workers
 from bench.evaluation.reference import ROOTS, Reference, reference_radii
 from bench.evaluation.scoring import score
 from bench.evaluation.stream import collect
@@ -99,13 +100,16 @@ def evaluation_benchmark(
     repeats: int = 3,
     seed: int = 0,
     protocol: str = DEFAULT_FID_PROTOCOL,
+    prep_workers: int = -1,
 ) -> dict[str, Any]:
     """Images/s of `score` vs clean-fid's compute_fid + compute_kid on n_images random images.
 
     Returns images_per_s and cleanfid_images_per_s (medians over `repeats` interleaved
     repetitions), ratio (clean-fid's workflow time / ours), ratio_one_pass (clean-fid's one-pass
-    FID + KID time / ours), both runs' scores (`scores`, `cleanfid_scores`; from the last
-    repetition), fid_relative_difference and the peak memory of our scoring (first repetition).
+    FID + KID time / ours), `prep_workers` (ours: eval.prep_workers, -1 automatic: worker
+    processes resize ahead of an accelerator, none on a CPU), both runs' scores (`scores`,
+    `cleanfid_scores`; from the last repetition), fid_relative_difference and the peak memory
+    of our scoring (first repetition).
     """
     from cleanfid.fid import frechet_distance, get_model_features, kernel_distance
 
@@ -143,6 +147,7 @@ def evaluation_benchmark(
     )
     for name in ROOTS:  # cached with the reference statistics, as reference_statistics does
         reference.root(name, device)
+    workers = resolve_workers(prep_workers, evaluator)
     model_fn = evaluator.cleanfid_extractor()
     with torch.no_grad():  # warm-up, as our reference pass warmed our network up
         model_fn(torch.zeros(1, 3, 299, 299, device=device))
@@ -153,6 +158,7 @@ def evaluation_benchmark(
             evaluator,
             reference,
             batch_size=batch_size,
+            prep_workers=workers,
         )
 
     def features() -> np.ndarray:
@@ -208,6 +214,7 @@ def evaluation_benchmark(
         "n_images": n_images,
         "resolution": resolution,
         "batch_size": batch_size,
+        "prep_workers": workers,
         "repeats": repeats,
         "images_per_s": n_images / median["ours"],
         "cleanfid_images_per_s": n_images / median["cleanfid"],
