@@ -6,9 +6,9 @@ in a sidecar (bench.tracking_sidecar), where MLflow's seconds of imports and sto
 in parallel with the worker's own start-up; tests, `bench plot` and `bench report` keep it in
 their own process. bench.tracking's `Tracker` and `RunLog` are the harness's view of it.
 
-This module imports no MLflow at module level, and opens the store on first use (creating a
-new SQLite store from a template, under the store's lock file: bench.locks), so that a
-`bench run` that stops before any trial creates no database.
+This module imports no MLflow at module level, and opens the store on its first operation
+(creating a new SQLite store from a template, under the store's lock file: bench.locks), so
+that a `bench run` that stops before any trial writes nothing.
 """
 
 import contextlib
@@ -130,19 +130,18 @@ class MlflowBackend:
         self._opened: Any = None  # the MlflowClient, once the store is open
 
     def warm_up(self) -> None:
-        """Import MLflow and open the store if that creates nothing (an existing SQLite file, a
-        tracking server); a missing store's template is made. A failure here is left for the
-        first operation to raise."""
+        """Import MLflow and its store's module, and make the template of a missing SQLite
+        store: the seconds of a first operation, less the store's opening (tens of ms), which
+        writes. A failure here is left for the first operation to raise."""
         try:
-            import mlflow.entities  # all of MLflow
+            from mlflow import MlflowClient  # noqa: F401  (all of MLflow)
 
             path = sqlite_path(self.tracking_uri)
-            if path is not None and not path.is_file():
+            if path is not None:
                 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-                _empty_store()
-                return
-            self._client()
+                if not path.is_file():
+                    _empty_store()
         except Exception as err:
             _log.debug("MLflow warm-up failed (%s); the first operation raises it", err)
 

@@ -7,7 +7,8 @@ sent to the child and waits for its reply, so every MLflow call stays synchronou
 order, as in one process.
 
 - The child is a fresh interpreter (`python -c`, never a fork: the parent may have threads,
-  CUDA). It imports MLflow and opens an existing store before it reads its first request.
+  CUDA). It imports MLflow before it reads its first request (MlflowBackend.warm_up), and
+  opens the store at the first one, as an MlflowBackend in one process does.
 - Requests and replies travel over a socket pair, one at a time, sent and read by one thread
   of the parent (in order; any thread may call). The caller waits for its reply, and Ctrl-C
   can interrupt that wait (a hung upload stays interruptible) without ever cutting a message:
