@@ -93,6 +93,7 @@ class SidecarBackend:
     def __init__(self, tracking_uri: str):
         self.tracking_uri = absolute_uri(tracking_uri)
         self._closed = False
+        self._called = False  # whether any operation was sent
         self._lost: BaseException | None = None  # why the child is gone, once it is
         ours, theirs = socket.socketpair()
         root = Path(__file__).resolve().parents[1]
@@ -129,6 +130,7 @@ class SidecarBackend:
         if self._lost is not None:
             raise self._gone()
         future: Future = Future()
+        self._called = True
         self._requests.put(((operation, args, kwargs), future))
         reply = future.result()  # Ctrl-C interrupts the wait; the operation still completes
         if reply[0] == "ok":
@@ -136,7 +138,12 @@ class SidecarBackend:
         raise tracking_error(*reply[1:])
 
     def _exchange(self) -> None:
-        """The parent's one reader and writer of the socket: each request, then its reply."""
+        """The parent's one reader and writer of the socket: each request, then its reply.
+
+        SIGINT and SIGTERM are blocked in this thread, so that they reach the main thread (or
+        wait while `bench.worker` holds them back there), never this one."""
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while (item := self._requests.get()) is not None:
             request, future = item
             if self._lost is None:
@@ -166,13 +173,17 @@ class SidecarBackend:
 
     def close(self) -> None:
         """End the child: it sees its socket close once any operation still running (an
-        interrupted one) is done, and exits; killed after EXIT_WAIT_S."""
+        interrupted one) is done, and exits; killed after EXIT_WAIT_S. A child that was never
+        asked anything (`bench run` stopped before its first trial) is killed at once, not
+        awaited while it imports MLflow."""
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
         self._requests.put(None)
+        if not self._called:
+            self._process.kill()
         try:
             self._process.wait(timeout=EXIT_WAIT_S)
         except subprocess.TimeoutExpired:

@@ -179,11 +179,15 @@ def test_a_dead_sidecar_fails_every_call_at_once(workspace, sidecar):
             tracker.start_run("cell", {})
 
 
-def test_close_ends_the_sidecar_cleanly(workspace):
+def test_close_ends_the_sidecar_cleanly_or_at_once_when_it_was_never_asked(workspace):
     sidecar = SidecarBackend(workspace.tracking_uri)
     Tracker(workspace.tracking_uri, "closed", sidecar)
     sidecar.close()
     assert sidecar._process.returncode == 0  # it saw its socket close and returned
+    unused = SidecarBackend(workspace.tracking_uri)
+    started = time.monotonic()
+    unused.close()  # `bench run` stopped before its first trial: no wait for MLflow's imports
+    assert time.monotonic() - started < 1 and unused._process.returncode == -signal.SIGKILL
 
 
 def _gone(pid: int) -> bool:
