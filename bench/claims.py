@@ -5,18 +5,17 @@ How each grid cell runs exactly once across any number of workers: the claim pro
 docs/DESIGN.md.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bench import leases
 from bench.config import RunConfig, portable_dict
 from bench.errors import BenchError
+from bench.locks import file_lock, lock_path
 from bench.results import describe_storage, failure_kind, open_storage, storage_file
 from bench.study import Study
 
@@ -54,31 +53,6 @@ def portable_digest(configs: list[RunConfig], *extra: Any) -> str:
     documents = [portable_dict(config) for config in configs]
     text = json.dumps([*documents, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-# --- locks --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def file_lock(path: Path | None) -> Iterator[None]:
-    """An exclusive fcntl lock on `path` (None: no lock), held for the `with` block."""
-    if path is None:
-        yield
-        return
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def lock_path(database: Path | None) -> Path | None:
-    """The lock file next to a local database file (None: no file, no lock)."""
-    return None if database is None else database.with_name(database.name + ".lock")
 
 
 # --- the storage side ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ bench.follower on the other ranks of a torchrun; a dry run plans instead (bench.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import leases
 from bench.cells import required_weights, with_device
@@ -17,8 +18,11 @@ from bench.planning import plan_study
 from bench.progress import make_progress
 from bench.results import storage_file, storage_url_for
 from bench.study import Study
-from bench.tracking import absolute_uri, tracking_uri_for
+from bench.tracking_backend import absolute_uri, tracking_uri_for
 from bench.worker import RunSummary, Worker
+
+if TYPE_CHECKING:
+    from bench.tracking_backend import MlflowBackend
 
 
 def run_study(
@@ -33,6 +37,7 @@ def run_study(
     results: Path = Path("results"),
     retry_failed: bool = False,
     lease_s: float = leases.LEASE_S,
+    tracking: "MlflowBackend | None" = None,
 ) -> RunSummary:
     """Create or join `study` in `storage` and run trials until no cell is left (or n_trials).
 
@@ -40,7 +45,9 @@ def run_study(
     MLflow tracking URI (default sqlite:///<results>/mlflow.db); n_trials: at most this many
     trials in this process; device overrides every config's device; retry_failed: run the
     cells whose trials failed with an error again (lost and interrupted ones resume anyway);
-    lease_s: the heartbeat lease after which another worker's RUNNING trial is taken over.
+    lease_s: the heartbeat lease after which another worker's RUNNING trial is taken over;
+    tracking: the backend of every MLflow call, on `tracking_uri` (`bench run` passes its
+    sidecar, bench.tracking_sidecar; by default an MlflowBackend in this process).
 
     Under torchrun (`torchrun --nproc_per_node=N -m bench run ...`) the N processes run each
     trial together (DDP training, sharded sampling, casdm.distributed): rank 0 alone talks to
@@ -91,7 +98,7 @@ def run_study(
                     retry_failed=retry_failed,
                     lease_s=lease_s,
                 )
-                worker.lead(configs, storage, tracking_uri, n_trials)
+                worker.lead(configs, storage, tracking_uri, n_trials, tracking)
             finally:
                 announce(Stop())  # under torchrun: the other ranks stop too
     finally:

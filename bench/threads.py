@@ -33,8 +33,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from bench import leases
 from casdm.errors import InputError
 
@@ -186,6 +184,8 @@ class ThreadPolicy:
         self.checked = now
         threads = self.choose()
         if threads != self.threads:
+            import torch
+
             torch.set_num_threads(threads)
             self.threads = threads
             _write_entry(self.entry, threads)
@@ -199,6 +199,8 @@ _current: ThreadPolicy | None = None
 def worker_threads(option: int | None = None, folder: Path | None = None) -> Iterator[ThreadPolicy]:
     """Register this process as a worker and set torch's threads by the policy for the block."""
     global _current
+    import torch  # here, not at import: `bench run` starts its MLflow sidecar before torch
+
     fixed, source = requested_threads(option)
     with contextlib.suppress(RuntimeError):  # already set, or inter-op work already ran
         torch.set_num_interop_threads(1)

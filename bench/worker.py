@@ -23,8 +23,6 @@ from bench.claims import (
     config_digest,
     config_mismatch,
     encode,
-    file_lock,
-    lock_path,
     portable_digest,
     resumable,
 )
@@ -34,7 +32,7 @@ from bench.evaluation import scores as score_registry
 from bench.follower import PrepareEvaluators, RunTrial, ScoreReference, announce
 from bench.progress import QuietProgress
 from bench.study import Choices, Range, Study, slug
-from bench.tracking import Tracker, sqlite_path
+from bench.tracking import Tracker
 from casdm import faults
 from casdm.config import flatten, to_dict
 from casdm.errors import InputError
@@ -43,6 +41,7 @@ if TYPE_CHECKING:
     import optuna
 
     from bench.planning import Plan
+    from bench.tracking_backend import MlflowBackend
     from bench.trial import Scorer, TrialOutcome
 
 # How long a joining worker waits for the creator's "cells_enqueued" marker before it enqueues
@@ -108,16 +107,24 @@ class Worker:
         self.lease_s = lease_s
 
     def lead(
-        self, configs: list[RunConfig], storage: str, tracking_uri: str, n_trials: int | None
+        self,
+        configs: list[RunConfig],
+        storage: str,
+        tracking_uri: str,
+        n_trials: int | None,
+        tracking: "MlflowBackend | None" = None,
     ) -> None:
-        """Join the tracking store and the study, initialise it, run trials until done."""
+        """Join the tracking store and the study, initialise it, run trials until done.
+
+        tracking: the backend of every MLflow call (`bench run`'s sidecar,
+        bench.tracking_sidecar); by default an MlflowBackend in this process.
+        """
         base = configs[0]
         self.configs = configs
         self.meta = study_meta(base, self.scorer.label(base), configs)
         self.meta["overrides"] = list(self.study.overrides)  # `bench report` reruns with them
-        with file_lock(lock_path(sqlite_path(tracking_uri))):
-            self.tracker = Tracker(tracking_uri, self.study.name)
-            self.tracker.set_view(*_view_columns(self.study))
+        self.tracker = Tracker(tracking_uri, self.study.name, tracking)
+        self.tracker.set_view(*_view_columns(self.study))
         self.tracking_uri = tracking_uri
         self.store = Storage(storage, self.study, seed=base.seed)
         self.summary.created = self.store.created
@@ -197,8 +204,8 @@ class Worker:
                     "not this machine's"
                 )
                 try:
-                    root = self.tracker.client.download_artifacts(
-                        entry["mlflow_run_id"], "evaluator", folder
+                    root = self.tracker.download_artifacts(
+                        entry["mlflow_run_id"], "evaluator", Path(folder)
                     )
                 except Exception as err:  # MLflow raises its own and OS errors alike
                     raise BenchError(
@@ -207,7 +214,7 @@ class Worker:
                         "worker must reach the MLflow artifact store: use an MLflow server "
                         "(--tracking-uri http://...) or an artifact root on a shared disk"
                     ) from None
-                self.scorer.adopt(config, Path(root), entry["files"])
+                self.scorer.adopt(config, root, entry["files"])
         announce(PrepareEvaluators())  # torchrun: preparing is collective
         self.scorer.forget()
         for config in self.configs:  # in the order bench.follower prepares them
@@ -224,12 +231,12 @@ class Worker:
     def _publish(self, config: RunConfig, build: dict[str, str]) -> dict[str, Any]:
         """This worker's evaluator build for `config`, uploaded; its "evaluator_builds" entry."""
         files = self.scorer.files(config)
-        with file_lock(lock_path(sqlite_path(self.tracking_uri))):
-            tracker = Tracker(self.tracking_uri, f"{self.study.name}/evaluator")
+        experiment = f"{self.study.name}/evaluator"
+        tracker = Tracker(self.tracking_uri, experiment, self.tracker.backend)
         run = tracker.start_run("evaluator build", tags={"optuna.study": self.study.name, **build})
         for name in files:
             parent = Path("evaluator", name).parent.as_posix()
-            run.client.log_artifact(run.run_id, str(self.scorer.cache_dir / name), parent)
+            run.log_artifact(self.scorer.cache_dir / name, parent)
         run.finish()
         return {**build, "mlflow_run_id": run.run_id, "files": files}
 

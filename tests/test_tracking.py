@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from bench.tracking import (
-    Tracker,
+from bench.tracking import Tracker, param_value
+from bench.tracking_backend import (
     absolute_uri,
     default_artifact_root,
-    param_value,
     sqlite_path,
     template_dir,
     tracking_uri_for,

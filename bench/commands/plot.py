@@ -45,7 +45,8 @@ def load_study_results(args: argparse.Namespace):
     from bench.errors import BenchError
     from bench.results import describe_storage, load_results, storage_url_for
     from bench.study import load_study
-    from bench.tracking import Tracker, sqlite_path, tracking_uri_for
+    from bench.tracking import Tracker
+    from bench.tracking_backend import sqlite_path, tracking_uri_for
 
     study = load_study(args.study)
     storage = args.storage or storage_url_for(args.results)

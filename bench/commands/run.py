@@ -1,4 +1,10 @@
-"""`bench run --study NAME`: create or join the study's Optuna study and run its trials."""
+"""`bench run --study NAME`: create or join the study's Optuna study and run its trials.
+
+Light at import, on purpose: this module imports no torch, no Optuna and not the runner (the CLI
+imports it to parse the command line). `run` starts the MLflow sidecar (bench.tracking_sidecar)
+first, so that MLflow's imports and store set-up run in the child while this process imports
+torch and the runner and prepares the study; keep heavy imports out of module level here.
+"""
 
 import argparse
 import contextlib
@@ -8,8 +14,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -17,12 +23,13 @@ from bench import threads
 from bench.commands import add_overrides
 from bench.errors import BenchError
 from bench.leases import LEASE_S
-from bench.planning import Plan
 from bench.results import describe_storage
-from bench.runner import run_study
 from bench.study import load_study
-from bench.trial import resolve_device
-from bench.worker import RunSummary
+
+if TYPE_CHECKING:
+    from bench.planning import Plan
+    from bench.tracking_sidecar import SidecarBackend
+    from bench.worker import RunSummary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,24 +102,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.overrides)  # checked once, not by each process
-    if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
-        _check_nproc(args, study.base.get("device", "auto"))
-        if args.nproc > 1:
-            return subprocess.run(torchrun_command(args)).returncode
-    with threads.worker_threads(args.threads), _interruptible():
-        summary = run_study(
-            study,
-            storage=args.storage,
-            tracking_uri=args.tracking_uri,
-            n_trials=args.n_trials,
-            device=args.device,
-            quiet=args.quiet,
-            dry_run=args.dry_run,
-            results=args.results,
-            retry_failed=args.retry_failed,
-            lease_s=args.lease,
-        )
+    with _tracking_sidecar(args) as tracking:
+        study = load_study(args.study, args.overrides)  # checked once, not by each process
+        if args.nproc is not None and not args.dry_run:  # a dry run plans in this process
+            _check_nproc(args, study.base.get("device", "auto"))
+            if args.nproc > 1:
+                return subprocess.run(torchrun_command(args)).returncode
+        with threads.worker_threads(args.threads), _interruptible():
+            from bench.runner import run_study  # torch and the runner: while the sidecar starts
+
+            summary = run_study(
+                study,
+                storage=args.storage,
+                tracking_uri=args.tracking_uri,
+                n_trials=args.n_trials,
+                device=args.device,
+                quiet=args.quiet,
+                dry_run=args.dry_run,
+                results=args.results,
+                retry_failed=args.retry_failed,
+                lease_s=args.lease,
+                tracking=tracking,
+            )
     if summary.plan is not None:
         print_plan(summary.plan)
         return 0
@@ -120,6 +131,23 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under torchrun rank 0 reports for all
     print_summary(summary, quiet=args.quiet)
     return 1 if summary.failed else 0
+
+
+@contextlib.contextmanager
+def _tracking_sidecar(args: argparse.Namespace) -> Iterator["SidecarBackend | None"]:
+    """The MLflow sidecar of the process that tracks (bench.tracking_sidecar), started now and
+    ended with the block; None in the processes that make no MLflow call: a dry run, the
+    --nproc launcher (its torchrun ranks track), torchrun ranks other than 0."""
+    from bench.tracking_sidecar import SidecarBackend, supported
+
+    launcher = args.nproc is not None and args.nproc > 1
+    if args.dry_run or launcher or os.environ.get("RANK", "0") != "0" or not supported():
+        yield None
+        return
+    from bench.tracking_backend import tracking_uri_for
+
+    with SidecarBackend(args.tracking_uri or tracking_uri_for(args.results)) as sidecar:
+        yield sidecar
 
 
 @contextlib.contextmanager
@@ -149,6 +177,10 @@ def _check_nproc(args: argparse.Namespace, study_device: str) -> None:
             f"--nproc starts torchrun itself, but this process already runs under torchrun "
             f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); leave --nproc out"
         )
+    import torch
+
+    from bench.trial import resolve_device
+
     device = resolve_device(args.device or study_device)
     if device.type == "cuda" and args.nproc > torch.cuda.device_count():
         raise BenchError(
@@ -185,7 +217,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def print_plan(plan: Plan) -> None:
+def print_plan(plan: "Plan") -> None:
     """The dry run's pending trials, their cost and the weights they need."""
     console = Console()
     table = Table(title=f"{plan.study}: {len(plan.cells)} of {plan.total} trials pending")
@@ -220,7 +252,7 @@ def print_plan(plan: Plan) -> None:
     console.print("dry run: nothing was run or created", highlight=False)
 
 
-def print_summary(summary: RunSummary, *, quiet: bool) -> None:
+def print_summary(summary: "RunSummary", *, quiet: bool) -> None:
     """What this worker ran: a rich table, or plain lines with --quiet."""
     head = (
         f"study {summary.study}: {summary.done} of {summary.total} trials complete; "
@@ -256,7 +288,7 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
     _print_held_back(summary, lambda text: console.print(text, style="yellow", highlight=False))
 
 
-def _print_held_back(summary: RunSummary, say: Callable[[str], object]) -> None:
+def _print_held_back(summary: "RunSummary", say: Callable[[str], object]) -> None:
     """The failed cells this run left alone, and how to run them again."""
     if summary.held_back:
         say(

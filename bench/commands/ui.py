@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.tracking import sqlite_path, tracking_uri_for
+from bench.tracking_backend import sqlite_path, tracking_uri_for
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
