@@ -1,8 +1,10 @@
 """Commands that need no model load no torch: the CLI imports only the chosen command's module,
 and studies are checked against registry names, not their implementations."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,14 +75,19 @@ def _finished_tiny_study(workspace: Path) -> None:
         stored.add_trial(optuna.trial.create_trial(value=metrics["fid"], user_attrs=attrs))
 
 
-def test_show_and_table_import_no_torch_and_show_no_pandas(tmp_path):
-    """`bench show` reads the trials as records (no pandas, no scipy); `bench table` needs
-    pandas for its frames but no model, nor scipy.stats for the intervals over seeds."""
+def test_show_and_table_import_no_torch_no_pandas_and_no_optuna_once_read(tmp_path):
+    """`bench show` and `bench table` read the trials as records: no model, no pandas, no
+    scipy.stats. Once a finished study has been read, later reads come from its snapshot
+    (bench.record_cache) and import no Optuna either."""
     _finished_tiny_study(tmp_path)
     heavy = (*HEAVY, "pandas", "scipy.stats")
-    assert _heavy_modules_after([["show", "tiny"]], tmp_path, heavy) == "none"
-    table = [["table", "tiny", "--metrics", "fid,is"]]
-    assert _heavy_modules_after(table, tmp_path, heavy) == "pandas"
+    commands = [["show", "tiny"], ["table", "tiny", "--metrics", "fid,is"]]
+    assert _heavy_modules_after(commands, tmp_path, heavy) == "none"
+    database = tmp_path / "results" / "optuna.db"
+    finished = time.time() - 60  # the study ended a minute ago: no write can be in flight
+    os.utime(database, (finished, finished))
+    assert _heavy_modules_after(commands[:1], tmp_path, heavy) == "none"  # takes the snapshot
+    assert _heavy_modules_after(commands, tmp_path, (*heavy, "optuna")) == "none"
 
 
 def test_a_bad_registry_name_is_reported_without_torch(tmp_path):
