@@ -52,9 +52,15 @@ _BOOT = (
 )
 
 
-def supported() -> bool:
-    """Whether this platform can run a sidecar (POSIX: it is handed a socket by descriptor)."""
-    return os.name == "posix"
+ENV = "CASDM_MLFLOW_SIDECAR"  # "0": MLflow in the `bench run` process itself
+
+
+def enabled() -> bool:
+    """Whether `bench run` tracks through a sidecar: on POSIX (the child is handed a socket by
+    descriptor) unless CASDM_MLFLOW_SIDECAR=0, which keeps MLflow in the process itself: for
+    a debugger, or a process that has imported MLflow already (the test suite's forked runs),
+    where the sidecar would only import it once more."""
+    return os.name == "posix" and os.environ.get(ENV, "1") != "0"
 
 
 class TrackingError(RuntimeError):

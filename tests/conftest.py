@@ -42,6 +42,9 @@ OFFLINE_ENV = {
     "no_proxy": "127.0.0.1,localhost",
     "OMP_NUM_THREADS": "1",
     "PYTHONWARNINGS": "ignore",
+    # Forked `bench run`s share this process's imports, MLflow's included: a sidecar would
+    # import it again. Tests of the sidecar itself (and a few fault tests) turn it back on.
+    "CASDM_MLFLOW_SIDECAR": "0",
 }
 
 
@@ -73,11 +76,12 @@ class Workspace:
         return run_forked(list(args), cwd=self.root, env={**self.env, **environ})
 
     def start_bench(self, *args: str) -> subprocess.Popen:
-        """`python -m bench ARGS` started in the background (stdout+stderr captured)."""
+        """`python -m bench ARGS` started in the background (stdout+stderr captured): a cold
+        process, as users run it (MLflow in its sidecar)."""
         return subprocess.Popen(
             [sys.executable, "-m", "bench", *args],
             cwd=self.root,
-            env=self.env,
+            env={**self.env, "CASDM_MLFLOW_SIDECAR": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

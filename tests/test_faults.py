@@ -48,7 +48,7 @@ def bench(
     **environ,
 ):
     """`bench run --study tiny ...` to completion (or death) in a forked child, or with
-    fresh_interpreter as `python -m bench`; the CompletedProcess."""
+    fresh_interpreter as `python -m bench` (MLflow in its sidecar); the CompletedProcess."""
     env = {**workspace.env, **environ}
     env.pop("CASDM_FAULTS", None)
     if faults:
@@ -61,7 +61,7 @@ def bench(
     return subprocess.run(
         [sys.executable, "-m", "bench", *argv],
         cwd=workspace.root,
-        env=env,
+        env={**env, "CASDM_MLFLOW_SIDECAR": "1"},  # a cold process, as users run it
         capture_output=True,
         text=True,
         timeout=600,
@@ -238,7 +238,9 @@ def test_ctrl_c_marks_the_trial_interrupted_and_the_next_run_resumes_it(workspac
 
 
 def test_sigterm_stops_like_ctrl_c(workspace):
-    stopped = bench(workspace, faults=f"terminate@train.step=3/{SCOPE}")  # a preemption
+    # A preemption, with MLflow in its sidecar (as `bench run` runs by default): the sidecar
+    # ignores the signal, and the worker marks the run KILLED through it.
+    stopped = bench(workspace, faults=f"terminate@train.step=3/{SCOPE}", CASDM_MLFLOW_SIDECAR="1")
     assert stopped.returncode == 130, stopped.stdout + stopped.stderr
     [trial] = trials(workspace)
     assert trial.user_attrs["failure"] == "interrupted" and "SIGTERM" in trial.user_attrs["error"]
@@ -249,7 +251,8 @@ def test_two_workers_one_killed_mid_trial_every_cell_completes_exactly_once(work
     victim = subprocess.Popen(
         [sys.executable, "-m", "bench", "run", "--study", "tiny", "--quiet"],
         cwd=workspace.root,
-        env={**workspace.env, "CASDM_FAULTS": "kill@train.step=2"},  # dies in its first trial
+        # Dies in its first trial; its MLflow sidecar dies with it (cold processes: as users run).
+        env={**workspace.env, "CASDM_FAULTS": "kill@train.step=2", "CASDM_MLFLOW_SIDECAR": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -249,7 +249,7 @@ def test_bench_run_makes_its_mlflow_calls_in_the_sidecar(workspace):
     done = subprocess.run(
         [sys.executable, "-c", _RUN_PROBE, "run", "--study", "tiny", *cell, "--quiet"],
         cwd=workspace.root,
-        env=workspace.env,
+        env={**workspace.env, "CASDM_MLFLOW_SIDECAR": "1"},
         capture_output=True,
         text=True,
         timeout=300,

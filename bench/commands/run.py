@@ -136,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _tracking_sidecar(args: argparse.Namespace) -> Iterator["SidecarBackend | None"]:
     """The MLflow sidecar of the process that tracks (bench.tracking_sidecar), started now and
-    ended with the block; None in the processes that make no MLflow call: a dry run, the
-    --nproc launcher (its torchrun ranks track), torchrun ranks other than 0."""
-    from bench.tracking_sidecar import SidecarBackend, supported
+    ended with the block; None in the processes that make no MLflow call (a dry run, the
+    --nproc launcher: its torchrun ranks track, torchrun ranks other than 0) and where it is
+    turned off (CASDM_MLFLOW_SIDECAR=0: MLflow in this process)."""
+    from bench.tracking_sidecar import SidecarBackend, enabled
 
     launcher = args.nproc is not None and args.nproc > 1
-    if args.dry_run or launcher or os.environ.get("RANK", "0") != "0" or not supported():
+    if args.dry_run or launcher or os.environ.get("RANK", "0") != "0" or not enabled():
         yield None
         return
     from bench.tracking_backend import tracking_uri_for
