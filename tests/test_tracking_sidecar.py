@@ -27,6 +27,19 @@ def sidecar(workspace):
         yield backend
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def shared(store):
+    """One sidecar (starting one imports MLflow: seconds) for the tests that leave it alive,
+    each logging to an experiment of its own in `store`."""
+    with SidecarBackend(store) as backend:
+        yield backend
+
+
 def _log_a_study(tracker: Tracker, files: Path) -> None:
     """What a worker and `bench plot` log: the view, a finished and a killed trial run, the
     study summary run, artifacts and an upscaled image."""
@@ -86,13 +99,13 @@ def _content(tracking_uri: str, experiment: str) -> dict:
     return {"tags": tags, "view": view, "runs": runs}
 
 
-def test_a_sidecar_tracker_logs_what_an_in_process_one_does(workspace, sidecar, tmp_path):
+def test_a_sidecar_tracker_logs_what_an_in_process_one_does(store, shared, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _log_a_study(Tracker(workspace.tracking_uri, "in-process"), tmp_path / "a")
-    _log_a_study(Tracker(workspace.tracking_uri, "sidecar", sidecar), tmp_path / "b")
-    ours = _content(workspace.tracking_uri, "in-process")
-    theirs = _content(workspace.tracking_uri, "sidecar")
+    _log_a_study(Tracker(store, "in-process"), tmp_path / "a")
+    _log_a_study(Tracker(store, "sidecar", shared), tmp_path / "b")
+    ours = _content(store, "in-process")
+    theirs = _content(store, "sidecar")
     assert theirs == ours
     runs = theirs["runs"]
     assert {name: run["status"] for name, run in runs.items()} == {
@@ -120,8 +133,8 @@ def test_a_sidecar_tracker_logs_what_an_in_process_one_does(workspace, sidecar, 
     assert json.loads(theirs["view"]["state"])["orderByKey"] == "metrics.`fid`"
 
 
-def test_an_mlflow_error_is_raised_in_the_parent_with_its_code(workspace, sidecar):
-    tracker = Tracker(workspace.tracking_uri, "errors", sidecar)
+def test_an_mlflow_error_is_raised_in_the_parent_with_its_code(store, shared):
+    tracker = Tracker(store, "errors", shared)
     missing = "0" * 32
     with pytest.raises(TrackingError) as raised:
         tracker.run(missing).finish()
@@ -138,22 +151,22 @@ def test_an_mlflow_error_is_raised_in_the_parent_with_its_code(workspace, sideca
     assert tracker.start_run("after", {}).run_id
 
 
-def test_the_sidecar_ignores_sigint_and_sigterm(workspace, sidecar):
-    tracker = Tracker(workspace.tracking_uri, "signals", sidecar)
-    os.kill(sidecar.pid, signal.SIGINT)
-    os.kill(sidecar.pid, signal.SIGTERM)
+def test_the_sidecar_ignores_sigint_and_sigterm(store, shared):
+    tracker = Tracker(store, "signals", shared)
+    os.kill(shared.pid, signal.SIGINT)
+    os.kill(shared.pid, signal.SIGTERM)
     time.sleep(0.5)
     run = tracker.start_run("cell", {})
     run.fail("interrupted", "KILLED")
-    assert MlflowClient(workspace.tracking_uri).get_run(run.run_id).info.status == "KILLED"
+    assert MlflowClient(store).get_run(run.run_id).info.status == "KILLED"
 
 
-def test_an_interrupted_call_completes_before_the_next_one(workspace, sidecar):
+def test_an_interrupted_call_completes_before_the_next_one(store, shared):
     """Ctrl-C while the parent waits for a reply: the wait ends at once, the operation still
     completes in the sidecar, and the next operation gets its own reply."""
-    tracker = Tracker(workspace.tracking_uri, "interrupted", sidecar)
+    tracker = Tracker(store, "interrupted", shared)
     run = tracker.start_run("cell", {})
-    os.kill(sidecar.pid, signal.SIGSTOP)  # the sidecar hangs (a slow upload)
+    os.kill(shared.pid, signal.SIGSTOP)  # the sidecar hangs (a slow upload)
     interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -164,9 +177,9 @@ def test_an_interrupted_call_completes_before_the_next_one(workspace, sidecar):
         assert time.monotonic() - started < 5
     finally:
         signal.signal(signal.SIGINT, previous)
-        os.kill(sidecar.pid, signal.SIGCONT)
+        os.kill(shared.pid, signal.SIGCONT)
     run.fail("interrupted", "KILLED")
-    stored = MlflowClient(workspace.tracking_uri).get_run(run.run_id)
+    stored = MlflowClient(store).get_run(run.run_id)
     assert stored.info.status == "KILLED" and stored.data.metrics == {"fid": 1.5}
     assert tracker.histories(run.run_id, "") == {"fid": [(3, 1.5)]}
 
