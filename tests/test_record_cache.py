@@ -28,6 +28,14 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
+def _read_finished(study, tmp_path: Path) -> tuple[str, Path, object]:
+    """A storage whose study finished a minute ago, read once: (url, its snapshot, records)."""
+    url = _storage(tmp_path, study)
+    _, path = storage_file(url)
+    _age(path, 60)
+    return url, record_cache.snapshot_path(path, study.name), read_records(study, url)
+
+
 def _no_optuna(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("read through Optuna although the storage is unchanged")
@@ -38,11 +46,7 @@ def _no_optuna(monkeypatch) -> None:
 def test_an_unchanged_storage_is_read_from_its_snapshot_equal_to_optunas(
     study, tmp_path, monkeypatch
 ):
-    url = _storage(tmp_path, study)
-    _, path = storage_file(url)
-    _age(path, 60)
-    fresh = read_records(study, url)
-    snapshot = record_cache.snapshot_path(path, study.name)
+    url, snapshot, fresh = _read_finished(study, tmp_path)
     assert snapshot.is_file()
     _no_optuna(monkeypatch)
     kept = read_records(study, url)
@@ -75,11 +79,7 @@ def test_no_snapshot_of_a_storage_written_within_the_racy_window(study, tmp_path
 def test_a_snapshot_under_another_key_or_format_or_corrupt_is_not_used(
     study, tmp_path, monkeypatch
 ):
-    url = _storage(tmp_path, study)
-    _, path = storage_file(url)
-    _age(path, 60)
-    fresh = read_records(study, url)
-    snapshot = record_cache.snapshot_path(path, study.name)
+    url, snapshot, fresh = _read_finished(study, tmp_path)
     kept = json.loads(snapshot.read_text())
     for check in ([record_cache.FORMAT + 1, *kept["check"][1:]], [*kept["check"][:2], 7]):
         snapshot.write_text(json.dumps({**kept, "check": check}))
