@@ -25,6 +25,7 @@ order, as in one process.
 
 import contextlib
 import functools
+import logging
 import os
 import queue
 import signal
@@ -48,7 +49,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The child: the `bench` package the parent runs (its folder first on sys.path), then serve().
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from bench.tracking_sidecar import serve; serve(*sys.argv[2:])"
+    "from bench.tracking_sidecar import main; main(sys.argv[2:])"
 )
 
 
@@ -205,6 +206,21 @@ class SidecarBackend:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def main(argv: list[str]) -> None:
+    """The child process: serve(), then exit without tearing the interpreter down.
+
+    Every MLflow operation was synchronous and has replied, so nothing is left to write; the
+    teardown of MLflow's, SQLAlchemy's and pandas' modules would take about a second that
+    `bench run` spends waiting for this process to end.
+    """
+    serve(*argv)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def serve(fd: str, tracking_uri: str, parent: str) -> None:
