@@ -65,11 +65,15 @@ def cached(
             return kept["records"]
     records = read()
     after = stamp(path)
-    last_write = max((entry[2] for entry in after or []), default=time.time_ns()) / 1e9
-    if after is not None and after == before and time.time() - last_write >= RACY_S:
+    if after is not None and after == before and time.time() - _last_write(after) >= RACY_S:
         try:
             check = [FORMAT, after, key]
             atomic_write_text(snapshot, json.dumps({"check": check, "records": records}))
         except OSError:
             pass  # a read-only results folder: no snapshot, every read goes through Optuna
     return records
+
+
+def _last_write(found: list[list[Any]]) -> float:
+    """Seconds since the epoch of the newest modification in a stamp."""
+    return max(mtime for _, _, mtime in found) / 1e9
