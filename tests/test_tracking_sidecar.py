@@ -70,8 +70,9 @@ def _log_a_study(tracker: Tracker, files: Path) -> None:
     assert (copied / "nested" / "config.json").read_text() == '{"seed": 0}'
 
 
-def _content(tracking_uri: str, experiment: str) -> dict:
-    """Everything MLflow holds of an experiment, without ids, timestamps and artifact roots."""
+def _content(tracking_uri: str, experiment: str, into: Path) -> dict:
+    """Everything MLflow holds of an experiment, without ids, timestamps and artifact roots
+    (the artifacts are downloaded under `into`)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     tags = dict(found.tags)
@@ -80,7 +81,7 @@ def _content(tracking_uri: str, experiment: str) -> dict:
     runs = {}
     for run in client.search_runs([found.experiment_id]):
         run_id = run.info.run_id
-        root = Path(client.download_artifacts(run_id, "", str(Path(f"dl-{run_id}").resolve())))
+        root = Path(client.download_artifacts(run_id, "", str(into / run_id)))
         runs[run.info.run_name] = {
             "status": run.info.status,
             "params": run.data.params,
@@ -104,8 +105,8 @@ def test_a_sidecar_tracker_logs_what_an_in_process_one_does(store, shared, tmp_p
     (tmp_path / "b").mkdir()
     _log_a_study(Tracker(store, "in-process"), tmp_path / "a")
     _log_a_study(Tracker(store, "sidecar", shared), tmp_path / "b")
-    ours = _content(store, "in-process")
-    theirs = _content(store, "sidecar")
+    ours = _content(store, "in-process", tmp_path / "ours")
+    theirs = _content(store, "sidecar", tmp_path / "theirs")
     assert theirs == ours
     runs = theirs["runs"]
     assert {name: run["status"] for name, run in runs.items()} == {
