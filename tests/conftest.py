@@ -9,7 +9,9 @@ instead of hanging), MLflow telemetry off, one torch thread (the tests share two
 """
 
 import contextlib
+import functools
 import gc
+import importlib
 import io
 import os
 import shutil
@@ -88,11 +90,39 @@ class Workspace:
         )
 
 
+# What a `bench run` imports lazily (the run command's worker, clean-fid and the torchvision
+# it pulls in, MLflow's SQL store, Optuna's RDB storage and its alembic migrations): imported
+# once in this process before the first fork, so that no forked child spends its ~3 s importing
+# them again and then throws them away.
+FORK_PRELOAD = (
+    "bench.commands.run",
+    "bench.worker",
+    "bench.runner",
+    "bench.trial",
+    "bench.evaluation.evaluators",
+    "casdm.train",
+    "casdm.samplers",
+    "casdm.data",
+    "cleanfid.fid",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "optuna.storages._rdb.storage",
+    "alembic.command",
+    "alembic.migration",
+)
+
+
+@functools.cache
+def _preload_for_forks() -> None:
+    for module in FORK_PRELOAD:
+        importlib.import_module(module)
+
+
 class Forked:
     """`bench ARGV` started in a forked child of this test process (see `run_forked`)."""
 
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str]):
         self.argv = ["bench", *argv]
+        _preload_for_forks()
         # Closed by wait(), which the child's output outlives.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
@@ -223,15 +253,31 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results/ folder with an initialised MLflow store and the tiny study's evaluator cache."""
+    """A results/ folder with an initialised MLflow store and the tiny study's evaluator cache,
+    built once per test session: the first test process (xdist worker) to need it builds it
+    under a lock in the folder all workers' temporary folders share, the others wait for it
+    and read it (tests copy it, never write to it)."""
+    from bench.locks import file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "seeded" / "results"
+    with file_lock(shared / "seeded.lock"):
+        if not (shared / "seeded" / "done").exists():
+            shutil.rmtree(shared / "seeded", ignore_errors=True)
+            _seed(root)
+            (shared / "seeded" / "done").touch()
+    return root
+
+
+def _seed(root: Path) -> None:
     import torch
     from mlflow import MlflowClient
 
     from bench.study import load_study
     from bench.trial import Scorer
 
-    root = tmp_path_factory.mktemp("seeded") / "results"
-    root.mkdir()
+    root.mkdir(parents=True)
     saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
     os.environ.update(OFFLINE_ENV)
     try:
@@ -244,7 +290,6 @@ def seeded_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return root
 
 
 @contextlib.contextmanager

@@ -91,14 +91,16 @@ def test_workers_side_by_side_rows_and_ratios():
             assert all(r["threads"] <= max(1, r["cores"] // 2) for r in side)
 
 
-def test_harness_benchmark_times_the_same_cell_through_bench_run_and_the_library():
+def test_harness_benchmark_times_the_same_cell_through_bench_run_and_the_library(seeded_results):
     from pathlib import Path
 
     from bench.perf_harness import harness_benchmark
 
     tiny = Path(__file__).parent / "studies" / "tiny.toml"
     cell = ("architecture.name=cas-dm", "metric.name=l2")
-    result = harness_benchmark(tiny, cell, steps=2, repeats=1, timeout=300)
+    # The tiny study's evaluator cache, built once for the session, stands in for the warm-up.
+    cache = seeded_results / "cache"
+    result = harness_benchmark(tiny, cell, steps=2, repeats=1, timeout=300, cache=cache)
     assert result["cell"] == "architecture.name=cas-dm metric.name=l2 train.steps=2"
     assert result["bench_run_s"] > 0 and result["bare_s"] > 0 and result["repeats"] == 1
     assert result["ratio"] == pytest.approx(result["bench_run_s"] / result["bare_s"])
