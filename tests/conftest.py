@@ -77,18 +77,6 @@ class Workspace:
         """`bench ARGS` run to its end (or death) in a forked child (see `run_forked`)."""
         return run_forked(list(args), cwd=self.root, env={**self.env, **environ})
 
-    def start_bench(self, *args: str) -> subprocess.Popen:
-        """`python -m bench ARGS` started in the background (stdout+stderr captured): a cold
-        process, as users run it (MLflow in its sidecar)."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "bench", *args],
-            cwd=self.root,
-            env={**self.env, "CASDM_MLFLOW_SIDECAR": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
 
 # What a `bench run` imports lazily (the run command's worker, clean-fid and the torchvision
 # it pulls in, MLflow's SQL store, Optuna's RDB storage and its alembic migrations): imported

@@ -6,7 +6,8 @@ final scores of a resumed trial must equal those of an uninterrupted run bit for
 
 Most runs are forked children of this test process (conftest.run_forked): real processes that
 a SIGKILL really kills, without a fresh interpreter's seconds of imports. Two tests start
-`python -m bench` itself, as a user does: a SIGKILL mid-training, and two workers racing.
+`python -m bench` itself, as a user does: a SIGKILL mid-training, and the killed one of two
+workers racing (its survivor is forked).
 """
 
 import os
@@ -260,9 +261,10 @@ def test_two_workers_one_killed_mid_trial_every_cell_completes_exactly_once(work
     # The survivor joins once the victim has created the study, so the victim gets a trial.
     while not (workspace.results / "optuna.db").exists() and victim.poll() is None:
         time.sleep(0.05)
-    survivor = workspace.start_bench("run", "--study", "tiny", "--quiet")
+    survivor = workspace.fork_bench("run", "--study", "tiny", "--quiet")
     assert victim.wait(timeout=600) == -signal.SIGKILL, victim.stdout.read()
-    assert survivor.wait(timeout=600) == 0, survivor.stdout.read()
+    survived = survivor.wait(timeout=600)
+    assert survived.returncode == 0, survived.stdout + survived.stderr
     restart = bench(workspace, overrides=[])
     assert restart.returncode == 0, restart.stdout + restart.stderr
 
