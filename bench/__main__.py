@@ -1,5 +1,5 @@
 """`python -m bench` (also what `torchrun -m bench` starts)."""
 
-from bench.cli import main
+from bench.cli import console
 
-raise SystemExit(main())
+console()

@@ -66,6 +66,20 @@ def storage_file(url: str) -> tuple[str, Path | None]:
     return "rdb", None
 
 
+def import_storage_modules(url: str) -> None:
+    """Import what opening the storage at `url` imports (for a database: SQLAlchemy's ORM and
+    the alembic modules Optuna checks the schema with, about 0.4 s), without opening it.
+
+    `bench run` calls this before its first MLflow call, which waits for the MLflow sidecar
+    to finish starting: the imports run in that wait instead of after it.
+    """
+    import importlib
+
+    if storage_file(url)[0] != "journal":
+        for module in ("sqlalchemy.orm", "alembic.migration", "alembic.command", "alembic.script"):
+            importlib.import_module(module)
+
+
 def open_storage(url: str, *, create: bool) -> "optuna.storages.BaseStorage":
     """The Optuna storage behind `url`; with create=False a missing local file is an error.
 

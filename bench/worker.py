@@ -31,6 +31,7 @@ from bench.errors import BenchError
 from bench.evaluation import scores as score_registry
 from bench.follower import PrepareEvaluators, RunTrial, ScoreReference, announce
 from bench.progress import QuietProgress
+from bench.results import import_storage_modules
 from bench.study import Choices, Range, Study, slug
 from bench.tracking import Tracker
 from casdm import faults
@@ -123,6 +124,7 @@ class Worker:
         self.configs = configs
         self.meta = study_meta(base, self.scorer.label(base), configs)
         self.meta["overrides"] = list(self.study.overrides)  # `bench report` reruns with them
+        import_storage_modules(storage)  # while the sidecar (if any) may still be starting
         self.tracker = Tracker(tracking_uri, self.study.name, tracking)
         self.tracker.set_view(*_view_columns(self.study))
         self.tracking_uri = tracking_uri
