@@ -10,6 +10,10 @@ results folder, as the first `bench run` of a study does: the time it adds is pr
 per study), checkpoints, samples.npz and per-step logging. Both sides score alike: the scores
 and their bootstrap standard errors (eval.bootstrap), compared bit for bit (same_scores).
 
+`bench run` ends as the `bench` command does (bench.cli.console: no garbage collection of the
+whole heap at exit); the bare script ends as any Python script does. Each repetition's own
+ratio is reported beside the medians' (repetition_ratios), to show how noisy the machine was.
+
 `python -m bench.perf_harness STUDY CACHE_DIR [KEY=VALUE ...]` runs the bare side.
 """
 
@@ -134,6 +138,9 @@ def harness_benchmark(
                     bare_scores = json.loads(out)
         run_scores = _trial_scores(work, name, work / f"run{repeats - 1}", cell, list(bare_scores))
     median = {side: statistics.median(values) for side, values in times.items()}
+    # Each repetition's two sides ran back to back: their ratios show the spread a busy or
+    # throttled machine puts on the medians' ratio.
+    pairs = [run / bare for run, bare in zip(times["bench_run"], times["bare"], strict=True)]
     return {
         "cell": " ".join(cell),
         "threads": threads,
@@ -142,6 +149,7 @@ def harness_benchmark(
         "bare_s": median["bare"],
         "overhead": median["bench_run"] / median["bare"] - 1,
         "ratio": median["bench_run"] / median["bare"],
+        "repetition_ratios": [round(pair, 3) for pair in pairs],
         # Both sides did the same work: the trial's scores are the bare script's, bit for bit.
         "same_scores": run_scores == bare_scores,
     }

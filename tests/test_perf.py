@@ -104,6 +104,7 @@ def test_harness_benchmark_times_the_same_cell_through_bench_run_and_the_library
     assert result["cell"] == "architecture.name=cas-dm metric.name=l2 train.steps=2"
     assert result["bench_run_s"] > 0 and result["bare_s"] > 0 and result["repeats"] == 1
     assert result["ratio"] == pytest.approx(result["bench_run_s"] / result["bare_s"])
+    assert result["repetition_ratios"] == [pytest.approx(result["ratio"], abs=1e-3)]
     assert result["same_scores"]  # the bare script trained, sampled and scored the same
 
 
