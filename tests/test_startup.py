@@ -120,3 +120,28 @@ def test_every_component_resolves_to_a_callable(kind):
         component = components.get(name)
         assert component.kind == kind and component.name == name
         assert callable(component.load()), (kind, name)
+
+
+def test_the_bench_command_exits_with_mains_code_once_the_collector_is_frozen(monkeypatch):
+    import bench.cli
+
+    calls = []
+    monkeypatch.setattr(bench.cli, "main", lambda: calls.append("main") or 2)
+    monkeypatch.setattr(bench.cli.gc, "freeze", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit) as exit:
+        bench.cli.console()
+    assert exit.value.code == 2 and calls == ["main", "freeze"]
+
+
+def test_python_m_bench_exits_with_the_commands_code(tmp_path):
+    """Through bench.cli.console, as users run it: bad input is exit 2 with its message."""
+    (tmp_path / "studies").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "show", "nosuch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error:") and "nosuch" in done.stderr
