@@ -76,7 +76,7 @@ def import_storage_modules(url: str) -> None:
     import importlib
 
     if storage_file(url)[0] != "journal":
-        for module in ("sqlalchemy.orm", "alembic.migration", "alembic.command", "alembic.script"):
+        for module in ("sqlalchemy.orm", "alembic.config", "alembic.migration", "alembic.script"):
             importlib.import_module(module)
 
 

@@ -79,9 +79,9 @@ class Workspace:
 
 
 # What a `bench run` imports lazily (the run command's worker, clean-fid and the torchvision
-# it pulls in, MLflow's SQL store, Optuna's RDB storage and its alembic migrations): imported
-# once in this process before the first fork, so that no forked child spends its ~3 s importing
-# them again and then throws them away.
+# it pulls in, MLflow's SQL store; and, through bench.results.import_storage_modules, what
+# opening its Optuna storage imports): imported once in this process before the first fork, so
+# that no forked child spends its ~3 s importing them again and then throws them away.
 FORK_PRELOAD = (
     "bench.commands.run",
     "bench.worker",
@@ -93,16 +93,17 @@ FORK_PRELOAD = (
     "casdm.data",
     "cleanfid.fid",
     "mlflow.store.tracking.sqlalchemy_store",
-    "optuna.storages._rdb.storage",
-    "alembic.command",
-    "alembic.migration",
+    "optuna",
 )
 
 
 @functools.cache
 def _preload_for_forks() -> None:
+    from bench.results import import_storage_modules
+
     for module in FORK_PRELOAD:
         importlib.import_module(module)
+    import_storage_modules("sqlite:///")  # an SQLite storage's modules; nothing is opened
 
 
 class Forked:
