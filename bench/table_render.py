@@ -5,7 +5,8 @@ each group) and `long` (one row per cell, the swept axes as leading columns, the
 `auto` takes the first that fits a standard two-column paper (\\documentclass[twocolumn]{article},
 10 pt): wide in one column, long in one column, wide across both (`table*`), long across both,
 then the same in \\small and \\footnotesize. Widths are estimated from Computer Modern's glyph
-widths (a conservative estimate: tests/test_tables.py measures the real box with pdflatex).
+widths (bench.latex_width; conservative: tests/test_tables.py measures the real box with
+pdflatex).
 
 The CSV is tidy (one line per row x column group x score, the layout pandas' `pivot_table`
 takes) with unscaled, unrounded values, whatever the layout: columns `row`, `column` (display
@@ -28,16 +29,18 @@ from dataclasses import dataclass
 
 from bench.costs import COSTS
 from bench.evaluation import scores as score_registry
+from bench.latex_width import math_width, text_width
 from bench.study import value_text
 from bench.tables import BETTER, REFERENCE_LABEL, WORSE, Cell, Format, Table
 
 COLUMN_WIDTH_PT = 229.5  # \columnwidth of \documentclass[twocolumn]{article} at 10 pt
 TEXT_WIDTH_PT = 469.0  # its \textwidth
 TABCOLSEP_PT = 6.0
-# Type sizes and how wide their glyphs are relative to 10 pt (Computer Modern's 9 pt and 8 pt
-# designs are relatively wider than scaled 10 pt; rounded up). The column gaps do not shrink.
-SIZES = {"normalsize": 1.0, "small": 0.93, "footnotesize": 0.86}
-MARGIN = 1.03  # the glyph-width estimate is padded by 3% on top
+# Type sizes and how wide their glyphs are relative to 10 pt: the largest ratio of cmr9's
+# (\small) and cmr8's, cmbx8's and cmsy8's (\footnotesize) advance widths to their 10 pt
+# designs', rounded up (smaller designs are relatively wider). The column gaps do not shrink.
+SIZES = {"normalsize": 1.0, "small": 0.926, "footnotesize": 0.856}
+SCRIPTSIZE = 0.815  # \scriptsize (7 pt whatever the table's size): cmr7's largest ratio
 
 
 @dataclass(frozen=True)
@@ -112,69 +115,28 @@ def caption(table: Table, layout: str) -> str:
     return f"{text} {REFERENCE_LABEL}: {values}."
 
 
-# Computer Modern Roman 10 pt advance widths (pt), rounded up; other characters: DEFAULT_PT.
-_GLYPH_PT = {
-    **dict.fromkeys("0123456789", 5.0),
-    **dict.fromkeys(".,:;!'", 2.78),
-    **dict.fromkeys("ijl", 2.78),
-    **dict.fromkeys("()[]", 3.89),
-    " ": 3.34,
-    "-": 3.34,
-    "f": 3.06,
-    "t": 3.89,
-    "r": 3.92,
-    "s": 3.95,
-    "m": 8.34,
-    "w": 7.23,
-    "I": 3.62,
-    "M": 9.17,
-    "W": 10.28,
-    "=": 7.78,
-    "/": 5.0,
-    "%": 8.34,
-    "±": 12.23,  # \pm with its binary-operator spaces
-    "↓": 5.0,
-    "↑": 5.0,
-    "×": 12.23,
-}
-_LOWER_PT, _UPPER_PT, DEFAULT_PT = 5.56, 7.5, 7.5
-
-
-def text_width(text: str, bold: bool = False) -> float:
-    """Estimated width in pt of `text` set in Computer Modern 10 pt (bold: 15% wider)."""
-    width = 0.0
-    for ch in text:
-        if ch in _GLYPH_PT:
-            width += _GLYPH_PT[ch]
-        elif ch.islower():
-            width += _LOWER_PT
-        elif ch.isupper():
-            width += _UPPER_PT
-        else:
-            width += DEFAULT_PT
-    return width * (1.15 if bold else 1.0)
-
-
-def _entry_width(table: Table, r: int, g: int, key: str) -> float:
+def _entry_width(table: Table, r: int, g: int, key: str, size: str) -> float:
+    """Width (pt, relative to 10 pt type) of an entry in a table set in `size` type."""
     if key.startswith("cost."):
         return text_width(_cost(table, r, g, key) or "")
     cell = table.cells[r, g, key]
     if cell.mean is None:
         return text_width("--")
-    width = text_width(_value_text(cell, key), bold=cell.best)
-    if cell.n < table.seeds:
-        width += 0.7 * text_width(f" (n={cell.n})")  # \scriptsize
+    width = math_width(_value_text(cell, key), bold=cell.best)
+    if cell.n < table.seeds:  # " {\scriptsize(n=2)}": a space, then 7 pt type at any size
+        width += text_width(" ") + text_width(f"(n={cell.n})") * SCRIPTSIZE / SIZES[size]
     return width  # the significance marker hangs into the column gap (\rlap)
 
 
 def estimate_width(table: Table, layout: str, size: str = "normalsize") -> float:
     """Estimated width (pt) of the LaTeX tabular in `layout` set in `size` type."""
-    text, columns = _text_width(table, layout)
-    return text * SIZES[size] * MARGIN + 2 * TABCOLSEP_PT * columns
+    text, columns = _text_width(table, layout, size)
+    return text * SIZES[size] + 2 * TABCOLSEP_PT * columns
 
 
-def _text_width(table: Table, layout: str) -> tuple[float, int]:
-    """The text width (pt, 10 pt type) of the tabular's columns, and how many columns."""
+def _text_width(table: Table, layout: str, size: str) -> tuple[float, int]:
+    """The text width (pt, relative to 10 pt type) of the tabular's columns set in `size`
+    type, and how many columns."""
     columns = _value_columns(table, layout)
     body = _body(table, layout)
     lead = _lead_headers(table, layout)
@@ -188,9 +150,9 @@ def _text_width(table: Table, layout: str) -> tuple[float, int]:
     for g, key in columns:
         width = text_width(_header_text(key))
         for _, r, body_g in body:
-            width = max(width, _entry_width(table, r, g if g is not None else body_g, key))
+            width = max(width, _entry_width(table, r, body_g if g is None else g, key, size))
         if reference_row and key in (table.reference or {}):
-            width = max(width, text_width(_number(table.reference[key], key)))
+            width = max(width, math_width(_number(table.reference[key], key)))
         value_widths.append(width)
     total = sum(widths) + sum(value_widths)
     if reference_row and len(lead) > 1:

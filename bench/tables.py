@@ -177,15 +177,19 @@ def write_tables(
     scores: Sequence[str] | None = None,
     layout: str | None = None,
 ) -> list[Path]:
-    """Write the table atomically in each format; returns the paths written.
+    """Build the table and write it atomically in each format; returns the paths written.
 
     `out` is a folder (default results/STUDY/) receiving table.{tex,md,csv}, or, with a single
     format, a file path (any name with a suffix).
     """
+    table = build_table(results, study, scores=scores, layout=layout)
+    return write_table(table, study.results_dir() if out is None else Path(out), formats)
+
+
+def write_table(table: Table, out: Path, formats: Sequence[Format] = FORMATS) -> list[Path]:
+    """Write a built table atomically in each format (`out` as in `write_tables`)."""
     from casdm.files import atomic_write_text
 
-    table = build_table(results, study, scores=scores, layout=layout)
-    out = study.results_dir() if out is None else Path(out)
     if len(formats) == 1 and out.suffix and not out.is_dir():
         paths = {formats[0]: out}
     else:

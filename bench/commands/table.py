@@ -15,7 +15,7 @@ from bench.results import (
 )
 from bench.study import load_study
 from bench.table_render import TEXT_WIDTH_PT, choose_fit
-from bench.tables import FORMATS, build_table, render, write_tables
+from bench.tables import FORMATS, build_table, render, write_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,19 +86,19 @@ def run(args: argparse.Namespace) -> int:
         )
     formats = (args.format,) if args.format else FORMATS
     out = args.out if args.out is not None else study.results_dir(args.results)
-    paths = write_tables(results, study, out, formats, scores=scores, layout=args.layout)
     table = build_table(results, study, scores=scores, layout=args.layout)
+    paths = write_table(table, Path(out), formats)
     print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     fit = choose_fit(table)
     if fit.width_pt > TEXT_WIDTH_PT and "latex" in formats:
         print(
-            f"warning: the LaTeX table may not fit a two-column page: estimated at up to "
-            f"{fit.width_pt:.0f} pt in \\footnotesize across both columns, against a \\textwidth "
-            f"of {TEXT_WIDTH_PT:.0f} pt (the estimate errs wide: check your LaTeX log for an "
-            "overfull \\hbox); to narrow it, show fewer scores (--scores fid,sfid,is), drop "
-            "cost columns ([table] cost), or try --layout wide",
+            f"warning: the LaTeX table does not fit a two-column page: {fit.width_pt:.0f} pt "
+            f"in \\footnotesize across both columns, against a \\textwidth of "
+            f"{TEXT_WIDTH_PT:.0f} pt (estimated from Computer Modern's metrics in the standard "
+            "article class; other fonts or classes differ); to narrow it, show fewer scores "
+            "(--scores fid,sfid,is), drop cost columns ([table] cost), or try --layout wide",
             file=sys.stderr,
         )
     return 0
