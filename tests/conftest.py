@@ -115,7 +115,16 @@ class Forked:
         # Closed by wait(), which the child's output outlives.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
-        self.pid = os.fork()
+        engines = _connection_pools()
+        # Frozen, this process's objects are never visited by the child's garbage collections,
+        # so the pages holding them stay shared instead of being copied (measured: a third of
+        # the child's page faults, 0.1 s of system time per forked run).
+        gc.freeze()
+        try:
+            self.pid = os.fork()
+        finally:
+            if self.pid != 0:
+                gc.unfreeze()
         if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
@@ -129,7 +138,8 @@ class Forked:
                 os.environ.update(env)
                 os.chdir(cwd)
                 _fresh_warnings(env.get("PYTHONWARNINGS", ""))
-                _fresh_connections()
+                for engine in engines:  # SQLAlchemy's rule for forked children
+                    engine.dispose(close=False)
                 from bench.cli import main
 
                 try:
@@ -195,17 +205,16 @@ def _fresh_warnings(option: str) -> None:
         warnings.simplefilter(action.split(":")[0])  # type: ignore[arg-type]
 
 
-def _fresh_connections() -> None:
-    """In a forked child: drop the connection pools inherited from the parent."""
+def _connection_pools() -> list:
+    """This process's SQLAlchemy engines, whose pooled connections a forked child must not use:
+    it disposes them (close=False) before anything else."""
     if "sqlalchemy" not in sys.modules:
-        return
+        return []
     from sqlalchemy.engine import Engine
 
-    for obj in gc.get_objects():
-        # type(), not isinstance(): isinstance on a weakref.proxy whose referent is gone
-        # raises ReferenceError (such proxies are among gc's objects in a long test process).
-        if issubclass(type(obj), Engine):
-            obj.dispose(close=False)
+    # type(), not isinstance(): isinstance on a weakref.proxy whose referent is gone raises
+    # ReferenceError (such proxies are among gc's objects in a long test process).
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), Engine)]
 
 
 def _offline_environ(torch_home: Path) -> dict[str, str]:
