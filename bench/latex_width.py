@@ -11,6 +11,7 @@ a space is the interword space) and `math_width` for a number or `a ± b` set in
 the math minus sign).
 """
 
+_SYMBOL_PT = 7.778  # cmsy10's minus, ± and ×
 _CMR10_PT = {
     **dict.fromkeys("0123456789", 5.0),
     **dict.fromkeys(".,:;!'[]", 2.778),
@@ -47,15 +48,14 @@ _CMR10_PT = {
     "=": 7.778,
     " ": 3.333,  # the interword space (cmr10's SPACE parameter, before stretching)
     # Symbols the writer sets in math: $\pm$ and $\times$ between spaces, arrows, \eta, ...
-    "±": 7.778,
-    "×": 7.778,
+    "±": _SYMBOL_PT,
+    "×": _SYMBOL_PT,
     "↓": 5.0,
     "↑": 5.0,
     "—": 10.0,  # ---
-    "−": 7.778,
+    "−": _SYMBOL_PT,
 }
 _CMBX10_DIGIT_PT = 5.75  # \mathbf bolds digits (and letters), not punctuation or symbols
-_SYMBOL_PT = 7.778  # cmsy10's minus, ± and ×
 _MEDMUSKIP_PT = 2.222  # 4 mu at 10 pt: the space each side of a binary operator
 _THINMUSKIP_PT = 1.667  # 3 mu: after math punctuation (a comma)
 _WIDEST_LOWER_PT, _WIDEST_UPPER_PT, _WIDEST_PT = 8.333, 10.278, 10.278

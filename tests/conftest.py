@@ -120,10 +120,11 @@ class Forked:
         # so the pages holding them stay shared instead of being copied (measured: a third of
         # the child's page faults, 0.1 s of system time per forked run).
         gc.freeze()
+        self.pid = -1
         try:
             self.pid = os.fork()
         finally:
-            if self.pid != 0:
+            if self.pid != 0:  # this process, forked or not (the child stays frozen)
                 gc.unfreeze()
         if self.pid == 0:  # the child: never returns into pytest
             code = 1

@@ -288,10 +288,15 @@ def _compile(tmp_path: Path, table: str) -> subprocess.CompletedProcess:
         f"{table}\\setbox0\\hbox{{{measure}}}\\typeout{{WIDTH=\\the\\wd0}}\n"
         "\\typeout{LIMITS=\\the\\columnwidth,\\the\\textwidth}\n\\end{document}\n"
     )
-    (tmp_path / "doc.tex").write_text(document)
+    return _pdflatex(tmp_path, document)
+
+
+def _pdflatex(folder: Path, document: str) -> subprocess.CompletedProcess:
+    """pdflatex on `document`, written to folder/doc.tex."""
+    (folder / "doc.tex").write_text(document)
     return subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=120,
@@ -378,14 +383,7 @@ def test_text_and_math_widths_are_what_pdflatex_sets(tmp_path):
     boxes = [b.replace("±", r"\pm") for b in boxes]
     measure = "".join(rf"\setbox0\hbox{{{b}}}\typeout{{WIDTH=\the\wd0}}" for b in boxes)
     document = f"\\documentclass{{article}}\n\\begin{{document}}\n{measure}\n\\end{{document}}\n"
-    (tmp_path / "doc.tex").write_text(document)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _pdflatex(tmp_path, document)
     assert result.returncode == 0, result.stdout[-3000:]
     measured = [float(w) for w in re.findall(r"WIDTH=([\d.]+)pt", result.stdout)]
     estimated = [text_width(t) for t in texts] + [math_width(f, bold) for f, bold in formulas]
