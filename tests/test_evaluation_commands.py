@@ -88,6 +88,13 @@ def test_bench_eval_json_is_machine_readable(capsys, cache, samples):
     assert result["labels"]["fid"] == "FID (classifier:digits)"
     assert result["reference"]["split"] == "train" and result["reference"]["images"] == 1437
     assert 0 < result["scores"]["fid"] < 5  # real held-out digits: close to the train split
+    # The network in clean-fid's NCHW layout instead of channels-last: round-off apart, the same.
+    assert result["evaluator"]["channels_last"] is True
+    code, out, _ = bench_eval(capsys, *args, "--no-channels-last")
+    nchw = json.loads(out)
+    assert code == 0 and nchw["evaluator"]["channels_last"] is False
+    for key, value in result["scores"].items():
+        assert nchw["scores"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
 def test_bench_eval_scores_a_folder_of_pngs(capsys, cache, tmp_path):

@@ -130,6 +130,20 @@ def test_reference_images_cap_a_seeded_subset_with_its_own_cache_file(evaluator,
     assert not np.allclose(capped.mu, full.mu)
 
 
+def test_each_network_layout_has_its_own_cache_file(evaluator, tmp_path):
+    """Channels-last features differ from NCHW ones in round-off: their statistics are cached
+    apart, NCHW's under the key (and meta) of the files written before the layout existed."""
+    reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
+    evaluator.channels_last = False
+    reference_statistics(evaluator, DATA, EvalConfig(channels_last=False), cache_dir=tmp_path)
+    assert evaluator.images == 2 * 1437  # two passes: neither file was taken for the other
+    metas = []
+    for path in sorted((tmp_path / "reference").glob("*.npz")):
+        with np.load(path) as npz:
+            metas.append(json.loads(str(npz["meta"])))
+    assert sorted(meta.get("layout", "NCHW") for meta in metas) == ["NCHW", "channels_last"]
+
+
 def test_a_truncated_cache_file_is_detected_and_rebuilt(evaluator, tmp_path):
     first = reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
     (path,) = (tmp_path / "reference").glob("*.npz")

@@ -714,7 +714,7 @@ def test_a_config_stored_before_components_had_options_loads_unchanged():
     # Written again, only the options the chosen components take remain, with their values.
     rewritten = json.loads(config_document(config, shape))["config"]
     # Settings added since the file was written take their defaults.
-    added = {"eval": {"prep_workers": -1}}
+    added = {"eval": {"prep_workers": -1, "channels_last": True}}
     for section, values in rewritten.items():
         if isinstance(values, dict):
             new = {k: v for k, v in values.items() if k not in stored[section]}

@@ -89,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "never changes a score",
     )
     parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.channels_last,
+        help="run the feature network channels-last (default; on a CPU the Inception pass is "
+        "about 1.4x faster) or, with --no-channels-last, in clean-fid's NCHW layout, whose "
+        "features equal clean-fid's bit for bit on a CPU; the two differ in round-off only",
+    )
+    parser.add_argument(
         "--is-protocol",
         choices=("adm", "torch-fidelity"),
         default=defaults.is_protocol,
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         is_splits=args.is_splits,
         random_weights=args.random_weights,
         prep_workers=args.prep_workers,
+        channels_last=args.channels_last,
         **({"protocol": args.protocol} if args.protocol else {}),
     )
     device = resolve_device(args.device)
@@ -236,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
             "protocol": evaluator.protocol,
             "random_weights": evaluator.random_weights,
             "weights_hash": evaluator.weights_hash,
+            "channels_last": evaluator.channels_last,
             "accuracy": getattr(evaluator, "accuracy", None),
         },
         "reference": reference.meta,

@@ -98,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-1: automatic, up to 8 on a GPU, none on a CPU); compare 0 against the default on a GPU",
     )
     parser.add_argument(
+        "--eval-channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our pass channels-last (eval.channels_last; default) or, with "
+        "--no-eval-channels-last, in clean-fid's NCHW layout, as clean-fid runs",
+    )
+    parser.add_argument(
         "--random-weights",
         action="store_true",
         help="use random Inception weights (no download; the throughput is the same)",
@@ -169,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             repeats=args.eval_repeats,
             prep_workers=args.eval_prep_workers,
+            channels_last=args.eval_channels_last,
         )
         rows.append({"benchmark": "evaluation", **result})
 

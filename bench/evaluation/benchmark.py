@@ -101,13 +101,15 @@ def evaluation_benchmark(
     seed: int = 0,
     protocol: str = DEFAULT_FID_PROTOCOL,
     prep_workers: int = -1,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """Images/s of `score` vs clean-fid's compute_fid + compute_kid on n_images random images.
 
     Returns images_per_s and cleanfid_images_per_s (medians over `repeats` interleaved
     repetitions), ratio (clean-fid's workflow time / ours), ratio_one_pass (clean-fid's one-pass
     FID + KID time / ours), `prep_workers` (ours: eval.prep_workers, -1 automatic: worker
-    processes resize ahead of an accelerator, none on a CPU), both runs' scores (`scores`,
+    processes resize ahead of an accelerator, none on a CPU), `channels_last` (ours:
+    eval.channels_last; clean-fid's calls are NCHW either way), both runs' scores (`scores`,
     `cleanfid_scores`; from the last repetition), fid_relative_difference and the peak memory
     of our scoring (first repetition).
     """
@@ -127,6 +129,7 @@ def evaluation_benchmark(
     else:
         path = weights.ensure(PROTOCOLS[protocol].weights)
         evaluator = inception_evaluator(protocol, path, device=device)
+    evaluator.channels_last = channels_last
 
     # The reference (untimed; it also warms our path up): features of other random images.
     n_ref = min(n_images, REFERENCE_IMAGES)
@@ -215,6 +218,7 @@ def evaluation_benchmark(
         "resolution": resolution,
         "batch_size": batch_size,
         "prep_workers": workers,
+        "channels_last": channels_last,
         "repeats": repeats,
         "images_per_s": n_images / median["ours"],
         "cleanfid_images_per_s": n_images / median["cleanfid"],

@@ -40,6 +40,9 @@ class Evaluator:
     # The CPU stage: a picklable top-level function of uint8 CPU images [B, C, H, W] giving
     # the tensor `_features` takes (on the device); None: the images themselves.
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The network's memory layout (eval.channels_last, set by build_evaluator): NHWC, or NCHW
+    # as clean-fid calls its network. Round-off apart, the same features.
+    channels_last: bool = True
 
     def __init__(
         self,
@@ -70,6 +73,11 @@ class Evaluator:
         self.random_weights = random_weights
 
     @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the network's input (eval.channels_last)."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
     def label(self) -> str:
         """Display name, e.g. "Inception/clean (random weights)", "classifier:digits"."""
         return self.title + (" (random weights)" if self.random_weights else "")
@@ -86,10 +94,10 @@ class Evaluator:
     def features_of(self, inputs: torch.Tensor, images_shape: torch.Size) -> Features:
         """The device stage: features of `inputs(images)`, images of shape `images_shape`."""
         del images_shape  # for evaluators that check each input size (TorchScriptInception)
-        # Standard strides: a view with other strides (e.g. NHWC from an .npz, permuted) would
-        # take other kernels and change the scores in the last digits. From pinned memory
-        # (bench.evaluation.prefetch) the copy to a GPU runs asynchronously.
-        inputs = inputs.to(self.device, memory_format=torch.contiguous_format, non_blocking=True)
+        # One layout whatever the strides the inputs come in (e.g. NHWC from an .npz, permuted),
+        # since another would take other kernels and change the scores in the last digits. From
+        # pinned memory (bench.evaluation.prefetch) the copy to a GPU runs asynchronously.
+        inputs = inputs.to(self.device, memory_format=self.memory_format, non_blocking=True)
         with torch.inference_mode():
             return self._features(inputs)
 
@@ -150,6 +158,8 @@ def build_evaluator(
     `cache_dir`); the other ranks then load what it cached.
     """
     build: Builder = eval_cfg.component.load()
-    return distributed.main_first(
+    evaluator = distributed.main_first(
         lambda: build(eval_cfg, data_cfg, device=torch.device(device), cache_dir=Path(cache_dir))
     )
+    evaluator.channels_last = eval_cfg.channels_last
+    return evaluator
