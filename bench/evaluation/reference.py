@@ -113,9 +113,6 @@ def _evaluator_key(evaluator: Evaluator) -> dict[str, Any]:
         "weights_hash": evaluator.weights_hash,
         "reference_features": REFERENCE_FEATURES,
         "subset_seed": SUBSET_SEED,
-        # The layout moves the statistics in round-off; NCHW (clean-fid's bits) keeps the keys
-        # of the files written before channels-last existed.
-        **({"layout": "channels_last"} if evaluator.channels_last else {}),
     }
 
 
