@@ -126,7 +126,7 @@ def train_run(
     progress = progress or QuietProgress()
     device = resolve_device(config.device)
     data = load_dataset(config.data, "train")
-    image_shape = tuple(data.images.shape[1:])  # (C, H, W)
+    image_shape = tuple(data.pixels.shape[1:])  # (C, H, W)
     schedule = Schedule.from_config(config.diffusion)
     # The initial weights (and a random LPIPS trunk) come from the run's seed alone, not from
     # whatever the process drew before, so a trial is reproducible in any process.
@@ -152,7 +152,7 @@ def train_run(
     result = train(
         model,
         metric,
-        data.images,
+        data.pixels,
         config.train,
         seed=config.seed,
         device=device,
@@ -356,8 +356,8 @@ class Scorer:
         num_samples images so the comparison is at the samples' N (FID depends on N).
         """
         held_out = "test" if config.eval.reference_split == "train" else "train"
-        images = load_dataset(config.data, held_out).images[: config.sample.num_samples]
-        return self.score(to_uint8(images), config, progress)
+        pixels = load_dataset(config.data, held_out).pixels[: config.sample.num_samples]
+        return self.score(pixels, config, progress)
 
 
 @dataclass(frozen=True)

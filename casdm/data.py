@@ -1,9 +1,10 @@
 """Datasets (components of casdm.specs.datasets), image decoding and the ADM .npz layout.
 
-Images reach models as float32 [N, C, H, W] in [-1, 1]. Every dataset is first brought to uint8
-at the run's resolution (so real images are exactly what a saved sample could be), then mapped
-to [-1, 1] with `from_uint8`. Resizing is guided-diffusion's `center_crop_arr` (box-halve while
-at least twice too large, PIL bicubic so the short side fits, centre crop): one rule for all.
+Images reach models as float32 [N, C, H, W] in [-1, 1]. Every dataset is brought to uint8 at
+the run's resolution (so real images are exactly what a saved sample could be) and kept so;
+batches are mapped to [-1, 1] with `from_uint8` where they are used. Resizing is
+guided-diffusion's `center_crop_arr` (box-halve while at least twice too large, PIL bicubic so
+the short side fits, centre crop): one rule for all.
 
 Splits (fixed, seeded with SPLIT_SEED through sklearn's `train_test_split`, indices kept in
 their original order):
@@ -52,15 +53,22 @@ _DOWNLOAD_ERRORS = (OSError, RuntimeError, http.client.HTTPException, tarfile.Ta
 
 @dataclass(frozen=True, eq=False)
 class ImageSet:
-    """One split of a dataset: images [N, C, H, W] float32 in [-1, 1], labels [N] int64 or None.
+    """One split of a dataset: pixels [N, C, H, W] uint8, labels [N] int64 or None.
 
-    Shared through an in-process cache: do not modify the tensors in place.
+    Held as uint8, a quarter of the float32 images' memory (training keeps them so on its
+    device too, casdm.train). Shared through an in-process cache: do not modify the tensors
+    in place.
     """
 
-    images: Tensor
+    pixels: Tensor
     labels: Tensor | None
     name: str
     split: str
+
+    @property
+    def images(self) -> Tensor:
+        """[N, C, H, W] float32 in [-1, 1] (`from_uint8(pixels)`), a new tensor on each access."""
+        return from_uint8(self.pixels)
 
 
 # What a dataset loader returns: uint8 [N, res, res, C] images and int64 [N] labels (or None).
@@ -104,7 +112,7 @@ def _load(
     loader: Loader = component.load()
     images, labels = loader(path, resolution, data_dir, split, options)
     return ImageSet(
-        images=from_uint8(_nchw(images)),
+        pixels=_nchw(images),
         labels=None if labels is None else torch.from_numpy(labels).long(),
         name=name,
         split=split,

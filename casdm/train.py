@@ -38,6 +38,7 @@ from torch import nn
 from casdm import distributed, faults
 from casdm.checkpoint import CheckpointError, load_latest, save_checkpoint
 from casdm.config import ConfigError, TrainConfig
+from casdm.data import from_uint8
 
 
 @dataclass
@@ -288,7 +289,11 @@ def train(
     callback: Callable[[dict[str, float]], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train `model` on `images` [N, C, H, W] in [-1, 1] with `model.loss(x0, t, noise, metric)`.
+    """Train `model` on `images` [N, C, H, W] with `model.loss(x0, t, noise, metric)`.
+
+    `images` are uint8 pixels (a dataset's `ImageSet.pixels`: they stay uint8 on the device, a
+    quarter of the memory, and each batch is mapped to [-1, 1] by `from_uint8` there, the same
+    values as mapping them all first), or float images in [-1, 1].
 
     The EMA, optimizer and generator are created here; if `checkpoint_path` exists, all of them
     (and the model) are restored from it and training continues to cfg.steps. Checkpoints are
@@ -318,7 +323,7 @@ def train(
     metric.to(device).requires_grad_(False).eval()
     if {id(p) for p in metric.parameters()} & {id(p) for p in model.parameters()}:
         raise ValueError("the metric's parameters are part of the model; they must stay frozen")
-    images = images.to(device)  # [N, C, H, W]
+    images = images.to(device)  # [N, C, H, W], uint8 or float
     rank, W = distributed.rank(), distributed.world_size()
     if cfg.batch_size % W:
         raise ConfigError(
@@ -386,6 +391,8 @@ def train(
             t = torch.randint(T, (B,), generator=generator, device=device)
             noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
             x0, eps = images[idx[mine]], noise[mine]  # [B / W, C, H, W]
+            if x0.dtype == torch.uint8:
+                x0 = from_uint8(x0)
             if perf.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
                 eps = eps.contiguous(memory_format=torch.channels_last)

@@ -22,7 +22,6 @@ from PIL import Image
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import build_evaluator, score_label
-from bench.evaluation.evaluator import Evaluator
 from bench.evaluation.formulas import KID_SEED, kernel_inception_distance
 from bench.evaluation.inception import (
     PROTOCOLS,

@@ -9,7 +9,7 @@ from torch import nn
 from casdm.architectures import CasDM, build_model
 from casdm.checkpoint import CheckpointError, load_checkpoint
 from casdm.config import ArchitectureConfig, DataConfig, MetricConfig, ModelConfig, TrainConfig
-from casdm.data import load_dataset
+from casdm.data import from_uint8, load_dataset
 from casdm.metrics import build_metric
 from casdm.schedule import Schedule
 from casdm.train import (
@@ -52,6 +52,21 @@ def test_a_hundred_steps_on_digits_halve_the_loss(digits):
     assert losses[-1] < 0.5 * losses[0], losses
     assert result.step == 100 and result.resumed_from is None
     assert result.images_per_s > 0 and result.wall_s > 0
+
+
+def test_training_on_uint8_pixels_equals_training_on_their_float_images():
+    """Datasets reach training as uint8 pixels, kept so on the device (a quarter of the
+    memory) and mapped to [-1, 1] batch by batch: bitwise the run on the mapped images."""
+    pixels = load_dataset(DataConfig(dataset="digits", resolution=8), "train").pixels
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1437, 1, 8, 8)
+    metric = build_metric(MetricConfig(name="l2", weight=0.5))
+    runs = [
+        train(tiny_model("cas-dm"), metric, images, config(), seed=0)
+        for images in (pixels, from_uint8(pixels))
+    ]
+    assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
+    first, second = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_one_image_is_overfitted_by_the_x0_network(digits):

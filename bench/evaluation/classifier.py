@@ -23,7 +23,7 @@ from bench.evaluation.evaluator import Evaluator, Features, state_dict_sha256
 from bench.evaluation.evaluators import CLASSIFIER_PROTOCOL
 from casdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from casdm.config import DataConfig
-from casdm.data import from_uint8, load_dataset, to_uint8
+from casdm.data import from_uint8, load_dataset
 
 FORMAT = 1  # bump when the network or its training changes: old cache files are then unused
 SPATIAL_CHANNELS = 8  # the mid-level map keeps its first 8 channels, as ADM's sFID keeps 7
@@ -181,7 +181,7 @@ def _labeled(data_cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tens
             f"the classifier evaluator trains on labels, and dataset {data_cfg.dataset!r} has "
             "none; use --evaluator inception (eval.evaluator = 'inception')"
         )
-    return from_uint8(to_uint8(data.images)), data.labels
+    return data.images, data.labels
 
 
 def build_classifier(

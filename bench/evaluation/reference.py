@@ -97,10 +97,10 @@ def reference_statistics(
     }
 
     def compute() -> tuple[FeatureStats, int]:
-        # [N, C, H, W] in [-1, 1]; rank 0 loads first, so a dataset downloaded on first use
+        # uint8 [N, C, H, W]; rank 0 loads first, so a dataset downloaded on first use
         # is fetched once, not by every rank at the same time.
         split = eval_cfg.reference_split
-        images = distributed.main_first(lambda: load_dataset(data_cfg, split).images)
+        images = distributed.main_first(lambda: load_dataset(data_cfg, split).pixels)
         return _pass(images, evaluator, eval_cfg, progress)
 
     return _cached(Path(cache_dir), data_cfg.dataset, key, evaluator, compute)
