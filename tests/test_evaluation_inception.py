@@ -120,20 +120,13 @@ def folder_stats(evaluators, folders):
         if (mode, channels_last) not in computed:
             evaluator = evaluators[mode]
             evaluator.channels_last = channels_last
+            keep = {"keep_pool": None, "keep_logits": True, "keep_spatial": True}
+            stats = []
             try:
-                computed[mode, channels_last] = []
                 for folder in folders:
                     chunks, total = batches(read_images(folder), BATCH, "test images")
-                    computed[mode, channels_last].append(
-                        collect(
-                            chunks,
-                            evaluator,
-                            keep_pool=None,
-                            keep_logits=True,
-                            keep_spatial=True,
-                            total=total,
-                        )
-                    )
+                    stats.append(collect(chunks, evaluator, total=total, **keep))
+                computed[mode, channels_last] = stats
             finally:
                 evaluator.channels_last = False
         return computed[mode, channels_last]
