@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from casdm import distributed, faults
+from casdm.batches import DEVICE_SHARE, TrainingImages
 from casdm.checkpoint import CheckpointError, load_latest, save_checkpoint
 from casdm.config import ConfigError, TrainConfig
-from casdm.data import from_uint8
 
 
 @dataclass
@@ -288,12 +288,15 @@ def train(
     config_json: str = "{}",
     callback: Callable[[dict[str, float]], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
+    on_device: bool | None = None,
 ) -> TrainResult:
     """Train `model` on `images` [N, C, H, W] with `model.loss(x0, t, noise, metric)`.
 
-    `images` are uint8 pixels (a dataset's `ImageSet.pixels`: they stay uint8 on the device, a
-    quarter of the memory, and each batch is mapped to [-1, 1] by `from_uint8` there, the same
-    values as mapping them all first), or float images in [-1, 1].
+    `images` are uint8 pixels (a dataset's `ImageSet.pixels`: they stay uint8, a quarter of
+    the memory, and each batch is mapped to [-1, 1] by `from_uint8` on the device, the same
+    values as mapping them all first), or float images in [-1, 1]. They live on the device,
+    or in host memory when they would take more than a quarter of its free memory
+    (`casdm.batches`; `on_device` forces either; `on_notice` is told when they stay on the host).
 
     The EMA, optimizer and generator are created here; if `checkpoint_path` exists, all of them
     (and the model) are restored from it and training continues to cfg.steps. Checkpoints are
@@ -323,7 +326,13 @@ def train(
     metric.to(device).requires_grad_(False).eval()
     if {id(p) for p in metric.parameters()} & {id(p) for p in model.parameters()}:
         raise ValueError("the metric's parameters are part of the model; they must stay frozen")
-    images = images.to(device)  # [N, C, H, W], uint8 or float
+    data = TrainingImages(images, device, on_device)
+    if on_device is None and not data.on_device:
+        (on_notice or _warn)(
+            f"the training images ({data.images.nbytes / 2**30:.2f} GiB) need more than "
+            f"{DEVICE_SHARE:.0%} of {device}'s free memory: they stay in host memory and each "
+            "batch is copied over"
+        )
     rank, W = distributed.rank(), distributed.world_size()
     if cfg.batch_size % W:
         raise ConfigError(
@@ -373,7 +382,7 @@ def train(
         dtype=perf.autocast_dtype or torch.float32,
         enabled=perf.autocast_dtype is not None,
     )
-    N, B, T = images.shape[0], cfg.batch_size, model.schedule.T
+    N, B, T = len(data), cfg.batch_size, model.schedule.T
     mine = slice(rank * B // W, (rank + 1) * B // W)  # this rank's part of the global batch
     groups = parameter_groups(model)
     history: list[dict[str, float]] = []
@@ -389,10 +398,8 @@ def train(
                 group["lr"] = lr
             idx = torch.randint(N, (B,), generator=generator, device=device)
             t = torch.randint(T, (B,), generator=generator, device=device)
-            noise = torch.randn((B, *images.shape[1:]), generator=generator, device=device)
-            x0, eps = images[idx[mine]], noise[mine]  # [B / W, C, H, W]
-            if x0.dtype == torch.uint8:
-                x0 = from_uint8(x0)
+            noise = torch.randn((B, *data.shape[1:]), generator=generator, device=device)
+            x0, eps = data.batch(idx[mine]), noise[mine]  # [B / W, C, H, W]
             if perf.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
                 eps = eps.contiguous(memory_format=torch.channels_last)

@@ -6,7 +6,9 @@ from distributed_worker import images as distributed_images
 from distributed_worker import theta_runs
 from torch import nn
 
+import casdm.batches
 from casdm.architectures import CasDM, build_model
+from casdm.batches import fits_on
 from casdm.checkpoint import CheckpointError, load_checkpoint
 from casdm.config import ArchitectureConfig, DataConfig, MetricConfig, ModelConfig, TrainConfig
 from casdm.data import from_uint8, load_dataset
@@ -54,19 +56,47 @@ def test_a_hundred_steps_on_digits_halve_the_loss(digits):
     assert result.images_per_s > 0 and result.wall_s > 0
 
 
-def test_training_on_uint8_pixels_equals_training_on_their_float_images():
-    """Datasets reach training as uint8 pixels, kept so on the device (a quarter of the
-    memory) and mapped to [-1, 1] batch by batch: bitwise the run on the mapped images."""
+def test_uint8_pixels_on_the_device_or_the_host_train_as_their_float_images(monkeypatch):
+    """Datasets reach training as uint8 pixels, kept so (a quarter of the memory) on the
+    device, or on the host when too large for it, and mapped to [-1, 1] batch by batch:
+    bitwise the run on the mapped images."""
     pixels = load_dataset(DataConfig(dataset="digits", resolution=8), "train").pixels
     assert pixels.dtype == torch.uint8 and pixels.shape == (1437, 1, 8, 8)
     metric = build_metric(MetricConfig(name="l2", weight=0.5))
+    notices = []
     runs = [
-        train(tiny_model("cas-dm"), metric, images, config(), seed=0)
-        for images in (pixels, from_uint8(pixels))
+        train(tiny_model("cas-dm"), metric, images, config(), seed=0, **kwargs)
+        for images, kwargs in (
+            (from_uint8(pixels), {}),
+            (pixels, {}),
+            (pixels, {"on_device": False, "on_notice": notices.append}),
+        )
     ]
-    assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
-    first, second = (r.model.state_dict() for r in runs)
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert notices == []  # asked for: no notice
+    # Decided for them (a device without room for them, here the CPU): told so.
+    monkeypatch.setattr(casdm.batches, "fits_on", lambda device, nbytes: False)
+    runs.append(
+        train(tiny_model("cas-dm"), metric, pixels, config(), seed=0, on_notice=notices.append)
+    )
+    assert notices == [
+        "the training images (0.00 GiB) need more than 25% of cpu's free memory: they stay in "
+        "host memory and each batch is copied over"
+    ]
+    losses = [[record["loss"] for record in run.history] for run in runs]
+    assert all(other == losses[0] for other in losses[1:])
+    weights = [run.model.state_dict() for run in runs]
+    for other in weights[1:]:
+        assert all(torch.equal(other[k], weights[0][k]) for k in weights[0])
+
+
+def test_the_images_stay_on_the_host_when_they_need_over_a_quarter_of_the_gpus_free_memory(
+    monkeypatch,
+):
+    free = 8 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 4 * free))
+    cuda = torch.device("cuda")
+    assert fits_on(cuda, free // 4) and not fits_on(cuda, free // 4 + 1)
+    assert fits_on(torch.device("cpu"), 10**15)  # the host is the device: always there
 
 
 def test_one_image_is_overfitted_by_the_x0_network(digits):
