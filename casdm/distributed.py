@@ -15,6 +15,7 @@ sigma = (s2 - n mu mu^T) / (n - 1), equal to the gathered result up to rounding.
 """
 
 import hashlib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def init_from_env(device: torch.device | str) -> Dist:
             "run on one process for this device"
         )
     if not dist.is_initialized():
+        # torch._dynamo first: imported after the group exists (as building an optimizer or
+        # importing torchvision does), it leaves a reference to the group that outlives
+        # destroy_process_group, whose worker threads then run into interpreter shutdown and
+        # abort the process (SIGABRT, "terminate called without an active exception") when
+        # they release a finished collective's tensors there.
+        importlib.import_module("torch._dynamo")
+
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
         else:

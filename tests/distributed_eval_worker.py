@@ -103,9 +103,17 @@ def main(seeded_cache: Path, out: Path) -> None:
     torch.set_num_threads(1)  # two processes share two cores
     dist = distributed.init_from_env("cpu")
     try:
-        torch.save(run(seeded_cache, out), out / f"rank{dist.rank}.pt")
+        result = run(seeded_cache, out)
     finally:
         distributed.shutdown()
+    result["threads_after_shutdown"] = _thread_names()
+    torch.save(result, out / f"rank{dist.rank}.pt")
+
+
+def _thread_names() -> list[str]:
+    """The names of this process's threads (Linux)."""
+    tasks = Path("/proc/self/task")
+    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
 
 
 if __name__ == "__main__":

@@ -51,6 +51,18 @@ def test_two_ranks_score_n_images_with_the_one_process_scores(runs):
 
 
 @pytest.mark.slow
+def test_leaving_the_process_group_stops_its_threads_on_every_rank(runs):
+    """Rank 0 scores alone, and importing torchvision for KID imports torch._dynamo: done after
+    the group was joined, that kept the group, and its threads, alive past
+    destroy_process_group, to abort the process now and then at exit when one of them released
+    a collective's tensors during interpreter shutdown."""
+    (rank0, rank1), _ = runs
+    for rank in (rank0, rank1):
+        threads = rank["threads_after_shutdown"]
+        assert threads and not [name for name in threads if "gloo" in name], threads
+
+
+@pytest.mark.slow
 def test_the_reference_pass_split_over_ranks_equals_the_one_process_pass(runs):
     (rank0, rank1), single = runs
     for rank in (rank0, rank1):
