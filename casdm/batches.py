@@ -31,12 +31,15 @@ class TrainingImages:
 
     def __init__(self, images: torch.Tensor, device: torch.device, on_device: bool | None = None):
         self.device = device
-        self.shape = images.shape
         self.on_device = fits_on(device, images.nbytes) if on_device is None else on_device
         self.images = images.to(device if self.on_device else torch.device("cpu"))
 
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
     def __len__(self) -> int:
-        return self.shape[0]
+        return len(self.images)
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Rows `indices` (on the device) as float images in [-1, 1] on the device."""

@@ -42,7 +42,7 @@ class Evaluator:
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     # The network's memory layout (eval.channels_last, set by build_evaluator): NHWC, or NCHW
     # as clean-fid calls its network. Round-off apart, the same features.
-    channels_last: bool = True
+    channels_last: bool = EvalConfig.channels_last
 
     def __init__(
         self,
