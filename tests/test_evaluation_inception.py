@@ -227,6 +227,36 @@ def test_channels_last_changes_the_scores_in_round_off_only(mode, folder_stats):
         assert fid == pytest.approx(low_rank_fid(*(getattr(s, kind)() for s in exact)), rel=1e-6)
 
 
+def test_a_cpu_batch_runs_in_calls_of_cpu_chunk_images_with_the_features_of_one_call(
+    evaluators, monkeypatch
+):
+    """InceptionEvaluator.cpu_chunk (4) splits a batch of 6 into network calls of 4 and 2;
+    each image's pool and spatial features are bit for bit those of one call over the 6 (the
+    default layout), its logits (pool times a matrix, a product whose blocking follows the
+    row count) equal to round-off (measured: 9e-7 of 0.4)."""
+    evaluator = evaluators["legacy_tensorflow"]
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(5))
+    images = images.to(torch.uint8)
+    calls: list[int] = []
+    network_call = type(evaluator)._features
+
+    def counted(self, inputs):
+        calls.append(len(inputs))
+        return network_call(self, inputs)
+
+    monkeypatch.setattr(type(evaluator), "_features", counted)
+    monkeypatch.setattr(evaluator, "channels_last", True)
+    chunked = evaluator.features(images)
+    assert calls == [4, 2]
+    monkeypatch.setattr(evaluator, "cpu_chunk", None)
+    whole = evaluator.features(images)
+    assert calls == [4, 2, 6]
+    assert torch.equal(chunked.pool, whole.pool)
+    assert torch.equal(chunked.spatial, whole.spatial)
+    torch.testing.assert_close(chunked.logits, whole.logits, rtol=0, atol=1e-5)
+    assert whole.logits.abs().max() > 0.1  # not vacuous
+
+
 def test_torchscript_single_pass_reads_the_networks_own_layers(evaluators, hub):
     images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(3))
     images = images.to(torch.uint8)

@@ -43,6 +43,11 @@ class Evaluator:
     # The network's memory layout (eval.channels_last, set by build_evaluator): NHWC, or NCHW
     # as clean-fid calls its network. Round-off apart, the same features.
     channels_last: bool = EvalConfig.channels_last
+    # On a CPU, the most images one network call takes (None: the whole batch): a subclass
+    # whose activations per image are large keeps each call's buffers small enough to be
+    # reused by the allocator (see InceptionEvaluator). The features are the same, round-off
+    # apart.
+    cpu_chunk: int | None = None
 
     def __init__(
         self,
@@ -68,7 +73,7 @@ class Evaluator:
         self.weights_hash = weights_hash
         self.dims = dims  # (pool D, spatial S, classes K)
         self.channels = channels  # channel counts the network accepts
-        self.device = device
+        self.device = torch.device(device)
         self.protocol = protocol
         self.random_weights = random_weights
 
@@ -99,7 +104,10 @@ class Evaluator:
         # pinned memory (bench.evaluation.prefetch) the copy to a GPU runs asynchronously.
         inputs = inputs.to(self.device, memory_format=self.memory_format, non_blocking=True)
         with torch.inference_mode():
-            return self._features(inputs)
+            if self.device.type != "cpu" or self.cpu_chunk is None:
+                return self._features(inputs)
+            parts = [self._features(chunk) for chunk in inputs.split(self.cpu_chunk)]
+            return Features(*(torch.cat(kind) for kind in zip(*parts, strict=True)))
 
     def _features(self, inputs: torch.Tensor) -> Features:
         """Features of `inputs` (`inputs(images)`, on the device, standard strides)."""
