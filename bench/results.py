@@ -35,6 +35,9 @@ HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 300
 # Seconds a worker retries opening a database server whose schema another worker is creating.
 SCHEMA_RACE_S = 30
+# Database URLs whose schema version this process has checked: Optuna's check reads every
+# alembic revision script (about 35 ms), and a `bench run` opens its storage several times.
+_SCHEMA_CHECKED: set[str] = set()
 
 # Trial user_attrs copied into every row of Results.frame next to the params and the scores.
 TRIAL_COLUMNS = ("wall_s", "images_per_s", "peak_memory_mb", "num_params")
@@ -107,14 +110,17 @@ def open_storage(url: str, *, create: bool) -> "optuna.storages.BaseStorage":
             with warnings.catch_warnings():
                 # Heartbeats are "experimental" in Optuna 5 (since 2.9); the warning is noise.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=HEARTBEAT_INTERVAL_S,
                     grace_period=HEARTBEAT_GRACE_S,
                     # A reader must not create tables in someone's database server either.
                     skip_table_creation=not create,
+                    skip_compatibility_check=url in _SCHEMA_CHECKED,
                 )
+                _SCHEMA_CHECKED.add(url)
+                return storage
         except sqlalchemy.exc.IntegrityError:
             # Workers started together on an empty database server all create Optuna's schema;
             # PostgreSQL lets one win (the others hit a duplicate type or table). The winner's

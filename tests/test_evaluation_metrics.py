@@ -83,12 +83,12 @@ def test_fid_equals_cleanfids_frechet_distance_on_inception_sized_covariances(di
     mu1, s1 = a.mean(0, dtype=np.float64), np.cov(a, rowvar=False)
     mu2, s2 = b.mean(0, dtype=np.float64), np.cov(b, rowvar=False)
     expected = cleanfid_frechet_distance(mu1, s1, mu2, s2)
-    assert frechet_distance(mu1, s1, mu2, s2, "FID") == pytest.approx(expected, rel=1e-6)
     root = psd_sqrt(s2)
     np.testing.assert_allclose(root @ root, s2, atol=1e-10 * np.abs(s2).max())
-    assert frechet_distance(mu1, s1, mu2, s2, "FID", root2=root) == pytest.approx(
-        expected, rel=1e-6
-    )
+    fid = frechet_distance(mu1, s1, mu2, s2, "FID", root2=root)  # the reference's cached root
+    assert fid == pytest.approx(expected, rel=1e-6)
+    if dim < 2048:  # without it (the root computed inside: two more 2048-d eigh, 4-9 s)
+        assert frechet_distance(mu1, s1, mu2, s2, "FID") == pytest.approx(expected, rel=1e-6)
 
 
 def test_the_trace_term_is_right_for_singular_covariances():

@@ -495,6 +495,24 @@ def test_reading_a_missing_storage_creates_no_file(workspace):
     assert not Path("nothing.db").exists()
 
 
+def test_a_process_checks_each_databases_schema_version_once(tmp_path, monkeypatch):
+    from optuna.storages._rdb.storage import _VersionManager
+
+    checked: list[str] = []
+    check = _VersionManager.check_table_schema_compatibility
+
+    def counted(manager):
+        checked.append(manager.url)
+        check(manager)
+
+    monkeypatch.setattr(_VersionManager, "check_table_schema_compatibility", counted)
+    first, second = (f"sqlite:///{tmp_path / name}.db" for name in ("first", "second"))
+    for index, url in enumerate((first, second, first, second)):
+        storage = open_storage(url, create=True)
+        storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"study{index}")
+        assert len(open_storage(url, create=False).get_all_studies()) == 1 + index // 2
+    assert checked == [first, second]
+
 # --- progress -----------------------------------------------------------------------------------
 
 
