@@ -513,6 +513,7 @@ def test_a_process_checks_each_databases_schema_version_once(tmp_path, monkeypat
         assert len(open_storage(url, create=False).get_all_studies()) == 1 + index // 2
     assert checked == [first, second]
 
+
 # --- progress -----------------------------------------------------------------------------------
 
 
