@@ -104,8 +104,9 @@ def theta_runs(data: torch.Tensor, steps: int = 20, **cfg: Any) -> dict[str, dic
     return out
 
 
-def run(out: Path) -> dict[str, Any]:
-    """Every run the test compares, as plain data; rank 0 also writes a checkpoint into `out`."""
+def run(out: Path, *, theta: bool = True) -> dict[str, Any]:
+    """Every run the test compares, as plain data; rank 0 also writes a checkpoint into `out`.
+    theta=False leaves out `theta_runs` (in one process, tests/test_train.py runs them)."""
     data, metric = images(), build_metric(MetricConfig(name="l2", weight=0.5))
     result: dict[str, Any] = {"train": {}}
     for arch in ("pixel-linear", "ddpm", "cas-dm"):
@@ -118,7 +119,8 @@ def run(out: Path) -> dict[str, Any]:
             "callback": records,
         }
 
-    result["theta"] = theta_runs(data)
+    if theta:
+        result["theta"] = theta_runs(data)
 
     # Stop at step 2 and resume to 4 with dropout on: each rank's own dropout stream comes back.
     path = out / "ckpt.pt"
