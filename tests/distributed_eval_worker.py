@@ -1,14 +1,10 @@
-"""The evaluation runs tests/test_distributed_eval.py compares: started by torchrun as 2 gloo
-processes, and called in the test process itself as the 1-process reference.
-
-`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_eval_worker.py
-CACHE OUT` scores with the classifier cached in CACHE (a copy of it without reference
-statistics, so the reference pass runs here) and writes OUT/rank<r>.pt for each rank r (plain
-data: load it with weights_only=True).
+"""The scoring runs tests/test_distributed.py compares: run on each of 2 gloo processes by
+tests/torchrun_worker.py, and in the test process itself as the 1-process reference. They
+score with the digits classifier of the tiny study's evaluator cache (a copy of it without
+reference statistics, so the reference pass runs too).
 """
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +93,3 @@ def _error(fn: Any) -> str:
 def _arrays(reference: Any) -> dict[str, torch.Tensor]:
     names = ("mu", "sigma", "mu_s", "sigma_s", "features", "radii")
     return {name: torch.from_numpy(getattr(reference, name)) for name in names}
-
-
-def main(seeded_cache: Path, out: Path) -> None:
-    torch.set_num_threads(1)  # two processes share two cores
-    dist = distributed.init_from_env("cpu")
-    try:
-        result = run(seeded_cache, out)
-    finally:
-        distributed.shutdown()
-    result["threads_after_shutdown"] = _thread_names()
-    torch.save(result, out / f"rank{dist.rank}.pt")
-
-
-def _thread_names() -> list[str]:
-    """The names of this process's threads (Linux)."""
-    tasks = Path("/proc/self/task")
-    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,11 +1,8 @@
-"""The training and sampling runs tests/test_distributed.py compares: started by torchrun as 2
-gloo processes, and called in the test process itself as the 1-process reference.
-
-`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py OUT`
-writes OUT/rank<r>.pt for each rank r (plain data: load it with weights_only=True).
+"""The training and sampling runs tests/test_distributed.py compares: run on each of 2 gloo
+processes by tests/torchrun_worker.py, and in the test process itself as the 1-process
+reference.
 """
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from casdm import distributed
 from casdm.architectures import build_model
 from casdm.checkpoint import load_checkpoint
 from casdm.config import (
@@ -176,16 +172,3 @@ def train_run(
         checkpoint_path=checkpoint_path,
         callback=callback,
     )
-
-
-def main(out: Path) -> None:
-    torch.set_num_threads(1)  # two processes share two cores
-    dist = distributed.init_from_env("cpu")
-    try:
-        torch.save(run(out), out / f"rank{dist.rank}.pt")
-    finally:
-        distributed.shutdown()
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))
