@@ -120,3 +120,23 @@ def test_bad_harness_arguments_exit_2_before_running(argv, message, capsys):
 
     assert main(["perf", "--only", "harness", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu0", "device 'gpu0' is not a torch device; use auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            "cuda",
+            "device 'cuda' asked for CUDA, which this machine lacks; use cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+    ],
+)
+def test_a_device_this_machine_cannot_use_exits_2_before_running(device, message, capsys):
+    from bench.cli import main
+
+    assert main(["perf", "--only", "models", "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # refused before any benchmark started

@@ -16,7 +16,6 @@
 import argparse
 import json
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +24,7 @@ from bench.evaluation.benchmark import evaluation_benchmark
 from bench.perf import distributed_benchmark, model_benchmarks, options_benchmark
 from bench.perf_harness import harness_benchmark
 from bench.perf_workers import workers_benchmark
+from bench.trial import resolve_device
 
 SUITES = ("models", "options", "distributed", "workers", "harness", "evaluation")
 
@@ -121,10 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     if args.steps < 1:
         raise BenchError(f"--steps must be >= 1, got {args.steps}")
     eval_images = args.eval_images or (10_000 if device.type == "cuda" else 100)
