@@ -22,15 +22,14 @@ from casdm import distributed
 def main(seeded_cache: Path, out: Path) -> None:
     torch.set_num_threads(1)  # two processes share two cores
     dist = distributed.init_from_env("cpu")
-    result = {}
+    train, score = out / "train", out / "eval"
+    train.mkdir(exist_ok=True)
+    score.mkdir(exist_ok=True)
     try:
-        for name, run in (
-            ("train", distributed_worker.run),
-            ("eval", lambda folder: distributed_eval_worker.run(seeded_cache, folder)),
-        ):
-            folder = out / name
-            folder.mkdir(exist_ok=True)
-            result[name] = run(folder)
+        result = {
+            "train": distributed_worker.run(train),
+            "eval": distributed_eval_worker.run(seeded_cache, score),
+        }
     finally:
         distributed.shutdown()
     result["threads_after_shutdown"] = _thread_names()
