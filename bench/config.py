@@ -34,8 +34,10 @@ class EvalConfig(Choice):
     reference_split: Literal["train", "test"] = "train"
     # Cap on reference images (0: the whole split).
     reference_images: int = 0
-    # An ADM reference batch .npz to use instead of the dataset's statistics ("" for none).
-    reference_npz: str = ""
+    # A reference to use instead of the dataset split ("" for none): a folder of images (all of
+    # them, in file order: the reference of clean-fid's compute_fid(samples, folder)) or an ADM
+    # reference batch .npz.
+    reference: str = ""
     batch_size: int = 100
     # Inception Score protocol: "adm" (guided-diffusion's evaluator: consecutive chunks of
     # 5,000 samples, what diffusion papers report) or "torch-fidelity" (is_splits shuffled

@@ -19,7 +19,6 @@ as its registered component says (bench.evaluation.scores: display name, decimal
 """
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_interval
 from bench.costs import COSTS
 from bench.evaluation import scores as score_registry
+from bench.evaluation.bootstrap import se_uncertainty
+from bench.rows import Row, column, is_finite, mean, per_seed, select
 from bench.study import Study, value_text
 
 if TYPE_CHECKING:
     from bench.results import Records, Results
 
-Row = dict[str, Any]  # one COMPLETE trial: its params, scores, costs (bench.results)
 
 Format = Literal["latex", "markdown", "csv"]
 FORMATS: tuple[Format, ...] = ("latex", "markdown", "csv")
@@ -111,11 +111,11 @@ def build_table(
     cells: dict[tuple[int, int, str], Cell] = {}
     costs: dict[tuple[int, int], dict[str, float | None]] = {}
     for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
-        selected = _select(trials, {**row, **group})
+        selected = select(trials, {**row, **group})
         for score in scores:
-            samples[r, g, score] = _per_seed(selected, score)
+            samples[r, g, score] = per_seed(selected, score)
             cells[r, g, score] = _aggregate(selected, score)
-        costs[r, g] = {key: _mean(selected, "cost." + key) for key in COSTS}
+        costs[r, g] = {key: mean(selected, "cost." + key) for key in COSTS}
     # Only rows and column groups holding at least one finished trial are shown.
     filled = {(r, g) for (r, g, _), cell in cells.items() if cell.n}
     kept_rows = [r for r in range(len(rows)) if any((r, g) in filled for g in range(len(groups)))]
@@ -212,7 +212,7 @@ def _combos(
         if key in study.grid:
             values.append(study.grid[key])
         else:  # a search axis: the values the trials took
-            seen = {value_text(v): v for v in _column(trials, key)}
+            seen = {value_text(v): v for v in column(trials, key)}
             values.append(sorted(seen.values()))
     combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
     # No row axes: one row, named after the study.
@@ -222,52 +222,15 @@ def _combos(
     ]
 
 
-def _select(trials: list[Row], values: dict[str, Any]) -> list[Row]:
-    """The trials whose values of the axes in `values` are those (compared as printed)."""
-    wanted = {key: value_text(value) for key, value in values.items()}
-    return [
-        trial
-        for trial in trials
-        if all(key in trial and value_text(trial[key]) == text for key, text in wanted.items())
-    ]
-
-
-def _column(trials: list[Row], key: str) -> list[Any]:
-    """The values of `key` in the trials that hold it (a missing or NaN cell is skipped)."""
-    return [t[key] for t in trials if key in t and not _nan(t[key])]
-
-
-def _nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _per_seed(selected: list[Row], score: str) -> dict[int, float]:
-    """seed -> value of the cell's trials (trial order stands in for seeds in a search)."""
-    return {
-        int(trial["seed"]) if _finite(trial.get("seed")) else i: float(trial[score])
-        for i, trial in enumerate(selected)
-        if _finite(trial.get(score))
-    }
-
-
-def _mean(selected: list[Row], column: str) -> float | None:
-    values = [float(v) for v in _column(selected, column) if _finite(v)]
-    return sum(values) / len(values) if values else None
-
-
 def _aggregate(selected: Any, score: str) -> Cell:
-    values = list(_per_seed(selected, score).values())
+    values = list(per_seed(selected, score).values())
     if not values:
         return Cell(mean=None, std=None, n=0)
     interval = t_interval(values)
     if interval.half_width is not None:
         return Cell(interval.mean, interval.std, interval.n, interval.half_width, "t95")
     se_column = f"bootstrap.{score}.se"
-    se = _mean(selected, se_column)
+    se = mean(selected, se_column)
     if se is None:
         return Cell(interval.mean, None, 1)
     return Cell(interval.mean, None, 1, BOOTSTRAP_Z * se, "bootstrap95", se)
@@ -352,7 +315,7 @@ def _reference(
 ) -> dict[str, float] | None:
     if not reference:
         return None
-    shown = {m: float(reference[m]) for m in scores if _finite(reference.get(m))}
+    shown = {m: float(reference[m]) for m in scores if is_finite(reference.get(m))}
     return shown or None
 
 
@@ -466,8 +429,13 @@ def _caption(
     elif seeds > 1:
         parts.append(f"Mean over up to {seeds} seeds.")
     if "bootstrap95" in kinds:
-        resamples = _mean(results.rows, "bootstrap.resamples")
-        count = f"{int(resamples)} resamples" if resamples else "resamples"
+        resamples = mean(results.rows, "bootstrap.resamples")
+        count = (
+            f"{int(resamples)} resamples, so the ± is itself uncertain by about "
+            f"±{se_uncertainty(int(resamples)):.0%}"
+            if resamples
+            else "resamples"
+        )
         lead = "Single-seed cells" if seeds > 1 else "One seed per cell;"
         parts.append(
             f"{lead} ± is 1.96 bootstrap standard errors over the generated samples ({count}): "

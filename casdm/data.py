@@ -126,7 +126,7 @@ def read_images(path: Path) -> Tensor:
         raise DataError(f"{path} does not exist; expected a folder of images or an ADM .npz")
     if path.is_file():
         return _nchw(_open_npz(path))
-    files = _image_files(path)
+    files = image_files(path)
     mode, sizes = _scan(files)
     for file, size in zip(files, sizes, strict=True):
         if size != sizes[0]:
@@ -259,7 +259,7 @@ def load_folder(
     path: Path | None, resolution: int, data_dir: Path, split: Split, options: Any
 ) -> Loaded:
     """Every image under `path` (recursive, sorted), centre-cropped and resized; 90/10 split."""
-    files = _image_files(path)
+    files = image_files(path)
     mode, _ = _scan(files)
     keep = _split_indices(len(files), split, 0.1, f"image folder {path}")
     return np.stack([_center_crop(_decode(files[i], mode), resolution) for i in keep]), None
@@ -274,16 +274,22 @@ def load_npz(
     return _resize(images[keep], resolution), None
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursive and sorted; hidden files and folders are skipped."""
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursive, sorted by path string as clean-fid sorts them
+    (so images and their features come in the order its `compute_fid`/`compute_kid` read
+    them); hidden files and folders are skipped."""
     if not folder.exists():
         raise DataError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder of images (an .npz is read as npz:PATH)")
     files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        (
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        ),
+        key=str,  # not Path order: "a/b.png" sorts after "a-c.png" as a string, before as parts
     )
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:

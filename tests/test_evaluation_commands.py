@@ -245,3 +245,28 @@ def test_bench_eval_cache_is_the_users_outside_a_results_folder(tmp_path, monkey
     assert not (tmp_path / "results").exists()  # nothing created in the working folder
     (tmp_path / "results").mkdir()
     assert default_cache_dir() == Path("results") / "cache"
+
+
+def test_bench_eval_needs_a_dataset_or_a_reference(capsys, samples, tmp_path):
+    code, _, err = bench_eval(capsys, samples, "--cache-dir", tmp_path)
+    assert code == EXIT_BAD_INPUT
+    assert "--dataset NAME" in err and "--reference FOLDER|NPZ" in err
+    code, _, err = bench_eval(capsys, samples, "--reference", tmp_path, "--evaluator", "classifier")
+    assert code == EXIT_BAD_INPUT
+    assert "trained on a dataset: give --dataset NAME" in err
+
+
+def test_the_output_says_which_reference_images_were_used():
+    """A folder: dataset is split 90/10 like training data: the output names the split, its
+    size, and the --reference call that takes every image (clean-fid's compute_fid)."""
+    from bench.commands.eval import reference_source
+
+    meta = {"source": "dataset", "dataset": "folder:/data/real", "split": "train", "images": 18}
+    assert reference_source(meta) == (
+        "folder:/data/real (train split, 18 images): the seeded 90% train split of "
+        "folder:/data/real, not all of it; --reference /data/real scores against every image"
+    )
+    meta = {"source": "folder", "folder": "/data/real", "images": 20}
+    assert reference_source(meta) == "all 20 images of the folder /data/real"
+    meta = {"source": "dataset", "dataset": "digits", "split": "train", "images": 1437}
+    assert reference_source(meta) == "digits (train split, 1437 images)"

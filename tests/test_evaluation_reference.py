@@ -9,14 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from cleanfid.fid import frechet_distance
+from cleanfid.fid import frechet_distance, kernel_distance
 from torch import nn
 
 from bench.config import EvalConfig
 from bench.errors import BenchError
 from bench.evaluation import reference_statistics, score
 from bench.evaluation.evaluator import Evaluator, Features
-from bench.evaluation.formulas import manifold_radii, precision_recall, psd_sqrt
+from bench.evaluation.formulas import KID_SEED, manifold_radii, precision_recall, psd_sqrt
+from bench.evaluation.reference import SUBSET_SEED
 from casdm.config import DataConfig
 from casdm.data import from_uint8, load_dataset, to_uint8
 
@@ -119,11 +120,47 @@ def test_a_cache_file_without_the_roots_stays_valid_and_gains_them(evaluator, tm
         np.testing.assert_array_equal(npz["features"], old["features"])
 
 
-def test_reference_images_cap_a_seeded_subset_with_its_own_cache_file(evaluator, tmp_path):
+def pool_in_batches(images, batch_size=100):
+    """The projection's pool features of `images` in their order, batch by batch as the
+    reference pass computes them (so bit for bit, whatever the matmul's blocking)."""
+    net = ProjectionEvaluator()
+    return np.concatenate(
+        [
+            net.features(images[i : i + batch_size]).pool.numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def test_the_kept_reference_features_are_the_images_in_file_order(evaluator, train, tmp_path):
+    """KID draws its subsets by row index, as clean-fid's kernel_distance does from the
+    features of a folder in file order: the kept features must be in that order."""
+    reference = reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
+    np.testing.assert_array_equal(reference.features, pool_in_batches(train))
+
+
+def test_kid_above_1000_images_is_cleanfids_kernel_distance_in_file_order(
+    evaluator, train, test_images, tmp_path
+):
+    """1,437 reference and 1,080 sample images: each of KID's 100 subsets takes 1,000 rows of
+    both sets by index; the result is clean-fid's on the features in file order, exactly."""
+    reference = reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
+    samples = torch.cat([test_images.flip(-1), test_images.flip(-2), test_images])  # 1,080
+    kid = score(samples, evaluator, reference, batch_size=100)["kid"]
+    np.random.seed(KID_SEED)
+    expected = kernel_distance(pool_in_batches(samples), pool_in_batches(train))
+    assert kid == expected
+
+
+def test_reference_images_cap_a_seeded_subset_in_file_order(evaluator, train, tmp_path):
     capped = reference_statistics(
         evaluator, DATA, EvalConfig(reference_images=100), cache_dir=tmp_path
     )
     assert evaluator.images == 100 and capped.meta["images"] == 100
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    np.testing.assert_array_equal(
+        capped.features, pool_in_batches(train[chosen[:100].sort().values])
+    )
     full = reference_statistics(evaluator, DATA, EvalConfig(), cache_dir=tmp_path)
     assert full.meta["images"] == 1437
     assert len(list((tmp_path / "reference").glob("*.npz"))) == 2
@@ -245,7 +282,7 @@ def adm_batch(path, evaluator, images=None, stats=True, **extra):
         d, s, _ = evaluator.dims
         arrays.update(mu=np.ones(d), sigma=np.eye(d), mu_s=np.zeros(s), sigma_s=2 * np.eye(s))
     np.savez(path, **arrays)
-    return EvalConfig(reference_npz=str(path))
+    return EvalConfig(reference=str(path))
 
 
 def test_an_adm_batch_with_statistics_uses_them_and_its_images_for_kid_and_pr(
@@ -294,16 +331,16 @@ def test_an_adm_batch_of_statistics_only_leaves_kid_and_pr_undefined(
 )
 def test_bad_adm_batches_give_a_clear_error(evaluator, arrays, message, tmp_path):
     np.savez(tmp_path / "ref.npz", **arrays)
-    cfg = EvalConfig(reference_npz=str(tmp_path / "ref.npz"))
+    cfg = EvalConfig(reference=str(tmp_path / "ref.npz"))
     with pytest.raises(BenchError, match=message):
         reference_statistics(evaluator, DATA, cfg, cache_dir=tmp_path)
 
 
 def test_a_missing_or_corrupt_adm_batch_gives_a_clear_error(evaluator, tmp_path):
-    cfg = EvalConfig(reference_npz=str(tmp_path / "absent.npz"))
+    cfg = EvalConfig(reference=str(tmp_path / "absent.npz"))
     with pytest.raises(BenchError, match=r"absent\.npz does not exist"):
         reference_statistics(evaluator, DATA, cfg, cache_dir=tmp_path)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    cfg = EvalConfig(reference_npz=str(tmp_path / "junk.npz"))
+    cfg = EvalConfig(reference=str(tmp_path / "junk.npz"))
     with pytest.raises(BenchError, match=r"junk\.npz is not a readable \.npz"):
         reference_statistics(evaluator, DATA, cfg, cache_dir=tmp_path)

@@ -1,6 +1,5 @@
 """Study files: parsing, validation before any work (file, key, value and choices named), --set."""
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -694,36 +693,3 @@ def test_set_on_a_labelled_axis_keeps_the_files_labels_valid():
     assert study.grid["metric.name"] == ["none"]
     assert len(study.cells()) == 3
     assert study.labels["metric.name"]["l2"] == "L2"
-
-
-def test_a_config_stored_before_components_had_options_loads_unchanged():
-    """config.json of a trial written before options were per component holds every option
-    of every component (metric.net for l2, sample.eta for ddpm, eval.protocol for the
-    classifier): it loads, each component keeps the options it takes, and the values are the
-    ones stored."""
-    from bench.trial import config_document, read_config_document
-
-    path = Path(__file__).parent / "golden" / "config_before_components.json"
-    stored = json.loads(path.read_text())["config"]
-    config, shape = read_config_document(path.read_text(), str(path))
-    assert shape == (1, 8, 8)
-    assert (config.sample.sampler, config.sample.steps) == ("ddpm", 20)
-    assert (config.metric.name, config.metric.weight) == ("l2", 0.5)
-    assert not hasattr(config.metric, "net") and not hasattr(config.sample, "eta")
-    assert config.architecture.phi_width == stored["architecture"]["phi_width"]
-    # Written again, only the options the chosen components take remain, with their values.
-    rewritten = json.loads(config_document(config, shape))["config"]
-    # Settings added since the file was written take their defaults.
-    added = {"eval": {"prep_workers": -1, "channels_last": True}}
-    for section, values in rewritten.items():
-        if isinstance(values, dict):
-            new = {k: v for k, v in values.items() if k not in stored[section]}
-            assert new == added.get(section, {}), section
-            kept = {k: v for k, v in values.items() if k not in new}
-            assert kept == {k: stored[section][k] for k in kept}, section
-        else:
-            assert values == stored[section], section
-    assert set(stored["metric"]) - set(rewritten["metric"]) == {
-        "net", "trunk", "min_size", "win_size", "win_sigma", "pseudo_huber_c"
-    }  # fmt: skip
-    assert read_config_document(config_document(config, shape), "again")[0] == config

@@ -656,9 +656,10 @@ def test_single_seed_cells_show_the_bootstrap_interval(tmp_path):
     assert cell.uncertainty == "bootstrap95" and cell.bootstrap_se == 0.5
     assert cell.half_width == pytest.approx(stats.norm.ppf(0.975) * 0.5)
     assert "7.10 ± 0.98" in render(table, "markdown")
-    assert "1.96 bootstrap standard errors over the generated samples (100 resamples)" in (
-        table.caption
-    )
+    assert (
+        "1.96 bootstrap standard errors over the generated samples (100 resamples, so the ± "
+        "is itself uncertain by about ±7%)"
+    ) in table.caption
     assert "no test is possible with fewer than 2 seeds" in table.caption
     frame = pd.read_csv(io.StringIO(render(table, "csv")))
     assert set(frame["uncertainty"]) == {"bootstrap95"}

@@ -1,4 +1,6 @@
-"""`bench eval SAMPLES --dataset NAME`: score a folder or .npz of samples, as ADM's evaluator."""
+"""`bench eval SAMPLES --dataset NAME | --reference FOLDER|NPZ`: score a folder or .npz of samples
+against a dataset split, every image of a folder (as clean-fid's compute_fid(SAMPLES, FOLDER)) or
+an ADM reference batch."""
 
 import argparse
 import dataclasses
@@ -35,9 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dataset",
-        required=True,
-        help="the dataset whose reference statistics the samples are scored against "
-        "(digits, cifar10, folder:PATH, npz:PATH); loaded at the samples' resolution",
+        help="the dataset whose reference split the samples are scored against (digits, "
+        "cifar10, folder:PATH, npz:PATH; a folder: or npz: dataset is split 90/10 like a "
+        "training set, so its train split is 90%% of the images); loaded at the samples' "
+        "resolution. Required unless --reference is given",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="score against this instead of a dataset split: a folder of images (all of them, "
+        "in clean-fid's file order: FID and KID equal clean-fid's compute_fid/compute_kid("
+        "SAMPLES, FOLDER, mode=PROTOCOL)) or an ADM reference batch .npz ('arr_0' and/or mu, "
+        "sigma, mu_s, sigma_s)",
     )
     parser.add_argument(
         "--evaluator",
@@ -70,12 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.reference_images,
         help="cap on reference images (default: 0, the whole split)",
-    )
-    parser.add_argument(
-        "--reference-npz",
-        type=Path,
-        help="an ADM reference batch .npz ('arr_0' and/or mu, sigma, mu_s, sigma_s) to use "
-        "instead of the dataset's statistics",
     )
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="images per feature batch"
@@ -166,8 +171,21 @@ def fit_channels(images: Any, channels: tuple[int, ...], source: Path, label: st
 
 def run(args: argparse.Namespace) -> int:
     # An unknown dataset or evaluator fails before any work.
-    dataset = DataConfig(dataset=args.dataset).component
-    evaluator_name = args.evaluator or dataset.evaluator
+    if args.dataset is None and args.reference is None:
+        raise BenchError(
+            "bench eval needs a reference: --dataset NAME (a dataset's reference split: "
+            "digits, cifar10, folder:PATH, npz:PATH) or --reference FOLDER|NPZ (every image of "
+            "a folder, or an ADM reference batch)"
+        )
+    if args.dataset is None:
+        evaluator_name = args.evaluator or "inception"
+        if evaluator_name != "inception":
+            raise BenchError(
+                f"--evaluator {evaluator_name} is trained on a dataset: give --dataset NAME with "
+                "--reference, or score with --evaluator inception"
+            )
+    else:
+        evaluator_name = args.evaluator or DataConfig(dataset=args.dataset).component.evaluator
     evaluator = EVALUATORS.get(evaluator_name)
     takes = {f.name for f in dataclasses.fields(evaluator.options)}
     if args.protocol and "protocol" not in takes:
@@ -189,18 +207,21 @@ def run(args: argparse.Namespace) -> int:
             )
         images = images[: args.n]
     _, _, height, width = images.shape
-    if height != width:
+    if height != width and args.dataset is not None:
         raise BenchError(
             f"{args.samples}: images are {width}x{height} (width x height); bench eval loads "
-            "the reference dataset at one square resolution, so samples must be square"
+            "the reference dataset at one square resolution, so samples must be square (or "
+            "score them against a folder of images with --reference FOLDER)"
         )
     data_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
-    data_cfg = DataConfig(dataset=args.dataset, resolution=height, **data_kwargs)
+    if args.dataset is not None:  # else the inception evaluator, which takes no dataset
+        data_kwargs.update(dataset=args.dataset, resolution=height)
+    data_cfg = DataConfig(**data_kwargs)
     eval_cfg = EvalConfig(
         evaluator=evaluator_name,
         reference_split=args.reference_split,
         reference_images=args.reference_images,
-        reference_npz=str(args.reference_npz or ""),
+        reference=str(args.reference or ""),
         batch_size=args.batch_size,
         is_protocol=args.is_protocol,
         is_splits=args.is_splits,
@@ -237,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "samples": str(args.samples),
         "n": len(images),
-        "dataset": args.dataset,
+        "dataset": args.dataset if args.reference is None else None,
         "resolution": height,
         "evaluator": {
             "name": evaluator.name,
@@ -260,14 +281,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference_source(meta: dict[str, Any]) -> str:
+    """What the samples were scored against, from the reference's metadata, in words."""
+    if meta["source"] == "adm-npz":
+        return f"the ADM reference batch {meta['npz']}"
+    if meta["source"] == "folder":
+        return f"all {meta['images']} images of the folder {meta['folder']}"
+    split = f"{meta['dataset']} ({meta['split']} split, {meta['images']} images)"
+    if meta["dataset"].startswith(("folder:", "npz:")):
+        # Datasets without an official split are split 90/10 like training data.
+        return (
+            f"{split}: the seeded 90% {meta['split']} split of {meta['dataset']}, not all of "
+            f"it; --reference {meta['dataset'].split(':', 1)[1]} scores against every image"
+            if meta["split"] == "train"
+            else f"{split}: the seeded 10% test split of {meta['dataset']}"
+        )
+    return split
+
+
 def _print_table(result: dict[str, Any], random_weights: bool) -> None:
     console = Console()
-    reference = result["reference"]
-    source = (
-        f"the ADM reference batch {reference['npz']}"
-        if reference["source"] == "adm-npz"
-        else f"{reference['dataset']} ({reference['split']} split, {reference['images']} images)"
-    )
+    source = reference_source(result["reference"])
     evaluator = result["evaluator"]
     console.print(
         f"{result['n']} samples from {result['samples']} scored against {source} "

@@ -189,9 +189,12 @@ class TorchScriptInception(InceptionEvaluator):
         with torch.inference_mode():
             theirs = self.cleanfid_extractor()(x)
         # Bit-identical on a CPU with eval.channels_last off; channels-last kernels, and other
-        # devices' per-call choices of algorithm, differ in round-off (about 1e-6 of `scale`).
+        # devices' per-call choices of algorithm, differ in round-off: float32 sums along the
+        # ~49,000-term path to pool3 bound it at about 2e-5 of `scale` (tests'
+        # `roundoff`; measured 4e-7 to 3e-6). A network of another structure differs by O(1)
+        # of `scale`, so the check refuses beyond 1e-3: 50x the round-off, far below a mismatch.
         scale = max(theirs.abs().max().item(), 1e-12)
-        if (pool[:1] - theirs).abs().max().item() > 1e-5 * scale:
+        if (pool[:1] - theirs).abs().max().item() > 1e-3 * scale:
             raise BenchError(
                 f"{self.label}: the one-pass features of {size[1]}x{size[0]} images differ from "
                 f"clean-fid's {self.spec.name} features of the same network (max difference "

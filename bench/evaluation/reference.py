@@ -1,7 +1,10 @@
-"""Reference statistics of a dataset split (or an ADM reference batch), cached as .npz.
+"""Reference statistics of a dataset split, a folder of images or an ADM reference batch,
+cached as .npz.
 
 A cache file holds ADM's keys (`mu`, `sigma`, `mu_s`, `sigma_s`), the reference pool features
-KID and precision/recall compare against (`features`, at most REFERENCE_FEATURES rows), their
+KID and precision/recall compare against (`features`: the first REFERENCE_FEATURES images in
+file order, as clean-fid's `get_folder_features(num=...)` takes them, so that KID draws its
+subsets by index from the very array clean-fid's `compute_kid` would), their
 k-NN radii (`radii`: the reference half of precision/recall, computed once here rather than at
 every scoring), the symmetric square roots of both covariances (`sigma_root`, `sigma_s_root`:
 FID's and sFID's trace term against this reference, `formulas.TraceSqrt`; reading two 2048-d
@@ -9,6 +12,10 @@ roots takes a fraction of a second, computing them seconds on a CPU) and a JSON 
 record (`meta`) naming what it was computed from. It is computed once per (dataset, split,
 resolution, evaluator and its protocol, weights hash, number of images), written atomically,
 and rebuilt, with a warning, when unreadable or made for something else.
+
+Images are always passed in file order (a dataset split's own order; a folder's files sorted
+by path as clean-fid sorts them). `eval.reference_images` caps them to a seeded random subset,
+still passed in file order: a dataset stored sorted by class is not cut to its first classes.
 A cache file written before the roots were kept is still valid: its roots are computed on first
 use and added to the file.
 """
@@ -32,12 +39,15 @@ from bench.evaluation.formulas import PR_NEIGHBOURS, manifold_radii, psd_sqrt
 from bench.evaluation.stream import FeatureStats, Progress, collect_shards
 from casdm import distributed
 from casdm.config import DataConfig
-from casdm.data import load_dataset, read_images, to_uint8
+from casdm.data import image_files, load_dataset, read_images, to_uint8
 from casdm.files import atomic_write
 
-FORMAT = 1  # bump when what a cache file holds changes
-REFERENCE_FEATURES = 10_000  # ADM's reference batches keep 10,000 images for precision/recall
-SUBSET_SEED = 0  # which images a capped reference uses (a seeded permutation)
+FORMAT = 2  # bump when what a cache file holds changes (2: images in file order)
+# Pool features kept for KID and precision/recall: the first 10,000 images in file order (ADM's
+# reference batches hold 10,000 images; 10,000 x 2,048 float32 is 82 MB). Up to this size KID
+# is clean-fid's compute_kid against the whole reference; above, against its first 10,000 files.
+REFERENCE_FEATURES = 10_000
+SUBSET_SEED = 0  # which images a capped reference uses (a seeded permutation, then sorted)
 ADM_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 ROOTS = {"sigma": "sigma_root", "sigma_s": "sigma_s_root"}  # covariance -> its cached root
 
@@ -83,10 +93,13 @@ def reference_statistics(
     cache_dir: Path,
     progress: Progress | None = None,
 ) -> Reference:
-    """The reference for `evaluator`: eval_cfg.reference_npz if set, else the dataset split."""
-    if eval_cfg.reference_npz:
-        npz = Path(eval_cfg.reference_npz)
-        return _adm_reference(npz, evaluator, eval_cfg, Path(cache_dir), progress)
+    """The reference for `evaluator`: eval_cfg.reference (a folder of images, all of them, or
+    an ADM .npz) if set, else the dataset split."""
+    if eval_cfg.reference:
+        path = Path(eval_cfg.reference).expanduser()
+        if path.is_dir():
+            return _folder_reference(path, evaluator, eval_cfg, Path(cache_dir), progress)
+        return _adm_reference(path, evaluator, eval_cfg, Path(cache_dir), progress)
     key = {
         "source": "dataset",
         "dataset": data_cfg.dataset,
@@ -119,7 +132,8 @@ def _evaluator_key(evaluator: Evaluator) -> dict[str, Any]:
 def _pass(
     images: torch.Tensor, evaluator: Evaluator, eval_cfg: EvalConfig, progress: Progress | None
 ) -> tuple[FeatureStats, int]:
-    """Features of a seeded subset of `images` (uint8, or float in [-1, 1]), capped as asked."""
+    """Features of `images` (uint8, or float in [-1, 1]) in their order; capped as asked to a
+    seeded subset, kept in file order."""
     n = len(images)
     if eval_cfg.reference_images:
         n = min(n, eval_cfg.reference_images)
@@ -128,7 +142,11 @@ def _pass(
             f"reference statistics need at least 2 images (a covariance), got {n}; raise "
             "eval.reference_images or use a larger reference set"
         )
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
+    if n < len(images):
+        generator = torch.Generator().manual_seed(SUBSET_SEED)
+        order = torch.randperm(len(images), generator=generator)[:n].sort().values
+    else:
+        order = torch.arange(n)
 
     def batch(indices: range) -> torch.Tensor:
         chunk = images[order[indices.start : indices.stop]]
@@ -147,6 +165,35 @@ def _pass(
     return stats, n
 
 
+def _folder_reference(
+    folder: Path,
+    evaluator: Evaluator,
+    eval_cfg: EvalConfig,
+    cache_dir: Path,
+    progress: Progress | None,
+) -> Reference:
+    """Every image of `folder`, in clean-fid's file order: the reference of
+    `compute_fid(samples, folder)` and `compute_kid(samples, folder)`. Cached under the
+    folder's path and a digest of its listing (names, sizes, modification times)."""
+    files = image_files(folder)
+    listing = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        listing.update(f"{file.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    key = {
+        "source": "folder",
+        "folder": str(folder.resolve()),
+        "listing_sha256": listing.hexdigest(),
+        "reference_images": eval_cfg.reference_images,
+        **_evaluator_key(evaluator),
+    }
+
+    def compute() -> tuple[FeatureStats, int]:
+        return _pass(read_images(folder), evaluator, eval_cfg, progress)
+
+    return _cached(cache_dir, folder.name, key, evaluator, compute)
+
+
 def _adm_reference(
     path: Path,
     evaluator: Evaluator,
@@ -157,8 +204,8 @@ def _adm_reference(
     """An ADM reference batch: its stored `mu`... if present (as ADM), `arr_0` for the rest."""
     if not path.is_file():
         raise BenchError(
-            f"reference batch {path} does not exist; expected an ADM .npz with 'arr_0' "
-            f"(uint8 NHWC images) and/or {', '.join(ADM_KEYS)}"
+            f"reference {path} does not exist; expected a folder of images or an ADM .npz with "
+            f"'arr_0' (uint8 NHWC images) and/or {', '.join(ADM_KEYS)}"
         )
     try:
         with np.load(path) as npz:
