@@ -23,6 +23,7 @@ COMMANDS = [
     ("run", "run", "run (or join) an Optuna study defined in studies/NAME.toml"),
     ("table", "table", "write a study's results table as LaTeX, Markdown and CSV"),
     ("plot", "plot", "draw a study's figures (sweeps, bars, curves, samples, cost) for a paper"),
+    ("plan", "plan", "how many seeds a study's declared contrasts need (power from its seeds)"),
     ("report", "report", "write a study's self-contained HTML report (table, figures, setup)"),
     ("list", "listing", "list the studies in studies/"),
     ("show", "show", "show a study's trials and their scores"),

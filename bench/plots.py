@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.evaluation import scores as score_registry
 from bench.study import Study, value_text
-from bench.tables import WORSE, Cell, Table
+from bench.tables import Cell, Table
 from casdm.components import registry
 
 if TYPE_CHECKING:
@@ -116,9 +116,14 @@ def _varying(table: Table, study: Study) -> list[str]:
     return [a for a in axes if len({value_text(p.params[a]) for p in filled}) > 1]
 
 
-def _scaled(cell: Cell, score: str) -> tuple[float, float]:
+def _scaled(cell: Cell, score: str) -> tuple[float, tuple[float, float]]:
+    """(mean, (below, above)): the displayed value and its interval's distances from it (a
+    proportion's interval is asymmetric, bench.intervals), in display units."""
     scale = score_registry.get(score).scale
-    return cell.mean * scale, (cell.half_width or 0.0) * scale
+    ends = cell.interval()
+    if ends is None:
+        return cell.mean * scale, (0.0, 0.0)
+    return cell.mean * scale, ((cell.mean - ends[0]) * scale, (ends[1] - cell.mean) * scale)
 
 
 def _new_figure(width: float, height: float) -> "Figure":
@@ -148,11 +153,11 @@ def sweep_figure(table: Table, study: Study, axis: str, score: str) -> "Figure":
     for key, pts in lines.items():
         pts.sort(key=lambda p: float(p.params[axis]))
         x = [float(p.params[axis]) for p in pts]
-        y, half = zip(*(_scaled(p.scores[score], score) for p in pts), strict=True)
+        y, errors = zip(*(_scaled(p.scores[score], score) for p in pts), strict=True)
         style = {**_series_style(study, pts[0].params), **styles[key]}
         ax.plot(x, y, label=_label(study, pts[0].params, others), **style)
-        low = [m - h for m, h in zip(y, half, strict=True)]
-        high = [m + h for m, h in zip(y, half, strict=True)]
+        low = [m - e[0] for m, e in zip(y, errors, strict=True)]
+        high = [m + e[1] for m, e in zip(y, errors, strict=True)]
         ax.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
     ax.set_xlabel(_axis_name(table, axis))
     ax.set_ylabel(score_label(score, table))
@@ -166,8 +171,8 @@ def sweep_figure(table: Table, study: Study, axis: str, score: str) -> "Figure":
 def bars_figure(table: Table, study: Study, score: str) -> "Figure":
     """Grouped bars: a group per combination of the other axes, a bar per series value.
 
-    Error bars are the table's intervals; a bar significantly better (worse) than its baseline
-    after Holm's correction carries the table's marker, the baseline is hatched.
+    Error bars are the table's intervals; a bar the findings decide better (worse) than its
+    baseline carries the table's marker, the baseline is hatched.
     """
     varying = _varying(table, study)
     series = SERIES_AXIS if SERIES_AXIS in varying else None
@@ -188,26 +193,27 @@ def bars_figure(table: Table, study: Study, score: str) -> "Figure":
             if series and value_text(p.params[series]) != member:
                 continue
             g = groups.index(tuple(value_text(p.params[a]) for a in group_axes))
-            mean, half = _scaled(p.scores[score], score)
+            mean, error = _scaled(p.scores[score], score)
             xs.append(g - 0.4 + bar * (m + 0.5))
             ys.append(mean)
-            errs.append(half)
+            errs.append(error)
             cells.append(p.scores[score])
         example = next(p for p in pts if not series or value_text(p.params[series]) == member)
         label = study.value_label(series, example.params[series]) if series else study.name
         style = _series_style(study, example.params)
         legend.append((style["color"], label))
         error = {"linewidth": 0.8}
+        yerr = [[e[0] for e in errs], [e[1] for e in errs]]  # below, above
         drawn = ax.bar(
-            xs, ys, bar * 0.9, yerr=errs, label=label, capsize=2, error_kw=error, **style
+            xs, ys, bar * 0.9, yerr=yerr, label=label, capsize=2, error_kw=error, **style
         )
-        for patch, cell, x, y, e in zip(drawn.patches, cells, xs, ys, errs, strict=True):
+        for patch, cell, x, y, (_, e) in zip(drawn.patches, cells, xs, ys, errs, strict=True):
             if cell.baseline:
                 patch.set_hatch("///")
                 patch.set_edgecolor("white")
             if cell.marker:
                 ax.annotate(
-                    "*" if cell.marker != WORSE else "†",
+                    cell.marker,  # the table's ⁺/⁻: the findings' decision
                     (x, y + e),
                     xytext=(0, 1),
                     textcoords="offset points",
@@ -401,14 +407,16 @@ def cost_figure(table: Table, study: Study, score: str, cost: str) -> "Figure":
     markers = _other_styles(study, others, [p.params for p in pts], marker=True)
     xy = []
     for p in pts:
-        mean, half = _scaled(p.scores[score], score)
+        mean, (below, above) = _scaled(p.scores[score], score)
         x = float(p.costs[cost])
         style = {
             **_series_style(study, p.params),
             **markers[tuple(value_text(p.params[a]) for a in others)],
         }
         label = _label(study, p.params, varying)
-        ax.errorbar([x], [mean], yerr=[half], linestyle="none", capsize=2, label=label, **style)
+        ax.errorbar(
+            [x], [mean], yerr=[[below], [above]], linestyle="none", capsize=2, label=label, **style
+        )
         xy.append((x, mean))
     front = pareto_front(
         xy, cheaper=cost != "train_images_per_s", better=score_registry.direction(score)

@@ -49,6 +49,30 @@ def markdown_table_html(markdown: str) -> dict[str, Any]:
     }
 
 
+def markdown_blocks_html(markdown: str) -> str:
+    """Paragraphs and pipe tables of generated Markdown (the findings) as HTML; a "## "
+    heading is left to the template. Text is escaped; **bold** and *italics* kept."""
+    out = []
+    for block in re.split(r"\n\s*\n", markdown.strip()):
+        if block.startswith("## "):
+            continue
+        if block.startswith("|"):
+            lines = block.splitlines()
+            rows = [[_cell_html(c) for c in _PIPE.split(line.strip())[1:-1]] for line in lines]
+            align = ["r" if c.strip().endswith(":") else "" for c in _PIPE.split(lines[1])[1:-1]]
+            head = "".join(f'<th class="{a}">{c}</th>' for c, a in zip(rows[0], align, strict=True))
+            body = "".join(
+                "<tr>"
+                + "".join(f'<td class="{a}">{c}</td>' for c, a in zip(row, align, strict=True))
+                + "</tr>"
+                for row in rows[2:]
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            out.append(f"<p>{_cell_html(block)}</p>")
+    return "\n".join(out)
+
+
 def _cell_html(text: str) -> str:
     text = html.escape(text.strip())
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
@@ -145,10 +169,13 @@ def build_report(
 ) -> str:
     """The report's HTML text."""
     import jinja2
+    import markupsafe
 
+    from bench.findings import build_findings, render_markdown
     from bench.tables import build_table, render
 
     table = build_table(results, study)
+    findings = build_findings(results, study)
     trials = results.trials
     params_by_trial = {
         int(row["trial"]): {k: row[k] for k in (list(study.grid) or list(study.search))}
@@ -183,6 +210,11 @@ def build_report(
         partial=len(results.frame) < results.total,
         written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         table=markdown_table_html(render(table, "markdown")),
+        findings=markupsafe.Markup(
+            markdown_blocks_html(render_markdown(findings, results.meta.get("evaluator", "")))
+        )
+        if findings is not None
+        else None,
         figures=[{"stem": s, "data_uri": png_data_uri(f)} for s, f in figures.items()],
         cells=cells,
         base=json.dumps(study.base, indent=2, default=str),

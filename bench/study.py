@@ -37,7 +37,13 @@ STUDIES_DIR = Path("studies")
 # Study names become folder names (results/NAME) and database keys: no path can hide in one.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
-TOP_KEYS = ("description", "objective", "base", "grid", "search", "n_trials", "table", "labels")
+TOP_KEYS = (
+    "description", "objective", "base", "grid", "search", "n_trials", "table", "labels",
+    "questions",
+)  # fmt: skip
+QUESTION_KEYS = ("score", "alpha", "min_effect", "contrasts")
+CONTRAST_KEYS = ("of", "against")
+DEFAULT_ALPHA = 0.05
 OBJECTIVE_KEYS = ("score", "direction")
 TABLE_KEYS = ("rows", "columns", "scores", "baseline", "cost", "layout")
 # Old names still read: objective.metric (score), table.metrics (scores).
@@ -85,6 +91,28 @@ class TableLayout:
 
 
 @dataclass(frozen=True)
+class DeclaredContrast:
+    """A declared comparison: every cell whose axes hold `of`'s values (all cells when empty),
+    other than the `against` cells themselves, against the cell with `against`'s values put in
+    (the other axes, seeds included, equal: a paired comparison)."""
+
+    against: dict[str, Any]
+    of: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Questions:
+    """What a study asks ([questions]): the declared contrasts on its primary score, tested as
+    one family at `alpha` (family-wise), and the smallest effect that matters per score (in
+    the score's unit). Every other score and comparison is an exploratory estimate."""
+
+    score: str
+    alpha: float = DEFAULT_ALPHA
+    min_effect: dict[str, float] = dataclasses.field(default_factory=dict)
+    contrasts: tuple[DeclaredContrast, ...] = ()
+
+
+@dataclass(frozen=True)
 class Study:
     """A validated study file; `base` already holds the `--set` overrides."""
 
@@ -100,6 +128,7 @@ class Study:
     table: TableLayout
     labels: dict[str, dict[str, str]]
     overrides: tuple[str, ...]
+    questions: Questions | None = None  # None: nothing declared and no table baseline
 
     @property
     def is_grid(self) -> bool:
@@ -312,6 +341,8 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
     labels = _read_labels(path, data.get("labels", {}), *file_axes)
     objective_score, direction = _read_objective(path, data.get("objective", {}))
     axes = [*grid, *search]
+    table = _read_table(path, data.get("table"), axes, file_axes[0])
+    questions = _read_questions(path, data.get("questions"), grid, table, objective_score)
     study = Study(
         name=name,
         path=path,
@@ -322,9 +353,10 @@ def load_study(name_or_path: str, overrides: Sequence[str] = ()) -> Study:
         n_trials=n_trials,
         objective_score=objective_score,
         direction=direction,
-        table=_read_table(path, data.get("table"), axes, file_axes[0]),
+        table=table,
         labels=labels,
         overrides=tuple(overrides),
+        questions=questions,
     )
     configs = study.trial_configs()
     # [base] options are checked on the study as written: a --set that narrows a grid (e.g.
@@ -598,11 +630,13 @@ def _read_table(path: Path, table: Any, axes: list[str], grid: dict[str, list[An
     )
 
 
-def _read_baseline(path: Path, table: Any, grid: dict[str, list[Any]]) -> dict[str, Any]:
+def _read_baseline(
+    path: Path, table: Any, grid: dict[str, list[Any]], section: str = "table.baseline"
+) -> dict[str, Any]:
     """{ "metric.weight" = 0 }: grid axes (not seed) and one of each axis's values."""
     baseline: dict[str, Any] = {}
-    for key, value in _flatten_axes(path, "table.baseline", table, lambda k, v: False).items():
-        where = f"table.baseline.{key}"
+    for key, value in _flatten_axes(path, section, table, lambda k, v: False).items():
+        where = f"{section}.{key}"
         if key not in grid or key == "seed":
             axes = ", ".join(k for k in grid if k != "seed")
             raise _error(path, where, f"not a grid axis; grid axes: {axes or 'none'}")
@@ -614,6 +648,66 @@ def _read_baseline(path: Path, table: Any, grid: dict[str, list[Any]]) -> dict[s
             )
         baseline[key] = known[text]
     return baseline
+
+
+def _read_questions(
+    path: Path, table: Any, grid: dict[str, list[Any]], layout: TableLayout, objective: str
+) -> Questions | None:
+    """[questions]: score (default the objective's), alpha, min_effect = { score = effect },
+    contrasts = [{ of = {axis = value}, against = {axis = value} }] (default: every cell
+    against its [table] baseline cell). None when nothing is declared and there is no
+    baseline."""
+    if table is None:
+        if not layout.baseline:
+            return None
+        return Questions(score=objective, contrasts=(DeclaredContrast(against=layout.baseline),))
+    _check_keys(path, "questions", _table(path, "questions", table), QUESTION_KEYS)
+    score = table.get("score", objective)
+    _check_score_key(path, "questions.score", score)
+    alpha = table.get("alpha", DEFAULT_ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise _error(path, "questions.alpha", f"got {alpha!r}; expected a number in (0, 1)")
+    min_effect = {}
+    for name, effect in _table(path, "questions.min_effect", table.get("min_effect", {})).items():
+        _check_score_key(path, f"questions.min_effect.{name}", name)
+        if isinstance(effect, bool) or not isinstance(effect, int | float) or effect <= 0:
+            raise _error(
+                path,
+                f"questions.min_effect.{name}",
+                f"got {effect!r}; expected a positive number in the score's unit",
+            )
+        min_effect[name] = float(effect)
+    declared = table.get("contrasts")
+    if declared is None:
+        if not layout.baseline:
+            raise _error(
+                path,
+                "questions.contrasts",
+                "no contrasts declared and no [table] baseline to default to; declare "
+                'contrasts = [{ against = { "metric.name" = "none" } }] or set table.baseline',
+            )
+        contrasts = (DeclaredContrast(against=layout.baseline),)
+    else:
+        if not isinstance(declared, list) or not declared:
+            raise _error(
+                path, "questions.contrasts", f"got {declared!r}; expected a non-empty list"
+            )
+        contrasts = tuple(_read_contrast(path, i, c, grid) for i, c in enumerate(declared))
+    return Questions(score, float(alpha), min_effect, contrasts)
+
+
+def _read_contrast(
+    path: Path, index: int, table: Any, grid: dict[str, list[Any]]
+) -> DeclaredContrast:
+    where = f"questions.contrasts[{index}]"
+    _check_keys(path, where, _table(path, where, table), CONTRAST_KEYS)
+    if not table.get("against"):
+        raise _error(path, f"{where}.against", "missing: the axis values of the baseline cells")
+    against = _read_baseline(path, table["against"], grid, f"{where}.against")
+    of = _read_baseline(path, table.get("of", {}), grid, f"{where}.of")
+    if set(of) & set(against) and all(value_text(of[k]) == value_text(against[k]) for k in of):
+        raise _error(path, where, "`of` and `against` name the same cells; nothing is compared")
+    return DeclaredContrast(against=against, of=of)
 
 
 def _read_cost(path: Path, keys: Any) -> tuple[str, ...]:

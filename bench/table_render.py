@@ -212,7 +212,10 @@ def _header_text(key: str) -> str:
 def _value_text(cell: Cell, score: str) -> str:
     """ "12.31 ± 0.40" or "12.31" (plain text)."""
     text = _number(cell.mean, score)
-    if cell.half_width is not None:
+    if cell.uncertainty == "bounded95":
+        low, high = cell.interval()
+        text += f" [{_number(low, score)}, {_number(high, score)}]"
+    elif cell.half_width is not None:
         text += " ± " + _number(cell.half_width, score)
     return text
 
@@ -397,9 +400,9 @@ def _csv(table: Table) -> str:
         for score in table.scores:
             cell = table.cells[r, g, score]
             test = cell.comparison
-            half = cell.half_width
-            low = _raw(None if half is None else cell.mean - half)
-            high = _raw(None if half is None else cell.mean + half)
+            ends = cell.interval()
+            low = _raw(None if ends is None else ends[0])
+            high = _raw(None if ends is None else ends[1])
             significant = {BETTER: "better", WORSE: "worse"}.get(cell.marker, "")
             writer.writerow(
                 [

@@ -7,11 +7,13 @@ bootstrap standard errors over its generated samples when the trial stored them 
 uncertainty only: bench.evaluation.bootstrap). The best value of each column is bold, judged at
 the displayed precision so that visible ties are all bold.
 
-With `[table] baseline = { AXIS = VALUE }` every other cell is tested against the baseline cell
-sharing its other axis values: a paired t-test by seed where both hold the same seeds (same seed:
-same initial weights and data order), Welch's t-test otherwise, two-sided; the p-values of every
-test in the table are Holm-corrected together, and a cell significantly better (worse) than its
-baseline at ALPHA is marked. Costs (bench.costs) are means over the cell's seeds.
+With `[table] baseline = { AXIS = VALUE }` every other cell is compared with the baseline cell
+sharing its other axis values (a paired estimate by seed where both hold the same seeds, same
+seed: same initial weights and data order; Welch's otherwise), in the CSV. Markers come from the
+study's declared questions only (bench.findings): a cell is marked better (worse) when its
+declared contrast on the primary score is decided so, Holm over the declared family; every
+other comparison is an exploratory estimate without a marker. Costs (bench.costs) are means
+over the cell's seeds.
 
 A "Real data (held-out)" line scores the dataset's other split against the same reference
 statistics: the floor a perfect model would reach, shown once per score. Every score is shown
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.analysis import ALPHA, CONFIDENCE, Comparison, compare, holm, t_interval
+from bench.analysis import CONFIDENCE, Comparison, compare, t_interval
 from bench.costs import COSTS
 from bench.evaluation import scores as score_registry
-from bench.evaluation.bootstrap import se_uncertainty
+from bench.findings import Findings, build_findings, cell_key, variance_sources
+from bench.intervals import proportion_interval, se_uncertainty
 from bench.rows import Row, column, is_finite, mean, per_seed, select
 from bench.study import Study, value_text
 
@@ -64,6 +67,18 @@ class Cell:
     comparison: Comparison | None = None
     p_holm: float | None = None
     marker: str = ""  # BETTER, WORSE or ""
+    # The interval's ends when it is not mean ± half_width (uncertainty "bounded95": a
+    # proportion's interval inside [0, 1], bench.intervals.proportion_interval).
+    low: float | None = None
+    high: float | None = None
+
+    def interval(self) -> tuple[float, float] | None:
+        """(low, high) of the shown interval, or None."""
+        if self.low is not None and self.high is not None:
+            return self.low, self.high
+        if self.mean is None or self.half_width is None:
+            return None
+        return self.mean - self.half_width, self.mean + self.half_width
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,7 @@ def build_table(
         selected = select(trials, {**row, **group})
         for score in scores:
             samples[r, g, score] = per_seed(selected, score)
-            cells[r, g, score] = _aggregate(selected, score)
+            cells[r, g, score] = _aggregate(selected, score, results.meta.get("num_samples"))
         costs[r, g] = {key: mean(selected, "cost." + key) for key in COSTS}
     # Only rows and column groups holding at least one finished trial are shown.
     filled = {(r, g) for (r, g, _), cell in cells.items() if cell.n}
@@ -132,7 +147,8 @@ def build_table(
     groups = [groups[g] for g in kept_groups]
     cells, samples, costs = keep(cells), keep(samples), keep(costs)
     cells = _mark_best(cells, len(rows), len(groups), scores)
-    cells, tests = _significance(cells, samples, rows, groups, scores, spec.baseline)
+    findings = build_findings(results, study)
+    cells, tests = _significance(cells, samples, rows, groups, scores, spec.baseline, findings)
     meta = _meta(results, study)
     axes = (*spec.rows, *spec.columns)
     done = len(trials)
@@ -222,12 +238,18 @@ def _combos(
     ]
 
 
-def _aggregate(selected: Any, score: str) -> Cell:
+def _aggregate(selected: Any, score: str, num_samples: Any = None) -> Cell:
     values = list(per_seed(selected, score).values())
     if not values:
         return Cell(mean=None, std=None, n=0)
     interval = t_interval(values)
     if interval.half_width is not None:
+        if score_registry.get(score).proportion and is_finite(num_samples):
+            bounded = proportion_interval(values, int(num_samples))
+            return Cell(
+                interval.mean, interval.std, interval.n, None, "bounded95",
+                low=bounded.low, high=bounded.high,
+            )  # fmt: skip
         return Cell(interval.mean, interval.std, interval.n, interval.half_width, "t95")
     se_column = f"bootstrap.{score}.se"
     se = mean(selected, se_column)
@@ -269,45 +291,47 @@ def _significance(
     groups: list[tuple[str, dict[str, Any]]],
     scores: Sequence[str],
     baseline: dict[str, Any],
+    findings: Findings | None,
 ) -> tuple[dict[tuple[int, int, str], Cell], int]:
-    """Each cell against its baseline cell, Holm-corrected over every test in the table.
+    """Each cell against its baseline cell: the paired estimate on every score; the marker and
+    Holm-adjusted p only on the declared family (bench.findings: the declared contrasts on
+    the primary score, decided together), never on an exploratory comparison.
 
-    Returns the cells (baseline flags, comparisons, markers) and the number of tests.
+    Returns the cells (baseline flags, comparisons, markers) and the size of the family.
     """
     if not baseline:
         return cells, 0
     where = {
-        tuple(sorted((k, value_text(v)) for k, v in {**row, **group}.items())): (r, g)
+        cell_key({**row, **group}): (r, g)
         for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups))
     }
+    decided = {
+        (cell_key(f.cell), cell_key(f.baseline)): f
+        for f in (findings.primary if findings is not None else ())
+    }
     marked = dict(cells)
-    tests: dict[tuple[int, int, str], Comparison] = {}
-    for (r, g), (_, row), (_, group) in (
-        ((r, g), rows[r], groups[g])
-        for r, g in itertools.product(range(len(rows)), range(len(groups)))
-    ):
+    for (r, (_, row)), (g, (_, group)) in itertools.product(enumerate(rows), enumerate(groups)):
         values = {**row, **group}
         if all(value_text(values[k]) == value_text(v) for k, v in baseline.items()):
             for score in scores:
                 marked[r, g, score] = _replace(marked[r, g, score], baseline=True)
             continue
-        key = tuple(sorted((k, value_text({**values, **baseline}[k])) for k in values))
-        if key not in where:
+        base_values = {**values, **baseline}
+        b = where.get(cell_key(base_values))
+        if b is None:
             continue
-        b = where[key]
+        finding = decided.get((cell_key(values), cell_key(base_values)))
         for score in scores:
             comparison = compare(samples[r, g, score], samples[(*b, score)])
-            if comparison is not None:
-                tests[r, g, score] = comparison
-    adjusted = holm([c.p_value for c in tests.values()])
-    for (key, comparison), p in zip(tests.items(), adjusted, strict=True):
-        direction = score_registry.direction(key[2])
-        marker = ""
-        if p <= ALPHA and direction is not None and comparison.difference != 0:
-            lower = comparison.difference < 0
-            marker = BETTER if lower == (direction == "minimize") else WORSE
-        marked[key] = _replace(marked[key], comparison=comparison, p_holm=p, marker=marker)
-    return marked, len(tests)
+            if comparison is None:
+                continue
+            changes: dict[str, Any] = {"comparison": comparison}
+            if finding is not None and score == finding.score and finding.p_holm is not None:
+                changes["p_holm"] = finding.p_holm
+                changes["marker"] = {"better": BETTER, "worse": WORSE}.get(finding.decision, "")
+            marked[r, g, score] = _replace(marked[r, g, score], **changes)
+    tested = [f for f in findings.primary if f.estimate is not None] if findings else []
+    return marked, len(tested)
 
 
 def _reference(
@@ -428,6 +452,12 @@ def _caption(
         )
     elif seeds > 1:
         parts.append(f"Mean over up to {seeds} seeds.")
+    if "bounded95" in kinds:
+        parts.append(
+            f"Precision and recall, fractions of the {int(meta['num_samples']):,} samples: "
+            f"mean [{level} interval], on the logit scale and never narrower than their "
+            "binomial sampling noise, so it stays inside [0, 1]."
+        )
     if "bootstrap95" in kinds:
         resamples = mean(results.rows, "bootstrap.resamples")
         count = (
@@ -441,6 +471,15 @@ def _caption(
             f"{lead} ± is 1.96 bootstrap standard errors over the generated samples ({count}): "
             "the sampling uncertainty of the score, not the variation between training runs."
         )
+        sources = variance_sources(study, results.rows, study.table.scores)
+        if sources:
+            ratios = ", ".join(
+                f"{score_registry.get(k).display} {b / w:.1f}x" for k, (b, w) in sources.items()
+            )
+            parts.append(
+                "In this study's multi-seed cells the SD between seeds was, as a multiple of "
+                f"the bootstrap SE (medians): {ratios}."
+            )
     elif seeds == 1:
         parts.append("One seed per cell, no uncertainty shown.")
     parts.append("Best per column in bold.")
@@ -449,12 +488,14 @@ def _caption(
             f"{_axis_title(k)} = {study.labels.get(k, {}).get(value_text(v), value_text(v))}"
             for k, v in baseline.items()
         )
-        if tests:
+        if tests and study.questions is not None:
+            primary = score_registry.get(study.questions.score).display
             parts.append(
-                f"{BETTER}/{WORSE}: significantly better/worse than the baseline ({named}) with "
-                "the same other settings, two-sided t-test (paired by seed where the seeds "
-                f"match, Welch's otherwise), Holm-corrected over the {tests} tests in the table, "
-                f"α = {ALPHA}."
+                f"{BETTER}/{WORSE}: {primary} better/worse than the baseline ({named}), decided "
+                f"over the study's {tests} declared contrasts on {primary} as one family "
+                f"(paired t-tests by seed, Holm-corrected, family-wise α = "
+                f"{study.questions.alpha:g}; findings.md lists every one); no marker: undecided "
+                "or not tested. Other columns are exploratory estimates, never marked."
             )
         else:
             parts.append(

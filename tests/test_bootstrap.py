@@ -14,7 +14,6 @@ from bench.evaluation.bootstrap import (
     bootstrap,
     resample_count,
     resample_indices,
-    se_uncertainty,
 )
 from bench.evaluation.context import ScoringContext
 from bench.evaluation.formulas import KID_SEED, PR_NEIGHBOURS, frechet_distance
@@ -22,6 +21,7 @@ from bench.evaluation.reference import Reference
 from bench.evaluation.scores import ScoreSettings
 from bench.evaluation.scoring import _scores
 from bench.evaluation.stream import FeatureStats
+from bench.intervals import se_uncertainty
 
 EVALUATOR = SimpleNamespace(device=torch.device("cpu"), label="test features")
 SETTINGS = ScoreSettings("torch-fidelity", 5)

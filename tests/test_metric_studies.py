@@ -21,12 +21,12 @@ ARCHITECTURES = ("ddpm", "x0-ddpm", "cas-dm", "dual")
 LOSSES = ("none", "l2", "pseudo-huber", "ssim")
 
 
-def test_digits_ablation_is_four_architectures_by_four_losses_by_three_seeds():
+def test_digits_ablation_is_four_architectures_by_four_losses_by_six_seeds():
     study = load_study(str(STUDIES / "digits_ablation.toml"))
     configs = [study.config(c) for c in study.cells()]
-    assert study.size == len(configs) == 48
+    assert study.size == len(configs) == 96
     assert {(c.architecture.name, c.metric.name, c.seed) for c in configs} == {
-        (a, m, s) for a in ARCHITECTURES for m in LOSSES for s in (0, 1, 2)
+        (a, m, s) for a in ARCHITECTURES for m in LOSSES for s in range(6)
     }
     for config in configs:
         assert (config.data.dataset, config.data.resolution) == ("digits", 8)

@@ -15,6 +15,7 @@ from scipy import stats
 
 from bench.cli import main
 from bench.latex_width import math_width, text_width
+from bench.intervals import proportion_interval
 from bench.results import Results
 from bench.study import load_study
 from bench.table_render import COLUMN_WIDTH_PT, TEXT_WIDTH_PT, choose_fit, latex_escape
@@ -135,6 +136,11 @@ def test_cells_are_mean_and_sample_std_over_seeds(study):
                 assert cell.n == len(values)
                 assert cell.mean == pytest.approx(np.mean(values))
                 assert cell.std == pytest.approx(np.std(values, ddof=1))
+                if key == "precision":  # a fraction of the 500 samples: inside [0, 1]
+                    bounded = proportion_interval(values, META["num_samples"])
+                    assert cell.interval() == (bounded.low, bounded.high)
+                    assert cell.uncertainty == "bounded95" and cell.half_width is None
+                    continue
                 low, high = stats.t.interval(
                     0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
                 )
@@ -345,7 +351,7 @@ COSTLY = (
 @pytest.mark.parametrize(
     ("extra", "scores", "chosen"),
     [
-        ("", None, ("long", "table*", "small")),
+        ("", None, ("long", "table*", "footnotesize")),
         ("", ("fid", "precision"), ("wide", "table*", "normalsize")),
         ("", ("fid",), ("wide", "table", "normalsize")),
         (COSTLY, ("fid", "is_mean"), ("long", "table*", "small")),
@@ -447,14 +453,17 @@ def _storage(tmp_path: Path, study, scores=SCORES, keys=("scores", "reference_sc
     return url
 
 
-def test_cli_table_writes_three_files_and_prints_markdown(study, tmp_path, monkeypatch, capsys):
+def test_cli_table_writes_the_tables_and_trials_and_prints_markdown(
+    study, tmp_path, monkeypatch, capsys
+):
     url = _storage(tmp_path, study)
     monkeypatch.chdir(tmp_path)
     assert main(["table", str(study.path), "--storage", url]) == 0
     captured = capsys.readouterr()
     assert captured.out == (GOLDEN / "table.md").read_text()
     assert captured.err == (
-        "wrote results/golden/table.tex, results/golden/table.md, results/golden/table.csv\n"
+        "wrote results/golden/table.tex, results/golden/table.md, results/golden/table.csv, "
+        "results/golden/trials.csv\n"  # every trial's values beside the table (no questions)
     )
     assert (tmp_path / "results/golden/table.tex").read_text() == (GOLDEN / "table.tex").read_text()
     assert (tmp_path / "results/golden/table.csv").read_text() == (GOLDEN / "table.csv").read_text()
@@ -592,13 +601,13 @@ def _effects_results(scores=EFFECT_SCORES, extra=None) -> Results:
                    pd.DataFrame(rows))  # fmt: skip
 
 
-def test_known_effects_get_scipy_p_values_holm_correction_and_markers(tmp_path):
+def test_known_effects_get_scipy_p_values_and_markers_only_from_the_declared_family(tmp_path):
     path = tmp_path / "effects.toml"
     path.write_text(EFFECTS)
     table = build_table(_effects_results(), load_study(str(path)))
     assert [label for label, _ in table.rows] == ["none", "lpips", "l2"]
     assert all(table.cells[0, 0, m].baseline for m in ("fid", "is_mean"))
-    # Independently: paired t-tests by seed against "none", then Holm over the 4 tests.
+    # Independently: paired t-tests by seed against "none" on every score ...
     raw = {}
     for r, name in ((1, "lpips"), (2, "l2")):
         for k, metric in enumerate(("fid", "is_mean")):
@@ -611,17 +620,20 @@ def test_known_effects_get_scipy_p_values_holm_correction_and_markers(tmp_path):
             d = np.subtract(a, b)
             assert cell.comparison.difference == pytest.approx(d.mean())
             assert cell.comparison.effect_size == pytest.approx(d.mean() / d.std(ddof=1))
-    ordered = sorted(raw, key=raw.get)
-    running = 0.0
-    for i, key in enumerate(ordered):  # Holm: max over the steps so far of (m - i) p_(i)
-        running = max(running, min(1.0, (4 - i) * raw[key]))
-        assert table.cells[key[0], 0, key[1]].p_holm == pytest.approx(running)
+    # ... but Holm and the markers over the declared family only: the 2 contrasts on FID, the
+    # objective (no [questions]: every cell against the [table] baseline). IS is exploratory.
+    fid = [raw[1, "fid"], raw[2, "fid"]]
+    adjusted = [min(1.0, max(2 * min(fid), p if p == max(fid) else 2 * p)) for p in fid]
+    assert table.cells[1, 0, "fid"].p_holm == pytest.approx(adjusted[0])
+    assert table.cells[2, 0, "fid"].p_holm == pytest.approx(adjusted[1])
     assert table.cells[1, 0, "fid"].marker == "⁺"  # the real effect
-    assert [table.cells[r, 0, m].marker for r, m in raw if (r, m) != (1, "fid")] == [""] * 3
+    assert table.cells[2, 0, "fid"].marker == ""
+    for r in (1, 2):
+        assert table.cells[r, 0, "is_mean"].marker == ""
+        assert table.cells[r, 0, "is_mean"].p_holm is None
     markdown = render(table, "markdown")
-    assert (
-        "7.06 ± " in markdown and "⁺" in markdown and "Holm-corrected over the 4 tests" in markdown
-    )
+    assert "7.06 ± " in markdown and "⁺" in markdown
+    assert "decided over the study's 2 declared contrasts on FID as one family" in markdown
     frame = pd.read_csv(io.StringIO(render(table, "csv")))
     lpips = frame[(frame["metric.name"] == "lpips") & (frame["score"] == "fid")].iloc[0]
     assert lpips["significant"] == "better" and lpips["test"] == "paired t"

@@ -7,13 +7,16 @@ from pathlib import Path
 from bench.commands import add_study_storage
 from bench.errors import BenchError
 from bench.evaluation import scores as score_registry
+from bench.findings import Findings, build_findings, render_markdown
+from bench.per_trial import trials_csv
 from bench.results import (
+    Records,
     check_one_evaluator_build,
     describe_storage,
     read_records,
     storage_url_for,
 )
-from bench.study import load_study
+from bench.study import Study, load_study
 from bench.table_render import TEXT_WIDTH_PT, choose_fit
 from bench.tables import FORMATS, build_table, render, write_table
 
@@ -41,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scores",
         help="comma-separated score names or display names shown instead of the study's "
         "[table] scores, e.g. fid,sfid,is (`bench list --components` lists the scores)",
+    )
+    parser.add_argument(
+        "--findings",
+        action="store_true",
+        help="print the findings generated from the study's declared questions ([questions]: "
+        "every declared contrast on the primary score, decided at the family-wise level) "
+        "instead of the table; findings.md is written beside the table either way",
     )
     # The old name of --scores, still accepted.
     parser.add_argument("--metrics", dest="old_metrics", help=argparse.SUPPRESS)
@@ -88,7 +98,18 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else study.results_dir(args.results)
     table = build_table(results, study, scores=scores, layout=args.layout)
     paths = write_table(table, Path(out), formats)
-    print(render(table, args.format or "markdown"), end="")
+    findings = build_findings(results, study)
+    if not args.format:  # a folder: the per-trial values and the findings go beside the table
+        paths += write_companions(results, study, Path(out), findings)
+    if args.findings:
+        if findings is None:
+            raise BenchError(
+                f"study {study.name!r} declares no question: add a [questions] section (or a "
+                "[table] baseline, which every cell is then compared against) to its file"
+            )
+        print(render_markdown(findings, results.meta.get("evaluator", "")), end="")
+    else:
+        print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     fit = choose_fit(table)
@@ -102,3 +123,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def write_companions(
+    results: "Records", study: "Study", out: Path, findings: Findings | None
+) -> list[Path]:
+    """trials.csv (every trial's values) and, if the study declares questions, findings.md."""
+    from casdm.files import atomic_write_text
+
+    texts = {out / "trials.csv": trials_csv(results, study)}
+    if findings is not None:
+        texts[out / "findings.md"] = render_markdown(findings, results.meta.get("evaluator", ""))
+    for path, text in texts.items():
+        atomic_write_text(path, text)
+    return list(texts)

@@ -47,18 +47,6 @@ def resample_count(requested: int, dim: int) -> int:
     return AUTO_SMALL if dim <= SMALL_DIM else AUTO_LARGE
 
 
-def se_uncertainty(resamples: int) -> float:
-    """How uncertain a bootstrap standard error from `resamples` resamples is itself: the
-    coefficient of variation of a sample SD of B normal values, SD(s) / E(s) for
-    s ~ sigma chi_(B-1) / sqrt(B - 1) (scipy.stats.chi, exact under normality): 0.165 at 20
-    resamples, 0.072 at 100. Printed beside every ± built on these errors."""
-    from scipy.stats import chi  # scipy is imported by the scorer anyway; only here for tables
-
-    if resamples < 2:
-        return math.inf
-    return float(chi(resamples - 1).std() / chi(resamples - 1).mean())
-
-
 def resample_indices(n: int, resamples: int) -> list[np.ndarray]:
     """The [n] sample indices of each resample, drawn with replacement (repeatable)."""
     generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)

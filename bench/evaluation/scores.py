@@ -64,6 +64,9 @@ class Score(Component):
     # Whether the automatic eval.bootstrap (-1) resamples it too; an explicit number of
     # resamples covers every score that declares `bootstrap`.
     bootstrap_by_default: bool = True
+    # A fraction of the N generated samples (precision, recall): tables give it an interval
+    # inside [0, 1] that keeps its binomial sampling noise (bench.intervals).
+    proportion: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -220,6 +223,7 @@ for _score in (
         direction="maximize",
         decimals=3,
         bootstrap=True,
+        proportion=True,
         summary="improved precision, k = 3 (Kynkaanniemi et al. 2019)",
     ),
     _PrecisionRecall(
@@ -229,6 +233,7 @@ for _score in (
         direction="maximize",
         decimals=3,
         bootstrap=True,
+        proportion=True,
         summary="improved recall, k = 3 (Kynkaanniemi et al. 2019)",
     ),
 ):

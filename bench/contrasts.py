@@ -1,0 +1,210 @@
+"""Paired contrasts between two cells of a study, decided as one family, and the seeds they need.
+
+A contrast is a cell against its baseline cell over the seeds both hold (the same seed: the same
+initial weights and data order, so the pairs share that noise). Estimation first: the mean
+paired difference with its Student-t interval (scipy.stats.ttest_rel), the effect size d_z, and
+the probability of improvement (the fraction of seeds on which the cell is better, as rliable's
+probability of improvement on paired runs, Agarwal et al. 2021) with a Wilson interval (Wilson
+1927, statsmodels). Then the tests: the paired t-test, and beside it the exact sign-flip
+permutation test (scipy.stats.permutation_test over all 2^n sign patterns), which assumes no
+normality but cannot go below 2 / 2^n: with 3 seeds, 0.25.
+
+A family of contrasts is decided with Holm's step-down procedure (Holm 1979; statsmodels'
+multipletests) on the t-tests: better or worse where the adjusted p is at most alpha;
+"no meaningful difference" where a smallest effect that matters is declared and the
+two one-sided tests (Schuirmann 1987) at alpha / m put the difference inside it; undecided
+otherwise. Power (statsmodels' TTestPower: a paired t-test is a one-sample test on the
+differences) gives the smallest detectable difference and the seeds needed, at alpha / m
+(Bonferroni: the level Holm's first step demands).
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from bench.analysis import CONFIDENCE
+
+Direction = Literal["minimize", "maximize"]
+DECISIONS = ("better", "worse", "no meaningful difference", "undecided")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A cell against its baseline over their common seeds (differences: cell - baseline)."""
+
+    seeds: tuple[int, ...]
+    differences: tuple[float, ...]
+    difference: float  # the mean paired difference, in the score's unit
+    ci_low: float  # its Student-t interval at `confidence`
+    ci_high: float
+    sd: float  # of the differences (ddof 1)
+    effect_size: float  # d_z = difference / sd (inf when sd is 0 and the difference is not)
+    improvement_probability: float  # share of seeds where the cell is better (ties: 1/2)
+    improvement_ci: tuple[float, float]  # Wilson interval of it
+    p_t: float  # two-sided paired t-test
+    p_exact: float  # two-sided exact sign-flip permutation test
+    direction: Direction
+    confidence: float = CONFIDENCE
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def min_p_exact(self) -> float:
+        """The smallest p the exact test can give with these n pairs."""
+        return min_exact_p(self.n)
+
+
+def min_exact_p(n: int) -> float:
+    """Two-sided exact sign-flip test with n pairs: its smallest p, 2 / 2^n."""
+    return min(1.0, 2.0 / 2**n)
+
+
+def exact_test_can_reach(n: int, alpha: float) -> bool:
+    """Whether the exact sign-flip test with n pairs can reach p <= alpha."""
+    return min_exact_p(n) <= alpha
+
+
+def paired_contrast(
+    cell: Mapping[int, float],
+    baseline: Mapping[int, float],
+    *,
+    direction: Direction,
+    confidence: float = CONFIDENCE,
+) -> Contrast | None:
+    """The contrast of `cell` against `baseline` (seed -> value) over their common seeds;
+    None with fewer than 2 common seeds."""
+    from scipy import stats
+    from statsmodels.stats.proportion import proportion_confint
+
+    seeds = tuple(sorted(set(cell) & set(baseline)))
+    if len(seeds) < 2:
+        return None
+    a = np.array([cell[s] for s in seeds], dtype=float)
+    b = np.array([baseline[s] for s in seeds], dtype=float)
+    d = a - b
+    n = len(d)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1))
+    if sd > 0:
+        test = stats.ttest_rel(a, b)
+        interval = test.confidence_interval(confidence)
+        low, high, p_t = float(interval.low), float(interval.high), float(test.pvalue)
+        effect = mean / sd
+    else:  # every pair differs by the same amount: no spread to test against
+        low = high = mean
+        p_t = 1.0 if mean == 0 else 0.0
+        effect = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    better = -d if direction == "minimize" else d
+    wins = float((better > 0).sum() + 0.5 * (better == 0).sum())
+    win_low, win_high = proportion_confint(wins, n, alpha=1 - confidence, method="wilson")
+    return Contrast(
+        seeds=seeds,
+        differences=tuple(float(x) for x in d),
+        difference=mean,
+        ci_low=low,
+        ci_high=high,
+        sd=sd,
+        effect_size=effect,
+        improvement_probability=wins / n,
+        improvement_ci=(float(win_low), float(win_high)),
+        p_t=p_t,
+        p_exact=sign_flip_p(d),
+        direction=direction,
+        confidence=confidence,
+    )
+
+
+def sign_flip_p(differences: Sequence[float]) -> float:
+    """Two-sided p of the exact sign-flip (paired permutation) test of the mean difference:
+    every one of the 2^n sign patterns (scipy.stats.permutation_test, n_resamples=inf)."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    if not d.any():
+        return 1.0
+    result = stats.permutation_test(
+        (d,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=np.inf,
+        alternative="two-sided",
+    )
+    return float(result.pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input order (statsmodels' multipletests)."""
+    from statsmodels.stats.multitest import multipletests
+
+    if not p_values:
+        return []
+    return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
+
+
+def equivalent(contrast: Contrast, min_effect: float, alpha: float) -> bool:
+    """TOST (Schuirmann 1987) at level alpha: the (1 - 2 alpha) interval of the mean paired
+    difference lies inside (-min_effect, +min_effect)."""
+    from scipy import stats
+
+    if contrast.sd == 0:
+        return abs(contrast.difference) < min_effect
+    half = stats.t.ppf(1 - alpha, contrast.n - 1) * contrast.sd / math.sqrt(contrast.n)
+    return -min_effect < contrast.difference - half and contrast.difference + half < min_effect
+
+
+def decide_family(
+    contrasts: Sequence[Contrast],
+    *,
+    alpha: float,
+    min_effect: float | None,
+    direction: Direction,
+) -> list[str]:
+    """Each contrast's decision, the family controlled at `alpha`: Holm on the t-tests for
+    better/worse; TOST at alpha / m (Bonferroni) for "no meaningful difference"."""
+    m = len(contrasts)
+    adjusted = holm([c.p_t for c in contrasts])
+    decisions = []
+    for contrast, p in zip(contrasts, adjusted, strict=True):
+        if p <= alpha and contrast.difference != 0:
+            lower = contrast.difference < 0
+            decisions.append("better" if lower == (direction == "minimize") else "worse")
+        elif min_effect is not None and equivalent(contrast, min_effect, alpha / m):
+            decisions.append("no meaningful difference")
+        else:
+            decisions.append("undecided")
+    return decisions
+
+
+def minimal_detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test at `alpha` detects with
+    `power`, given n pairs whose differences have SD `sd` (statsmodels' TTestPower)."""
+    from statsmodels.stats.power import TTestPower
+
+    if n < 2:
+        return math.inf
+    effect = TTestPower().solve_power(
+        nobs=n, alpha=alpha, power=power, alternative="two-sided", effect_size=None
+    )
+    return float(effect) * sd
+
+
+def seeds_needed(
+    sd: float, min_effect: float, alpha: float, power: float = 0.8, max_seeds: int = 100
+) -> int | None:
+    """The fewest seeds (pairs) for which a two-sided paired t-test at `alpha` detects a true
+    difference of `min_effect` with `power`; None beyond `max_seeds`."""
+    from statsmodels.stats.power import TTestPower
+
+    if sd == 0:
+        return 2
+    effect = min_effect / sd
+    for n in range(2, max_seeds + 1):
+        achieved = TTestPower().power(effect, n, alpha, alternative="two-sided")
+        if achieved >= power:
+            return n
+    return None
