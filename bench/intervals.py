@@ -18,8 +18,8 @@ Coverage, simulated (tests/test_intervals.py, 20,000 studies a setting, N = 500)
 points of 95% with 5 and 10 seeds whenever the seeds differ in truth (between-seed SD 0.005 to
 0.05 around 0.01 to 0.5); conservative, up to 97.5%, when they do not (pure binomial noise);
 about 93% with 3 seeds, whose 2-degree-of-freedom variance estimate is itself rough; with 2
-seeds the t quantile (1 degree of freedom) is used even at the floor, which is wide but safe. The plain t
-interval on the same data covers 93.3-95.2%, and leaves [0, 1] near 0.
+seeds the t quantile (1 degree of freedom) is used even at the floor, which is wide but safe.
+The plain t interval on the same data covers 93.3-95.2%, and leaves [0, 1] near 0.
 """
 
 import math

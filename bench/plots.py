@@ -10,7 +10,7 @@ Each architecture keeps one colour across every figure (Okabe-Ito, colour-blind 
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from bench.findings import Findings
     from bench.results import Results
 
 COLUMN_IN = 3.3  # one column of a two-column paper, inches
@@ -63,6 +64,7 @@ class Point:
     params: dict[str, Any]  # axis -> raw value, every table axis
     scores: dict[str, Cell]  # score -> the table's Cell
     costs: dict[str, float | None]
+    seeds: dict[str, dict[int, float]] = field(default_factory=dict)  # score -> seed -> value
 
 
 def points(table: Table) -> list[Point]:
@@ -72,7 +74,9 @@ def points(table: Table) -> list[Point]:
         for g, (_, group) in enumerate(table.groups):
             scores = {m: table.cells[r, g, m] for m in table.scores}
             if any(cell.n for cell in scores.values()):
-                out.append(Point({**row, **group}, scores, table.costs.get((r, g), {})))
+                seeds = {m: table.seed_values.get((r, g, m), {}) for m in table.scores}
+                costs = table.costs.get((r, g), {})
+                out.append(Point({**row, **group}, scores, costs, seeds))
     return out
 
 
@@ -188,7 +192,7 @@ def bars_figure(table: Table, study: Study, score: str) -> "Figure":
     bar = 0.8 / max(len(members), 1)
     legend = []
     for m, member in enumerate(members):
-        xs, ys, errs, cells = [], [], [], []
+        xs, ys, errs, cells, shown = [], [], [], [], []
         for p in pts:
             if series and value_text(p.params[series]) != member:
                 continue
@@ -198,6 +202,7 @@ def bars_figure(table: Table, study: Study, score: str) -> "Figure":
             ys.append(mean)
             errs.append(error)
             cells.append(p.scores[score])
+            shown.append(p)
         example = next(p for p in pts if not series or value_text(p.params[series]) == member)
         label = study.value_label(series, example.params[series]) if series else study.name
         style = _series_style(study, example.params)
@@ -207,6 +212,15 @@ def bars_figure(table: Table, study: Study, score: str) -> "Figure":
         drawn = ax.bar(
             xs, ys, bar * 0.9, yerr=yerr, label=label, capsize=2, error_kw=error, **style
         )
+        # Every seed's value, the points the interval and the paired tests were made from.
+        scale = score_registry.get(score).scale
+        for x, p in zip(xs, shown, strict=True):
+            if len(p.seeds[score]) > 1:
+                values = [v * scale for v in p.seeds[score].values()]
+                ax.scatter(
+                    [x] * len(values), values, s=3, color="black", alpha=0.6, zorder=3,
+                    linewidths=0,
+                )  # fmt: skip
         for patch, cell, x, y, (_, e) in zip(drawn.patches, cells, xs, ys, errs, strict=True):
             if cell.baseline:
                 patch.set_hatch("///")
@@ -228,9 +242,16 @@ def bars_figure(table: Table, study: Study, score: str) -> "Figure":
     for text in ax.get_xticklabels():
         text.set_fontsize(7)
     ax.set_ylabel(score_label(score, table))
-    note = _interval_note(table)
+    ax.margins(y=0.08)  # room above the tallest bar for its marker
+    note = _interval_note(table) + ("; dots: seeds" if table.seeds > 1 else "")
     if any(c.baseline for p in pts for c in p.scores.values()):
-        note += "\nvs the hatched baseline: * better, † worse (Holm, α = 0.05)"
+        if score == table.primary:
+            note += (
+                "\nvs the hatched baseline: ⁺ better, ⁻ worse, as decided over the declared "
+                "contrasts (findings.md)"
+            )
+        else:
+            note += "\nvs the hatched baseline: exploratory, not tested (no markers)"
     ax.set_title(note, loc="left", fontsize=6)
     if len(members) > 1:
         # Plain swatches: the first bar of a series may be a hatched baseline.
@@ -478,6 +499,62 @@ def _other_styles(
     }
 
 
+DECISION_COLOURS = {  # Okabe-Ito: better blue-green, worse vermillion, the rest grey
+    "better": "#009E73",
+    "worse": "#D55E00",
+    "no meaningful difference": "#0072B2",
+}
+
+
+def contrasts_figure(findings: "Findings") -> "Figure":
+    """The estimation figure of the declared family: each contrast's paired difference (cell
+    minus baseline, in the primary score's unit) with its 95% CI and every seed's difference,
+    against zero and the band of +-min_effect; coloured by the findings' decision."""
+    info = score_registry.get(findings.score)
+    shown = [f for f in findings.primary if f.estimate is not None]
+    figure = _new_figure(TEXT_IN, 0.6 + 0.22 * len(shown))
+    ax = figure.add_subplot()
+    if findings.min_effect:
+        band = findings.min_effect * info.scale
+        ax.axvspan(-band, band, color="0.9", zorder=0)
+    ax.axvline(0, color="0.4", linewidth=0.8, zorder=1)
+    for y, finding in enumerate(reversed(shown)):
+        e = finding.estimate
+        colour = DECISION_COLOURS.get(finding.decision, "0.45")
+        diff = e.difference * info.scale
+        ax.errorbar(
+            [diff], [y],
+            xerr=[[diff - e.ci_low * info.scale], [e.ci_high * info.scale - diff]],
+            fmt="o", color=colour, markersize=3, capsize=2, linewidth=1, zorder=3,
+        )  # fmt: skip
+        ax.scatter(
+            [d * info.scale for d in e.differences], [y] * e.n, s=4, color="black", alpha=0.5,
+            linewidths=0, zorder=2,
+        )  # fmt: skip
+        ax.annotate(
+            finding.decision, (1.01, y), xycoords=("axes fraction", "data"), fontsize=6,
+            color=colour, va="center",
+        )  # fmt: skip
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f.label for f in reversed(shown)], fontsize=6)
+    better = "lower" if info.direction == "minimize" else "higher"
+    shaded = f"; shaded: |Δ| < {findings.min_effect * info.scale:g}" if findings.min_effect else ""
+    ax.set_xlabel(
+        f"Δ {info.display} (cell − baseline; {better} is better), 95% CI; dots: seeds{shaded}"
+    )
+    ax.set_title(
+        f"{len(findings.primary)} declared contrasts, one family: paired t, Holm, "
+        f"α = {findings.alpha:g}",
+        loc="left", fontsize=6,
+    )  # fmt: skip
+    # Symmetric-log x: large harms and small gains in one panel, linear within +-min_effect.
+    ax.set_xscale("symlog", linthresh=max(abs(findings.min_effect or 1.0) * info.scale, 1e-9))
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    return figure
+
+
 def build_figures(
     results: "Results",
     study: Study,
@@ -487,6 +564,7 @@ def build_figures(
     import matplotlib
 
     from bench.costs import COSTS
+    from bench.findings import build_findings
     from bench.tables import build_table
 
     figures: dict[str, Figure] = {}
@@ -501,6 +579,9 @@ def build_figures(
             figures["curves"] = curves_figure(study, results.frame, histories)
         if "workdir" in results.frame and sample_trials(study, results.frame):
             figures["samples"] = samples_figure(study, results.frame)
+        findings = build_findings(results, study)
+        if findings is not None and any(f.estimate for f in findings.primary):
+            figures[f"contrasts-{findings.score}"] = contrasts_figure(findings)
         objective = study.objective_score if study.objective_score in table.scores else None
         for cost in ("device_hours", "train_images_per_s"):
             has_cost = any(p.costs.get(cost) for p in points(table))

@@ -122,7 +122,12 @@ def _entry_width(table: Table, r: int, g: int, key: str, size: str) -> float:
     cell = table.cells[r, g, key]
     if cell.mean is None:
         return text_width("--")
-    width = math_width(_value_text(cell, key), bold=cell.best)
+    if cell.uncertainty == "bounded95":  # the mean, then the wider of its two scripts
+        mean, below, above = _bounded_parts(cell, key)
+        scripts = max(math_width("+" + above, cell.best), math_width("-" + below, cell.best))
+        width = math_width(mean, bold=cell.best) + SCRIPT_SCALE * scripts + SCRIPT_SPACE_PT
+    else:
+        width = math_width(_value_text(cell, key), bold=cell.best)
     if cell.n < table.seeds:  # " {\scriptsize(n=2)}": a space, then 7 pt type at any size
         width += text_width(" ") + text_width(f"(n={cell.n})") * SCRIPTSIZE / SIZES[size]
     return width  # the significance marker hangs into the column gap (\rlap)
@@ -209,6 +214,22 @@ def _header_text(key: str) -> str:
     return _score_name(key) + _arrow(key, "↑", "↓")
 
 
+# TeX sets sub- and superscripts of 10 pt math in 7 pt (cmr7, whose digits are 0.8 of cmr10's
+# at that size, relative to 10 pt: 4.0 pt against 5.0), and adds \scriptspace (0.5 pt) after.
+SCRIPT_SCALE = 0.8
+SCRIPT_SPACE_PT = 0.5
+
+
+def _bounded_parts(cell: Cell, score: str) -> tuple[str, str, str]:
+    """A bounded cell's mean and its interval's distances below and above it, as shown."""
+    low, high = cell.interval()
+    return (
+        _number(cell.mean, score),
+        _number(cell.mean - low, score),
+        _number(high - cell.mean, score),
+    )
+
+
 def _value_text(cell: Cell, score: str) -> str:
     """ "12.31 ± 0.40" or "12.31" (plain text)."""
     text = _number(cell.mean, score)
@@ -235,7 +256,11 @@ def _entry(table: Table, r: int, g: int, key: str, latex: bool) -> str:
     if cell.mean is None:
         return "--" if latex else "—"
     if latex:
-        text = _value_text(cell, key).replace(" ± ", r" \pm ")
+        if cell.uncertainty == "bounded95":  # asymmetric: mean^{+above}_{-below}, compact
+            mean, below, above = _bounded_parts(cell, key)
+            text = rf"{mean}^{{+{above}}}_{{-{below}}}"
+        else:
+            text = _value_text(cell, key).replace(" ± ", r" \pm ")
         text = rf"$\mathbf{{{text}}}$" if cell.best else f"${text}$"
         if cell.marker:
             sign = "+" if cell.marker == BETTER else "$-$"

@@ -104,6 +104,9 @@ class Table:
     flags: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # CSV markers
     protocols: dict[str, str] = field(default_factory=dict)  # score key -> protocol label
     layout: str = "auto"  # the study's [table] layout, or --layout
+    # (row, group, score) -> {seed: value}: what each cell's interval and test were made from
+    seed_values: dict[tuple[int, int, str], dict[int, float]] = field(default_factory=dict)
+    primary: str = ""  # the score the declared questions decide (its markers), "" if none
 
 
 def build_table(
@@ -172,6 +175,8 @@ def build_table(
         flags=_flags(study, meta, rows, groups),
         protocols={k: str(v) for k, v in (meta.get("protocols") or {}).items()},
         layout=layout or spec.layout,
+        seed_values=samples,
+        primary=study.questions.score if study.questions is not None else "",
     )
 
 
@@ -455,8 +460,8 @@ def _caption(
     if "bounded95" in kinds:
         parts.append(
             f"Precision and recall, fractions of the {int(meta['num_samples']):,} samples: "
-            f"mean [{level} interval], on the logit scale and never narrower than their "
-            "binomial sampling noise, so it stays inside [0, 1]."
+            f"their {level} interval (asymmetric) is built on the logit scale and never "
+            "narrower than their binomial sampling noise, so it stays inside [0, 1]."
         )
     if "bootstrap95" in kinds:
         resamples = mean(results.rows, "bootstrap.resamples")

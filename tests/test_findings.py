@@ -4,6 +4,7 @@ and `bench plan`: against scipy and statsmodels on fixed data with known effects
 import io
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -302,3 +303,42 @@ def test_bench_plan_without_questions_or_seeds_exits_2(tmp_path, capsys):
     url = _storage(tmp_path, study)
     assert main(["plan", str(path), "--storage", url]) == 2
     assert "declares no question" in capsys.readouterr().err
+
+
+def test_the_readme_quotes_the_shipped_digits_findings_verbatim():
+    """The README's digits section is the generated findings.md, not a selection from it."""
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    quoted = readme.split("<!-- findings:digits_ablation -->\n")[1].split("\n<!-- /findings -->")[0]
+    shipped = (repo / "results/examples/digits_ablation/findings.md").read_text()
+    primary = shipped[: shipped.index("Exploratory estimates")].rstrip()
+    assert quoted == primary.split("\n", 1)[1].strip()
+    # ... and findings.md is what bench.findings makes of the shipped per-trial values.
+    frame = pd.read_csv(repo / "results/examples/digits_ablation/trials.csv")
+    study = load_study(str(repo / "studies/digits_ablation.toml"))
+    rows = []
+    for _, row in frame.iterrows():
+        record = {k: row[k] for k in ("trial", "cell", *study.grid)}
+        for score in study.table.scores:
+            record[score] = row[score]
+            record[f"bootstrap.{score}.se"] = row[f"{score}_se"]
+        rows.append(record)
+    meta = {"evaluator": "classifier:digits"}
+    results = Results(pd.DataFrame(rows), None, meta, len(rows), Counter(), pd.DataFrame(rows))
+    assert render_markdown(build_findings(results, study), "classifier:digits") == shipped
+
+
+def test_the_estimation_figure_shows_every_declared_contrast_with_its_decision(tmp_path):
+    from bench.plots import contrasts_figure
+
+    study = _declared(tmp_path, "min_effect = { fid = 1.0 }\n")
+    findings = build_findings(_results(), study)
+    figure = contrasts_figure(findings)
+    (ax,) = figure.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [f.label for f in reversed(findings.primary)]
+    assert [t.get_text() for t in ax.texts] == [f.decision for f in reversed(findings.primary)]
+    assert "shaded: |Δ| < 1" in ax.get_xlabel()
+    # each contrast: its CI as an error bar, every seed's difference as a dot
+    dots = [c for c in ax.collections if len(c.get_offsets()) == 6]
+    assert len(dots) == len(findings.primary)

@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from bench.cli import main
-from bench.latex_width import math_width, text_width
 from bench.intervals import proportion_interval
+from bench.latex_width import math_width, text_width
 from bench.results import Results
 from bench.study import load_study
 from bench.table_render import COLUMN_WIDTH_PT, TEXT_WIDTH_PT, choose_fit, latex_escape
@@ -351,7 +351,7 @@ COSTLY = (
 @pytest.mark.parametrize(
     ("extra", "scores", "chosen"),
     [
-        ("", None, ("long", "table*", "footnotesize")),
+        ("", None, ("long", "table*", "small")),
         ("", ("fid", "precision"), ("wide", "table*", "normalsize")),
         ("", ("fid",), ("wide", "table", "normalsize")),
         (COSTLY, ("fid", "is_mean"), ("long", "table*", "small")),

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     )
     scale = score.scale
     table = Table()
-    for column in ("contrast", "seeds", "SD of Δ", "Δ now", "detectable now"):
-        table.add_column(column, justify="left" if column == "contrast" else "right")
+    for column in ("contrast", "seeds", "SD of Δ", "Δ now", "detectable now", "now"):
+        table.add_column(column, justify="left" if column in ("contrast", "now") else "right")
     if effect:
         table.add_column(f"seeds for |Δ| ≥ {effect * scale:g}", justify="right")
     needs = []
@@ -76,19 +76,24 @@ def run(args: argparse.Namespace) -> int:
             f"{e.sd * scale:.3g}",
             f"{e.difference * scale:+.3g}",
             f"{mde * scale:.3g}",
+            finding.decision,
         ]
-        if effect:
+        if effect and finding.decision != "undecided":
+            row.append("–")  # decided already: more seeds would not change the answer's side
+        elif effect:
             need = contrasts.seeds_needed(e.sd, effect, level, args.power, max_seeds=MAX_SEEDS)
             needs.append(need)
             row.append(str(need) if need is not None else f"over {MAX_SEEDS}")
         table.add_row(*row)
     console.print(table)
-    if effect:
+    if effect and not needs:
+        console.print("Every declared contrast is decided: more seeds would not change them.")
+    elif effect:
         known = sorted(n for n in needs if n is not None)
         worst = f"over {MAX_SEEDS}" if len(known) < len(needs) else str(known[-1])
         console.print(
-            f"To detect a difference of {effect * scale:g} in every contrast with "
-            f"{args.power:.0%} power: {worst} seeds per cell (median contrast: "
+            f"To detect a difference of {effect * scale:g} with {args.power:.0%} power in each "
+            f"of the {len(needs)} undecided contrasts: {worst} seeds per cell (median: "
             f"{known[len(known) // 2] if known else f'over {MAX_SEEDS}'}). Set them in the "
             "study's seed axis (\\[grid] seed) and run it again in a fresh --storage.",
             highlight=False,
