@@ -254,8 +254,8 @@ def render_markdown(findings: Findings, evaluator: str = "") -> str:
         lines.append("")
     if findings.variance:
         parts = []
-        for name, (between, within) in findings.variance.items():
-            info = score_registry.get(name)
+        for key, (between, within) in findings.variance.items():
+            info = score_registry.get(key)
             parts.append(
                 f"{info.display} {between * info.scale:.3g} vs {within * info.scale:.3g} "
                 f"({between / within:.1f}x)"

@@ -187,6 +187,12 @@ def test_findings_test_the_declared_family_as_scipy_and_statsmodels_do(tmp_path)
     for finding in findings.primary:  # every declared contrast, none left out
         assert finding.label in text and f"**{finding.decision}**" in text
     assert "family-wise α = 0.05" in text and "Smallest effect that matters: 1" in text
+    assert "| Contrast | n | Δ FID [95% CI] |" in text  # the primary score, not the last one
+    between = np.median(
+        [values(a, m).std(ddof=1) for a in ("ddpm", "cas-dm") for m in ("none", "l2", "lpips")]
+    )
+    assert findings.variance["fid"] == pytest.approx((between, 0.4), rel=1e-12)
+    assert f"FID {between:.3g} vs 0.4 ({between / 0.4:.1f}x)" in text
     # 2 / 2^6 = 0.031 > the first Holm level 0.05 / 4: said, not hidden.
     assert "exact sign-flip test cannot go below p = 0.031" in text
 
