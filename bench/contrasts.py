@@ -90,15 +90,18 @@ def paired_contrast(
     n = len(d)
     mean = float(d.mean())
     sd = float(d.std(ddof=1))
-    if sd > 0:
+    # Differences equal up to the rounding of the values (10.3 - 10 against 11.3 - 11) have
+    # no spread to test against: no interval, no t-test, undecided; the exact test still runs.
+    rounding = 8 * np.finfo(float).eps * max(float(np.abs(a).max()), float(np.abs(b).max()))
+    if sd > rounding:
         test = stats.ttest_rel(a, b)
         interval = test.confidence_interval(confidence)
         low, high, p_t = float(interval.low), float(interval.high), float(test.pvalue)
         effect = mean / sd
-    else:  # every pair differs by the same amount: no spread to test against
-        low = high = mean
-        p_t = 1.0 if mean == 0 else 0.0
-        effect = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+    else:
+        sd = 0.0
+        low = high = p_t = math.nan
+        effect = math.nan if abs(mean) <= rounding else math.copysign(math.inf, mean)
     better = -d if direction == "minimize" else d
     wins = float((better > 0).sum() + 0.5 * (better == 0).sum())
     win_low, win_high = proportion_confint(wins, n, alpha=1 - confidence, method="wilson")
@@ -146,38 +149,79 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
 
 
-def equivalent(contrast: Contrast, min_effect: float, alpha: float) -> bool:
+def equivalent(contrast: Contrast, *, alpha: float, min_effect: float) -> bool:
     """TOST (Schuirmann 1987) at level alpha: the (1 - 2 alpha) interval of the mean paired
-    difference lies inside (-min_effect, +min_effect)."""
+    difference lies inside (-min_effect, +min_effect). False without spread (no interval)."""
     from scipy import stats
 
-    if contrast.sd == 0:
-        return abs(contrast.difference) < min_effect
+    if not contrast.sd > 0:
+        return False
     half = stats.t.ppf(1 - alpha, contrast.n - 1) * contrast.sd / math.sqrt(contrast.n)
     return -min_effect < contrast.difference - half and contrast.difference + half < min_effect
 
 
+def decide(
+    contrast: Contrast | None, *, alpha: float, min_effect: float | None, direction: Direction
+) -> str:
+    """One contrast at level alpha: better/worse when its (1 - alpha) interval excludes 0,
+    "no meaningful difference" by TOST, else undecided (also without 2 seeds or spread)."""
+    if contrast is None:
+        return "undecided"
+    _check_direction(contrast, direction)
+    if contrast.p_t <= alpha and contrast.difference != 0:
+        return _sign_decision(contrast.difference, direction)
+    if min_effect is not None and equivalent(contrast, alpha=alpha, min_effect=min_effect):
+        return "no meaningful difference"
+    return "undecided"
+
+
 def decide_family(
-    contrasts: Sequence[Contrast],
+    contrasts: Sequence[Contrast | None],
     *,
     alpha: float,
     min_effect: float | None,
     direction: Direction,
 ) -> list[str]:
-    """Each contrast's decision, the family controlled at `alpha`: Holm on the t-tests for
-    better/worse; TOST at alpha / m (Bonferroni) for "no meaningful difference"."""
+    """Each contrast's decision, the family of all of them (None: fewer than 2 common seeds,
+    kept in the family with p = 1) controlled at `alpha`: Holm on the t-tests for better and
+    worse; TOST at alpha / m (Bonferroni) for "no meaningful difference". Each kind of claim
+    keeps its family-wise error at most alpha (together at most 2 alpha in the worst case)."""
     m = len(contrasts)
-    adjusted = holm([c.p_t for c in contrasts])
+    adjusted = holm([p_or_one(c) for c in contrasts])
     decisions = []
     for contrast, p in zip(contrasts, adjusted, strict=True):
+        if contrast is None:
+            decisions.append("undecided")
+            continue
+        _check_direction(contrast, direction)
         if p <= alpha and contrast.difference != 0:
-            lower = contrast.difference < 0
-            decisions.append("better" if lower == (direction == "minimize") else "worse")
-        elif min_effect is not None and equivalent(contrast, min_effect, alpha / m):
+            decisions.append(_sign_decision(contrast.difference, direction))
+        elif min_effect is not None and equivalent(
+            contrast, alpha=alpha / m, min_effect=min_effect
+        ):
             decisions.append("no meaningful difference")
         else:
             decisions.append("undecided")
     return decisions
+
+
+def p_or_one(contrast: Contrast | None) -> float:
+    """A contrast's t-test p for Holm: 1 when it has none (no seeds in common, no spread)."""
+    if contrast is None or math.isnan(contrast.p_t):
+        return 1.0
+    return contrast.p_t
+
+
+def _sign_decision(difference: float, direction: Direction) -> str:
+    lower = difference < 0
+    return "better" if lower == (direction == "minimize") else "worse"
+
+
+def _check_direction(contrast: Contrast, direction: Direction) -> None:
+    if direction != contrast.direction:
+        raise ValueError(
+            f"the contrast was estimated for direction {contrast.direction!r}, not {direction!r}"
+        )
 
 
 def minimal_detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:

@@ -99,18 +99,18 @@ def build_findings(results: "Records | Results", study: Study) -> Findings | Non
     primary = [_finding(study, rows, cell, base, questions.score, True) for cell, base in pairs]
     direction = score_registry.direction(questions.score) or study.direction
     min_effect = questions.min_effect.get(questions.score)
-    estimates = [f.estimate for f in primary if f.estimate is not None]
-    decisions = iter(
-        contrasts.decide_family(
-            estimates, alpha=questions.alpha, min_effect=min_effect, direction=direction
-        )
+    # The family is every declared contrast: one without 2 common seeds stays in it with
+    # p = 1 (it counts in Holm's m), and is said to have too few seeds.
+    estimates = [f.estimate for f in primary]
+    decisions = contrasts.decide_family(
+        estimates, alpha=questions.alpha, min_effect=min_effect, direction=direction
     )
-    adjusted = iter(contrasts.holm([e.p_t for e in estimates]))
+    adjusted = contrasts.holm([contrasts.p_or_one(e) for e in estimates])
     primary = [
-        Finding(**{**f.__dict__, "decision": next(decisions), "p_holm": next(adjusted)})
+        dataclasses.replace(f, decision=decision, p_holm=p)
         if f.estimate is not None
-        else Finding(**{**f.__dict__, "decision": TOO_FEW})
-        for f in primary
+        else dataclasses.replace(f, decision=TOO_FEW)
+        for f, decision, p in zip(primary, decisions, adjusted, strict=True)
     ]
     others = [s for s in study.table.scores if s != questions.score]
     exploratory = [

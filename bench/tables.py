@@ -335,8 +335,8 @@ def _significance(
                 changes["p_holm"] = finding.p_holm
                 changes["marker"] = {"better": BETTER, "worse": WORSE}.get(finding.decision, "")
             marked[r, g, score] = _replace(marked[r, g, score], **changes)
-    tested = [f for f in findings.primary if f.estimate is not None] if findings else []
-    return marked, len(tested)
+    tested = any(f.estimate is not None for f in findings.primary) if findings else False
+    return marked, len(findings.primary) if tested else 0
 
 
 def _reference(

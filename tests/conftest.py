@@ -337,3 +337,30 @@ def module_workspace(
         _workspace(root, seeded_results, monkeypatch) as space,
     ):
         yield space
+
+
+@pytest.fixture
+def cleanfid_features_once(monkeypatch):
+    """clean-fid's get_folder_features, each folder's features extracted once per test: its
+    compute_kid reads the same folders with the same arguments as its compute_fid (they differ
+    in the progress-bar text only), so it gets the very arrays compute_fid's extraction
+    returned. Returns {folder: features} as clean-fid extracted them."""
+    import inspect
+
+    import cleanfid.fid
+
+    extract = cleanfid.fid.get_folder_features
+    signature = inspect.signature(extract)
+    extracted: dict = {}
+
+    def once(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        options = {k: v for k, v in call.arguments.items() if k not in ("model", "description")}
+        key = repr(sorted(options.items()))  # the folder and every option but the model
+        if key not in extracted:
+            extracted[key] = extract(*args, **kwargs)
+        return extracted[key]
+
+    monkeypatch.setattr(cleanfid.fid, "get_folder_features", once)
+    return extracted

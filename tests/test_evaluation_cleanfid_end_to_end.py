@@ -11,7 +11,6 @@ choice is a permutation, and the order of either set would not show).
 Inception at 299x299 runs at about 5 images per second on a CPU: folders of 19 and 21 images.
 """
 
-import inspect
 import json
 from pathlib import Path
 
@@ -68,26 +67,6 @@ def random_weights_for_cleanfid(tmp_path_factory):
 
         mp.setattr(cleanfid.features, "InceptionV3W", from_home)
         yield home
-
-
-@pytest.fixture
-def cleanfid_features_once(monkeypatch):
-    """clean-fid's get_folder_features, each folder extracted once per test (compute_fid and
-    compute_kid read a folder with the same arguments, so they get the same arrays)."""
-    extract = cleanfid.fid.get_folder_features
-    signature = inspect.signature(extract)
-    extracted: dict[str, np.ndarray] = {}
-
-    def once(*args, **kwargs):
-        call = signature.bind(*args, **kwargs)
-        call.apply_defaults()
-        options = {k: v for k, v in call.arguments.items() if k not in ("model", "description")}
-        key = repr(sorted(options.items()))
-        if key not in extracted:
-            extracted[key] = extract(*args, **kwargs)
-        return extracted[key]
-
-    monkeypatch.setattr(cleanfid.fid, "get_folder_features", once)
 
 
 STATISTICS: list[tuple[np.ndarray, ...]] = []  # clean-fid's (mu1, sigma1, mu2, sigma2), by call

@@ -11,7 +11,6 @@ is compared against it is not compared with itself. Inception at 299x299 is slow
 handful of images only.
 """
 
-import inspect
 import math
 
 import cleanfid.features
@@ -170,29 +169,6 @@ def our_scores(stats: list[FeatureStats]) -> tuple[float, float, list[np.ndarray
     )
     kid = kernel_inception_distance(s1.kept_pool(), s2.kept_pool())
     return fid, kid, [s.kept_pool() for s in stats]
-
-
-@pytest.fixture
-def cleanfid_features_once(monkeypatch):
-    """clean-fid's get_folder_features, each folder's features extracted once per test: its
-    compute_kid reads the same folders with the same arguments as its compute_fid (they differ
-    in the progress-bar text only), so it gets the very arrays compute_fid's extraction
-    returned. Returns {folder: features} as clean-fid extracted them."""
-    extract = cleanfid.fid.get_folder_features
-    signature = inspect.signature(extract)
-    extracted: dict[str, np.ndarray] = {}
-
-    def once(*args, **kwargs):
-        call = signature.bind(*args, **kwargs)
-        call.apply_defaults()
-        options = {k: v for k, v in call.arguments.items() if k not in ("model", "description")}
-        key = repr(sorted(options.items()))  # the folder and every option but the model
-        if key not in extracted:
-            extracted[key] = extract(*args, **kwargs)
-        return extracted[key]
-
-    monkeypatch.setattr(cleanfid.fid, "get_folder_features", once)
-    return extracted
 
 
 @pytest.mark.parametrize("mode", list(PROTOCOLS))
