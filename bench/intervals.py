@@ -41,19 +41,26 @@ class Bounded:
 
 
 def proportion_interval(
-    values: Sequence[float], n_samples: int, confidence: float = CONFIDENCE
+    values: Sequence[float],
+    n_samples: int,
+    confidence: float = CONFIDENCE,
+    sampling_se: float = 0.0,
 ) -> Bounded:
-    """The interval of the mean of per-seed proportions, each a fraction of `n_samples`."""
+    """The interval of the mean of per-seed proportions, each a fraction of `n_samples`.
+
+    `sampling_se`: a measured standard error of the mean from sampling alone (one seed's
+    bootstrap SE): the floor is then the larger of it and the binomial noise, so a single
+    seed's interval is its bootstrap interval, on the logit scale and never of zero width."""
     p = np.asarray(values, dtype=float)
     if len(p) == 0 or n_samples < 1:
         raise ValueError("proportion_interval needs at least one value and one sample")
-    low, high, floored = proportion_intervals(p[None, :], n_samples, confidence)
+    low, high, floored = proportion_intervals(p[None, :], n_samples, confidence, sampling_se)
     method = "logit, binomial floor" if floored[0] else "logit t over seeds"
     return Bounded(float(p.mean()), float(low[0]), float(high[0]), method)
 
 
 def proportion_intervals(
-    values: np.ndarray, n_samples: int, confidence: float = CONFIDENCE
+    values: np.ndarray, n_samples: int, confidence: float = CONFIDENCE, sampling_se: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`proportion_interval` of each row of `values` [R, S] at once: (low, high, whether the
     binomial floor was used), each [R]."""
@@ -62,7 +69,7 @@ def proportion_intervals(
     seeds = values.shape[1]
     counts = np.rint(values * n_samples)
     pooled = (counts.sum(axis=1) + 0.5) / (seeds * n_samples + 1)
-    floor = pooled * (1 - pooled) / (seeds * n_samples)
+    floor = np.maximum(pooled * (1 - pooled) / (seeds * n_samples), sampling_se**2)
     between = values.var(axis=1, ddof=1) / seeds if seeds > 1 else np.zeros(len(values))
     z = stats.norm.ppf((1 + confidence) / 2)
     t = stats.t.ppf((1 + confidence) / 2, seeds - 1) if seeds > 1 else z

@@ -122,7 +122,7 @@ def _entry_width(table: Table, r: int, g: int, key: str, size: str) -> float:
     cell = table.cells[r, g, key]
     if cell.mean is None:
         return text_width("--")
-    if cell.uncertainty == "bounded95":  # the mean, then the wider of its two scripts
+    if cell.low is not None:  # the mean, then the wider of its two scripts
         mean, below, above = _bounded_parts(cell, key)
         scripts = max(math_width("+" + above, cell.best), math_width("-" + below, cell.best))
         width = math_width(mean, bold=cell.best) + SCRIPT_SCALE * scripts + SCRIPT_SPACE_PT
@@ -233,7 +233,7 @@ def _bounded_parts(cell: Cell, score: str) -> tuple[str, str, str]:
 def _value_text(cell: Cell, score: str) -> str:
     """ "12.31 ± 0.40" or "12.31" (plain text)."""
     text = _number(cell.mean, score)
-    if cell.uncertainty == "bounded95":
+    if cell.low is not None:  # a proportion's interval, asymmetric
         low, high = cell.interval()
         text += f" [{_number(low, score)}, {_number(high, score)}]"
     elif cell.half_width is not None:
@@ -256,7 +256,7 @@ def _entry(table: Table, r: int, g: int, key: str, latex: bool) -> str:
     if cell.mean is None:
         return "--" if latex else "—"
     if latex:
-        if cell.uncertainty == "bounded95":  # asymmetric: mean^{+above}_{-below}, compact
+        if cell.low is not None:  # asymmetric: mean^{+above}_{-below}, compact
             mean, below, above = _bounded_parts(cell, key)
             text = rf"{mean}^{{+{above}}}_{{-{below}}}"
         else:

@@ -260,6 +260,13 @@ def _aggregate(selected: Any, score: str, num_samples: Any = None) -> Cell:
     se = mean(selected, se_column)
     if se is None:
         return Cell(interval.mean, None, 1)
+    if score_registry.get(score).proportion and is_finite(num_samples):
+        # The bootstrap interval on the logit scale, never narrower than the binomial noise:
+        # 0.000 ± 0.000 when no sample counted is not what one seed can show.
+        bounded = proportion_interval(values, int(num_samples), sampling_se=se)
+        return Cell(
+            interval.mean, None, 1, None, "bootstrap95", se, low=bounded.low, high=bounded.high
+        )
     return Cell(interval.mean, None, 1, BOOTSTRAP_Z * se, "bootstrap95", se)
 
 
@@ -457,7 +464,7 @@ def _caption(
         )
     elif seeds > 1:
         parts.append(f"Mean over up to {seeds} seeds.")
-    if "bounded95" in kinds:
+    if any(cell.low is not None for cell in cells.values()):
         parts.append(
             f"Precision and recall, fractions of the {int(meta['num_samples']):,} samples: "
             f"their {level} interval (asymmetric) is built on the logit scale and never "

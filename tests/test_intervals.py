@@ -96,3 +96,17 @@ def test_variance_components_and_the_two_stage_bootstrap():
         random_state=2,
     ).confidence_interval  # fmt: skip
     assert (low, high) == pytest.approx((theirs.low, theirs.high), abs=0.02)
+
+
+def test_one_seed_gets_its_bootstrap_interval_on_the_logit_scale():
+    """A single seed: the larger of its bootstrap SE and the binomial noise, z quantile."""
+    from scipy.special import expit, logit
+
+    nothing = proportion_interval([0.0], N, sampling_se=0.0)  # the table's 0.000 ± 0.000
+    assert nothing.low == 0 and nothing.high > 0.001
+    one = proportion_interval([0.3], N, sampling_se=0.03)  # above sqrt(.3 .7 / 500) = 0.0205
+    pooled = (150 + 0.5) / (N + 1)
+    half = stats.norm.ppf(0.975) * 0.03 / (pooled * (1 - pooled))
+    assert (one.low, one.high) == pytest.approx(
+        (expit(logit(pooled) - half), expit(logit(pooled) + half)), rel=1e-12
+    )
