@@ -286,8 +286,7 @@ def image_files(folder: Path) -> list[Path]:
         (
             p
             for p in folder.rglob("*")
-            if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         ),
         key=str,  # not Path order: "a/b.png" sorts after "a-c.png" as a string, before as parts
     )
