@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,11 @@ class Storage:
                 load_if_exists=False,
             )
             self.optuna.set_user_attr("creator", leases.this_process())
+            # optuna-dashboard and Optuna's plots name the objective by its score, not
+            # "Objective 0".
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2; stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.optuna.set_metric_names([study.objective_score])
             return True
         except optuna.exceptions.DuplicatedStudyError:
             if not study.is_grid:

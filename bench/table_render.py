@@ -106,7 +106,10 @@ def caption(table: Table, layout: str) -> str:
     text = table.caption
     if layout == "long" and table.column_axes:  # bold compares rows sharing the column values
         within = ", ".join(table.axis_titles[a].lower() for a in table.column_axes)
-        text = text.replace("Best per column in bold.", f"Best per column and {within} in bold.")
+        text = text.replace(
+            "Bold: the best value of each score column.",
+            f"Bold: the best value of each score column among the rows of the same {within}.",
+        )
     if not _reference_in_caption(table, layout):
         return text
     values = ", ".join(

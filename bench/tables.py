@@ -356,10 +356,11 @@ def _reference(
 
 
 def _axis_title(key: str) -> str:
-    """ "architecture.name" -> "Architecture", "metric.weight" -> "Weight"."""
+    """ "architecture.name" -> "Architecture", "metric.name" -> "Metric loss" (never to be read
+    as a score, beside score columns), "metric.weight" -> "Weight"."""
     parent, _, leaf = key.rpartition(".")
     word = parent.rpartition(".")[2] if leaf == "name" and parent else leaf
-    return word.replace("_", " ").capitalize()
+    return "Metric loss" if word == "metric" else word.replace("_", " ").capitalize()
 
 
 def _value_labels(
@@ -494,7 +495,7 @@ def _caption(
             )
     elif seeds == 1:
         parts.append("One seed per cell, no uncertainty shown.")
-    parts.append("Best per column in bold.")
+    parts.append("Bold: the best value of each score column.")
     if baseline:
         named = ", ".join(
             f"{_axis_title(k)} = {study.labels.get(k, {}).get(value_text(v), value_text(v))}"

@@ -50,6 +50,10 @@ def test_tiny_study_completes_every_cell_exactly_once(tiny_run):
     assert summary.storage == f"sqlite:///{Path('results').as_posix()}/optuna.db"
 
 
+def test_the_objective_is_named_by_its_score_for_optuna_dashboard(tiny_run):
+    assert _optuna_study("tiny", tiny_run.summary.storage).metric_names == ["fid"]
+
+
 def test_each_trial_stores_objective_scores_and_costs(tiny_run):
     study = tiny_run.study
     summary = tiny_run.summary
