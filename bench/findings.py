@@ -18,6 +18,7 @@ import numpy as np
 
 from bench import contrasts
 from bench.evaluation import scores as score_registry
+from bench.results import stored_caveats
 from bench.rows import Row, per_seed, select
 from bench.study import Study, value_text
 
@@ -53,6 +54,8 @@ class Findings:
     primary: tuple[Finding, ...]
     exploratory: tuple[Finding, ...]
     seeds: int  # the most seeds any pair holds
+    evaluator: str = ""  # the evaluator's label (study meta), e.g. "classifier:digits"
+    caveats: tuple[str, ...] = ()  # the components' caveats (e.g. a random LPIPS trunk)
     # Per score: the medians over multi-seed cells of the between-seed SD and of the
     # within-seed bootstrap SE (bench.intervals.variance_components), when both are known.
     variance: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
@@ -119,6 +122,8 @@ def build_findings(results: "Records | Results", study: Study) -> Findings | Non
     seeds = max((f.estimate.n for f in primary if f.estimate is not None), default=0)
     return Findings(
         variance=variance_sources(study, rows, study.table.scores),
+        evaluator=str(results.meta.get("evaluator", "")),
+        caveats=tuple(stored_caveats(results.meta)),
         study=study.name,
         score=questions.score,
         alpha=questions.alpha,
@@ -211,17 +216,18 @@ def _p(value: float | None) -> str:
     return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
 
 
-def render_markdown(findings: Findings, evaluator: str = "") -> str:
+def render_markdown(findings: Findings) -> str:
     """The findings section: what was asked, how it was decided, every declared contrast."""
     score = score_registry.get(findings.score)
     name = score.display
     unit = f" (×{score.scale:g})" if score.scale != 1 else ""
     m = len(findings.primary)
+    evaluator = f" ({findings.evaluator})" if findings.evaluator else ""
     lines = [f"## Findings: {findings.study}", ""]
     lines.append(
         f"Generated from the study's declared questions, not selected: every one of the {m} "
-        f"declared contrasts on the primary score, {name}{f' ({evaluator})' if evaluator else ''}"
-        f", each cell against its baseline cell with the same seeds (paired). They are one "
+        f"declared contrasts on the primary score, {name}{evaluator}, each cell against its "
+        "baseline cell with the same seeds (paired). They are one "
         f"family: paired t-tests, Holm-corrected, family-wise α = {findings.alpha:g}. "
         + (
             f"Smallest effect that matters: {findings.min_effect * score.scale:g}{unit}; a "
@@ -233,6 +239,8 @@ def render_markdown(findings: Findings, evaluator: str = "") -> str:
         )
     )
     lines.append("")
+    if findings.caveats:  # on the findings too: a pasted section keeps them
+        lines += ["**Caveats:** " + " ".join(findings.caveats), ""]
     if findings.seeds:
         n = findings.seeds
         first = findings.alpha / max(m, 1)

@@ -564,7 +564,6 @@ def build_figures(
     import matplotlib
 
     from bench.costs import COSTS
-    from bench.findings import build_findings
     from bench.tables import build_table
 
     figures: dict[str, Figure] = {}
@@ -579,7 +578,7 @@ def build_figures(
             figures["curves"] = curves_figure(study, results.frame, histories)
         if "workdir" in results.frame and sample_trials(study, results.frame):
             figures["samples"] = samples_figure(study, results.frame)
-        findings = build_findings(results, study)
+        findings = table.findings
         if findings is not None and any(f.estimate for f in findings.primary):
             figures[f"contrasts-{findings.score}"] = contrasts_figure(findings)
         objective = study.objective_score if study.objective_score in table.scores else None

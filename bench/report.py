@@ -171,11 +171,11 @@ def build_report(
     import jinja2
     import markupsafe
 
-    from bench.findings import build_findings, render_markdown
+    from bench.findings import render_markdown
     from bench.tables import build_table, render
 
     table = build_table(results, study)
-    findings = build_findings(results, study)
+    findings = table.findings
     trials = results.trials
     params_by_trial = {
         int(row["trial"]): {k: row[k] for k in (list(study.grid) or list(study.search))}
@@ -210,9 +210,7 @@ def build_report(
         partial=len(results.frame) < results.total,
         written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         table=markdown_table_html(render(table, "markdown")),
-        findings=markupsafe.Markup(
-            markdown_blocks_html(render_markdown(findings, results.meta.get("evaluator", "")))
-        )
+        findings=markupsafe.Markup(markdown_blocks_html(render_markdown(findings)))
         if findings is not None
         else None,
         figures=[{"stem": s, "data_uri": png_data_uri(f)} for s, f in figures.items()],

@@ -330,3 +330,17 @@ def describe_storage(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return f"database {make_url(url).render_as_string(hide_password=True)}"
+
+
+def stored_caveats(meta: dict[str, Any]) -> list[str]:
+    """The caveats of a study's components (study meta "caveats"). Studies stored before
+    components had caveats recorded only a metric loss's random trunk ("lpips_trunk")."""
+    if "caveats" in meta:
+        return list(meta["caveats"])
+    if "random" in str(meta.get("lpips_trunk") or ""):
+        return [RANDOM_TRUNK_CAVEAT]
+    return []
+
+
+# What studies stored before components had caveats get for a random trunk.
+RANDOM_TRUNK_CAVEAT = "The metric loss used a random (untrained) trunk: a smoke test, not a result."

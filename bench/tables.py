@@ -31,6 +31,7 @@ from bench.costs import COSTS
 from bench.evaluation import scores as score_registry
 from bench.findings import Findings, build_findings, cell_key, variance_sources
 from bench.intervals import proportion_interval, se_uncertainty
+from bench.results import stored_caveats
 from bench.rows import Row, column, is_finite, mean, per_seed, select
 from bench.study import Study, value_text
 
@@ -107,6 +108,7 @@ class Table:
     # (row, group, score) -> {seed: value}: what each cell's interval and test were made from
     seed_values: dict[tuple[int, int, str], dict[int, float]] = field(default_factory=dict)
     primary: str = ""  # the score the declared questions decide (its markers), "" if none
+    findings: Findings | None = None  # the declared questions' findings (bench.findings)
 
 
 def build_table(
@@ -177,6 +179,7 @@ def build_table(
         layout=layout or spec.layout,
         seed_values=samples,
         primary=study.questions.score if study.questions is not None else "",
+        findings=findings,
     )
 
 
@@ -413,20 +416,6 @@ def _flags(
             weights = bool(meta.get("random_weights"))
         flags[r, g] = {"caveats": " ".join(caveats), "random_weights": weights}
     return flags
-
-
-def stored_caveats(meta: dict[str, Any]) -> list[str]:
-    """The caveats of a study's components (study meta "caveats"). Studies stored before
-    components had caveats recorded only a metric loss's random trunk ("lpips_trunk")."""
-    if "caveats" in meta:
-        return list(meta["caveats"])
-    if "random" in str(meta.get("lpips_trunk") or ""):
-        return [RANDOM_TRUNK_CAVEAT]
-    return []
-
-
-# What studies stored before components had caveats get for a random trunk.
-RANDOM_TRUNK_CAVEAT = "The metric loss used a random (untrained) trunk: a smoke test, not a result."
 
 
 def _metric_notes(study: Study) -> list[str]:

@@ -183,7 +183,7 @@ def test_findings_test_the_declared_family_as_scipy_and_statsmodels_do(tmp_path)
     assert {f.score for f in findings.exploratory} == {"is_mean"}
     assert all(f.decision == "" and f.p_holm is None for f in findings.exploratory)
 
-    text = render_markdown(findings, "classifier:digits")
+    text = render_markdown(findings)
     for finding in findings.primary:  # every declared contrast, none left out
         assert finding.label in text and f"**{finding.decision}**" in text
     assert "family-wise α = 0.05" in text and "Smallest effect that matters: 1" in text
@@ -288,10 +288,11 @@ def test_bench_plan_sizes_each_declared_contrast_in_one_screen(tmp_path, capsys,
 
     study = _declared(tmp_path, "min_effect = { fid = 1.0 }\n")
     url = _storage(tmp_path, study)
-    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("COLUMNS", "80")
     assert main(["plan", str(study.path), "--storage", url]) == 0
     out = capsys.readouterr().out
-    assert len(out.splitlines()) <= 24  # one screen
+    assert len(out.splitlines()) <= 24  # one screen of an 80-column terminal
+    assert max(len(line) for line in out.splitlines()) <= 80
     assert "4 declared contrasts on FID" in out and "α/4 = 0.0125" in out
     # Cas-DM + L2: SD of the paired differences from its 6 seeds; the seeds TTestPower asks for.
     findings = build_findings(_results(), study)
@@ -331,7 +332,7 @@ def test_the_readme_quotes_the_shipped_digits_findings_verbatim():
         rows.append(record)
     meta = {"evaluator": "classifier:digits"}
     results = Results(pd.DataFrame(rows), None, meta, len(rows), Counter(), pd.DataFrame(rows))
-    assert render_markdown(build_findings(results, study), "classifier:digits") == shipped
+    assert render_markdown(build_findings(results, study)) == shipped
 
 
 def test_the_estimation_figure_shows_every_declared_contrast_with_its_decision(tmp_path):
@@ -348,3 +349,17 @@ def test_the_estimation_figure_shows_every_declared_contrast_with_its_decision(t
     # each contrast: its CI as an error bar, every seed's difference as a dot
     dots = [c for c in ax.collections if len(c.get_offsets()) == 6]
     assert len(dots) == len(findings.primary)
+
+
+def test_the_components_caveats_travel_with_the_findings(study):
+    """A random LPIPS trunk's caveat is on the findings as on the table: a pasted findings
+    section keeps it."""
+    caveat = "LPIPS used a random (untrained) trunk: a smoke test, not a result."
+    frame = pd.DataFrame(_rows())
+    meta = {**META, "caveats": [caveat], "evaluator": "classifier:digits"}
+    results = Results(frame, None, meta, 36, Counter(COMPLETE=36), frame)
+    findings = build_findings(results, study)
+    assert findings.caveats == (caveat,)
+    assert f"**Caveats:** {caveat}" in render_markdown(findings)
+    assert caveat in build_table(results, study).caption
+    assert build_table(results, study).findings == findings

@@ -3,6 +3,7 @@ effect each declared contrast can detect now, and how many seeds it needs for `m
 
 import argparse
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -52,27 +53,40 @@ def run(args: argparse.Namespace) -> int:
     level = findings.alpha / m  # Holm's first step: Bonferroni, the level every test must pass
     effect = findings.min_effect
     console = Console()
+    # What every contrast shares is said once, so that a row fits an 80-column terminal.
+    suffixes = {f.label.rpartition(" vs ")[2] for f in usable}
+    against = f" vs {suffixes.pop()}" if len(suffixes) == 1 else ""
+    seeds = {f.estimate.n for f in usable}
     console.print(
-        f"[bold]{study.name}[/bold]: {m} declared contrasts on {score.display}, paired t-tests, "
-        f"Holm over the {m} at family-wise α = {findings.alpha:g}. Planned as Bonferroni, "
-        f"α/{m} = {level:.3g} per contrast (Holm's first step: the level the strongest "
-        f"contrast must pass), power {args.power:.0%}, from the SD of each contrast's paired "
-        "differences over the seeds finished so far (statsmodels' TTestPower).",
+        f"[bold]{study.name}[/bold]: {m} declared contrasts on {score.display}"
+        f"{f', each{against}' if against else ''}, paired t-tests, Holm over the {m} at "
+        f"family-wise α = {findings.alpha:g}. Planned as Bonferroni, α/{m} = {level:.3g} per "
+        f"contrast (Holm's first step: the level the strongest contrast must pass), power "
+        f"{args.power:.0%}, from the SD of each contrast's paired differences over the "
+        + (f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds")
+        + " finished so far (statsmodels' TTestPower).",
         highlight=False,
     )
     scale = score.scale
-    table = Table()
-    for column in ("contrast", "seeds", "SD of Δ", "Δ now", "detectable now", "now"):
-        table.add_column(column, justify="left" if column in ("contrast", "now") else "right")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["contrast", *(["seeds"] if not against or len(seeds) > 1 else [])]
+    columns += ["SD of Δ", "Δ now", "MDE", "decided"]
+    for column in columns:
+        table.add_column(
+            column,
+            justify="left" if column in ("contrast", "decided") else "right",
+            no_wrap=column == "contrast",  # one line a contrast; the other columns give way
+            min_width=9 if column == "decided" else None,
+        )
     if effect:
-        table.add_column(f"seeds for |Δ| ≥ {effect * scale:g}", justify="right")
+        table.add_column("seeds", justify="right")
     needs = []
     for finding in usable:
         e = finding.estimate
         mde = contrasts.minimal_detectable_effect(e.sd, e.n, level, args.power)
         row = [
-            finding.label,
-            str(e.n),
+            finding.label.removesuffix(against) if against else finding.label,
+            *([str(e.n)] if "seeds" in columns else []),
             f"{e.sd * scale:.3g}",
             f"{e.difference * scale:+.3g}",
             f"{mde * scale:.3g}",
@@ -86,6 +100,16 @@ def run(args: argparse.Namespace) -> int:
             row.append(str(need) if need is not None else f"over {MAX_SEEDS}")
         table.add_row(*row)
     console.print(table)
+    console.print(
+        f"MDE: the smallest true difference the seeds so far detect with {args.power:.0%} "
+        "power."
+        + (
+            f" seeds: the seeds per cell that detect {effect * scale:g} (undecided contrasts)."
+            if effect
+            else ""
+        ),
+        highlight=False,
+    )
     if effect and not needs:
         console.print("Every declared contrast is decided: more seeds would not change them.")
     elif effect:

@@ -7,7 +7,7 @@ from pathlib import Path
 from bench.commands import add_study_storage
 from bench.errors import BenchError
 from bench.evaluation import scores as score_registry
-from bench.findings import Findings, build_findings, render_markdown
+from bench.findings import Findings, render_markdown
 from bench.per_trial import trials_csv
 from bench.results import (
     Records,
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else study.results_dir(args.results)
     table = build_table(results, study, scores=scores, layout=args.layout)
     paths = write_table(table, Path(out), formats)
-    findings = build_findings(results, study)
+    findings = table.findings
     if not args.format:  # a folder: the per-trial values and the findings go beside the table
         paths += write_companions(results, study, Path(out), findings)
     if args.findings:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 f"study {study.name!r} declares no question: add a [questions] section (or a "
                 "[table] baseline, which every cell is then compared against) to its file"
             )
-        print(render_markdown(findings, results.meta.get("evaluator", "")), end="")
+        print(render_markdown(findings), end="")
     else:
         print(render(table, args.format or "markdown"), end="")
     # To stderr, so that `bench table NAME --format csv > table.csv` stays a clean CSV.
@@ -133,7 +133,7 @@ def write_companions(
 
     texts = {out / "trials.csv": trials_csv(results, study)}
     if findings is not None:
-        texts[out / "findings.md"] = render_markdown(findings, results.meta.get("evaluator", ""))
+        texts[out / "findings.md"] = render_markdown(findings)
     for path, text in texts.items():
         atomic_write_text(path, text)
     return list(texts)
